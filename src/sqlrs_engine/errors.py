@@ -1,0 +1,72 @@
+"""The one error type that crosses layers: an ErrorResponse with the HTTP status it maps to.
+
+Pure code raises `ApiError` for bad input; the HTTP layer renders it as `{code, message,
+details?}`; a job that fails stores the same triple. Keeping one type means a message written
+in `prepare/` reaches the user unchanged, whichever path reported it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """An error the user can act on, with its ErrorResponse code and HTTP status."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: str | None = None
+    ) -> None:
+        super().__init__(message if details is None else f"{message}: {details}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ErrorResponse object; `details` is absent when empty (Go `omitempty`)."""
+        return error_response(self.code, self.message, self.details)
+
+
+def error_response(code: str, message: str, details: str | None = None) -> dict[str, Any]:
+    """Build an ErrorResponse dict, omitting empty details."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        body["details"] = details
+    return body
+
+
+def invalid_argument(message: str, details: str | None = None) -> ApiError:
+    return ApiError(400, "invalid_argument", message, details)
+
+
+def not_found(message: str, details: str | None = None) -> ApiError:
+    return ApiError(404, "not_found", message, details)
+
+
+def conflict(message: str, details: str | None = None) -> ApiError:
+    return ApiError(409, "conflict", message, details)
+
+
+def internal_error(message: str = "internal error", details: str | None = None) -> ApiError:
+    return ApiError(500, "internal_error", message, details)
+
+
+class JobFailure(Exception):
+    """A prepare job or task failed; carries the ErrorResponse stored on the job.
+
+    Unlike `ApiError` it has no HTTP status: a job failure is reported through the job's
+    status and events, never as the status of the request that observes it.
+    """
+
+    def __init__(self, code: str, message: str, details: str | None = None) -> None:
+        super().__init__(message if details is None else f"{message}: {details}")
+        self.code = code
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return error_response(self.code, self.message, self.details)
+
+
+def cancelled(message: str = "task cancelled") -> JobFailure:
+    return JobFailure("cancelled", message)

@@ -7,6 +7,7 @@ registered callback at once, so cancelling never waits for the work to notice on
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -33,10 +34,9 @@ class CancelToken:
             callbacks = list(self._callbacks.values())
             self._callbacks.clear()
         for callback in callbacks:
-            try:
+            # A kill that races with the work's natural end may fail; that is fine.
+            with contextlib.suppress(Exception):
                 callback()
-            except Exception:  # a kill that races with a natural exit is fine
-                pass
 
     def register(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run `callback` on cancel (immediately if already cancelled); returns an unregister."""

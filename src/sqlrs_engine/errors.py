@@ -13,9 +13,7 @@ from typing import Any
 class ApiError(Exception):
     """An error the user can act on, with its ErrorResponse code and HTTP status."""
 
-    def __init__(
-        self, status: int, code: str, message: str, details: str | None = None
-    ) -> None:
+    def __init__(self, status: int, code: str, message: str, details: str | None = None) -> None:
         super().__init__(message if details is None else f"{message}: {details}")
         self.status = status
         self.code = code

@@ -1,0 +1,82 @@
+"""Event mailboxes: how persisted job events reach live NDJSON streams.
+
+The Registry owns one `EventHub`. A subscriber gets the events already stored (the backlog)
+and a `queue.Queue` that receives every later event of the job, then an `END` marker once
+the job is terminal and its final event was delivered. Publishing never blocks: a slow or
+vanished reader only grows its own queue, and is dropped when it unsubscribes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+from dataclasses import dataclass, field
+from typing import Any
+
+Event = dict[str, Any]
+
+
+class _End:
+    def __repr__(self) -> str:
+        return "END"
+
+
+END = _End()
+"""Put in a mailbox after the job's last event; the stream ends when it reads this."""
+
+Mailbox = queue.Queue  # of Event | _End
+
+
+@dataclass
+class Subscription:
+    """What a new events stream needs: backlog, a mailbox for later events, counts."""
+
+    token: int
+    total: int
+    """Events stored when the subscription was made."""
+    terminal: bool
+    backlog: list[Event]
+    mailbox: queue.Queue[Event | _End] = field(default_factory=queue.Queue)
+
+
+class EventHub:
+    """Live subscribers per job. Owned by the Registry actor; not thread-safe by itself."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, dict[int, queue.Queue[Event | _End]]] = {}
+        self._tokens = itertools.count(1)
+
+    def subscribe(
+        self, job_id: str, backlog: list[Event], total: int, terminal: bool
+    ) -> Subscription:
+        sub = Subscription(
+            token=next(self._tokens), total=total, terminal=terminal, backlog=backlog
+        )
+        if terminal:
+            sub.mailbox.put(END)
+        else:
+            self._subscribers.setdefault(job_id, {})[sub.token] = sub.mailbox
+        return sub
+
+    def unsubscribe(self, job_id: str, token: int) -> None:
+        mailboxes = self._subscribers.get(job_id)
+        if mailboxes is not None:
+            mailboxes.pop(token, None)
+            if not mailboxes:
+                del self._subscribers[job_id]
+
+    def publish(self, job_id: str, event: Event) -> None:
+        for mailbox in self._subscribers.get(job_id, {}).values():
+            mailbox.put(event)
+
+    def close(self, job_id: str) -> None:
+        """The job is terminal and its last event was published: end every stream."""
+        for mailbox in self._subscribers.pop(job_id, {}).values():
+            mailbox.put(END)
+
+    def close_all(self) -> None:
+        for job_id in list(self._subscribers):
+            self.close(job_id)
+
+    def subscriber_count(self, job_id: str) -> int:
+        return len(self._subscribers.get(job_id, {}))

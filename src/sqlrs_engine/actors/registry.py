@@ -1,0 +1,314 @@
+"""The Registry actor: the coordinator and the only owner of `state.db`.
+
+Like Mopidy's core actor it is thin: each message delegates to a plain object (the metadata
+and job queries, the event hub, the config store), each tested alone. It also owns the map
+from ids to live child actors (one PrepareJob per running job, one Instance per live
+instance) and is the only place that creates or forgets them.
+
+It never waits on a child (children may wait on it), so no ask can deadlock. Shutdown is
+two-phase: `begin_shutdown` hands the engine the children in stop order, the engine stops
+them while the Registry still answers their last messages, then stops the Registry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from sqlrs_engine.actors.events import Event, EventHub, Subscription
+from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.config.store import ConfigStore
+from sqlrs_engine.errors import ApiError, internal_error
+from sqlrs_engine.persistence.database import open_database
+from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, is_terminal
+from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
+from sqlrs_engine.persistence.rows import Row
+
+log = logging.getLogger(__name__)
+
+JobActorFactory = Callable[[str, "RegistryProxy"], pykka.ActorRef[Any]]
+"""Starts the actor that runs job `job_id`; given the Registry's own proxy to talk back."""
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """Where the Registry keeps its data and how it starts job actors."""
+
+    db_path: Path
+    config: ConfigStore
+    job_actor_factory: JobActorFactory | None = None
+
+
+class RegistryActor(pykka.ThreadingActor):
+    """Owner of persistence, event mailboxes and the id → actor map."""
+
+    def __init__(
+        self,
+        settings: RegistrySettings,
+        report_failure: Callable[[BaseException], None] = lambda _error: None,
+    ) -> None:
+        super().__init__()
+        self._settings = settings
+        self._report_failure = report_failure
+        self._config = settings.config
+        self._hub = EventHub()
+        self._job_refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._children: list[pykka.ActorRef[Any]] = []
+        self._stopping = False
+        self._metadata: MetadataQueries
+        self._jobs: JobQueries
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # The dataset connection is created here, on the actor's own thread, and used only here.
+        self._db = open_database(self._settings.db_path)
+        self._metadata = MetadataQueries(self._db)
+        self._jobs = JobQueries(self._db)
+        log.info("registry started db=%s", self._settings.db_path)
+
+    def on_stop(self) -> None:
+        self._hub.close_all()
+        self._db.close()
+        log.info("registry stopped")
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        log.error("registry failed: %s", exception_value, exc_info=exception_value)
+        self._report_failure(exception_value)
+        self._hub.close_all()
+
+    def ping(self) -> bool:
+        """Answered once `on_start` succeeded; used to fail engine start-up early."""
+        return True
+
+    def adopt_child(self, ref: pykka.ActorRef[Any]) -> None:
+        """Record a child actor started by the engine (snapshot backends) for ordered stop."""
+        self._children.append(ref)
+
+    def begin_shutdown(self) -> list[pykka.ActorRef[Any]]:
+        """Refuse new work; return live children in stop order (jobs first, then the rest)."""
+        self._stopping = True
+        jobs = [ref for ref in self._job_refs.values() if ref.is_alive()]
+        rest = [ref for ref in reversed(self._children) if ref.is_alive()]
+        return jobs + rest
+
+    def child_failed(self, kind: str, child_id: str, message: str) -> None:
+        """A child reports an unexpected failure: log it and forget the dead actor."""
+        log.error("%s actor %s failed: %s", kind, child_id, message)
+        if kind == "job":
+            self._job_refs.pop(child_id, None)
+
+    # -- reads (SPEC §7, §4.9) -------------------------------------------------------------
+
+    def list_names(self, instance: str | None, state: str | None, image: str | None) -> list[Row]:
+        return self._metadata.list_names(instance=instance, state=state, image=image)
+
+    def get_name(self, name: str) -> Row | None:
+        return self._metadata.get_name(name)
+
+    def list_instances(
+        self, state: str | None, image: str | None, id_prefix: str | None
+    ) -> list[Row]:
+        return self._metadata.list_instances(state=state, image=image, id_prefix=id_prefix)
+
+    def find_instance(self, id_or_name: str, by_id_first: bool) -> tuple[Row | None, bool]:
+        """(entry, found_by_name): exact id first when the text looks like an id, then name."""
+        if by_id_first:
+            entry = self._metadata.get_instance(id_or_name)
+            if entry is not None:
+                return entry, False
+        instance_id = self._metadata.instance_id_by_name(id_or_name)
+        if instance_id is None:
+            return None, False
+        return self._metadata.get_instance(instance_id), True
+
+    def instance_row(self, instance_id: str) -> Row | None:
+        return self._metadata.instance_row(instance_id)
+
+    def list_states(self, kind: str | None, image: str | None, id_prefix: str | None) -> list[Row]:
+        return self._metadata.list_states(kind=kind, image=image, id_prefix=id_prefix)
+
+    def get_state(self, state_id: str) -> Row | None:
+        return self._metadata.get_state(state_id)
+
+    def list_jobs(self, job_prefix: str | None) -> list[Row]:
+        return self._jobs.list_jobs(job_prefix)
+
+    def job_status(self, job_id: str) -> Row | None:
+        return self._jobs.job_status(job_id)
+
+    def list_tasks(self, job_id: str | None) -> list[Row]:
+        return self._jobs.list_tasks(job_id)
+
+    # -- config (SPEC §8) ------------------------------------------------------------------
+
+    def config_get(self, path: str | None, effective: bool) -> Any:
+        return self._config.get(path, effective)
+
+    def config_patch(self, path: str, value: Any) -> Any:
+        return self._config.patch(path, value)
+
+    def config_delete(self, path: str) -> Any:
+        return self._config.delete(path)
+
+    # -- states and instances (written by jobs) --------------------------------------------
+
+    def state_row(self, state_id: str) -> Row | None:
+        return self._metadata.state_row(state_id)
+
+    def state_exists(self, state_id: str) -> bool:
+        return self._metadata.state_exists(state_id)
+
+    def insert_state(self, record: StateRecord) -> bool:
+        return self._metadata.insert_state(record)
+
+    def set_state_size(self, state_id: str, size_bytes: int) -> None:
+        self._metadata.set_state_size(state_id, size_bytes)
+
+    def delete_state_row(self, state_id: str) -> None:
+        self._metadata.delete_state(state_id)
+
+    def insert_instance(self, record: InstanceRecord) -> None:
+        self._metadata.insert_instance(record)
+
+    def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> None:
+        self._metadata.set_instance_runtime(instance_id, runtime_id)
+
+    # -- jobs (SPEC §2.1, §4) --------------------------------------------------------------
+
+    def submit_job(self, record: JobRecord) -> Row:
+        """Persist a validated job and its `queued` event, start its actor; the 201 body."""
+        if self._stopping:
+            raise ApiError(503, "unavailable", "engine is shutting down")
+        self._jobs.insert_job(record)
+        self._append(record.job_id, {"type": "status", "ts": now_rfc3339(), "status": "queued"})
+        self._start_job_actor(record.job_id)
+        return {
+            "job_id": record.job_id,
+            "status_url": f"/v1/prepare-jobs/{record.job_id}",
+            "events_url": f"/v1/prepare-jobs/{record.job_id}/events",
+            "status": "queued",
+        }
+
+    def _start_job_actor(self, job_id: str) -> None:
+        factory = self._settings.job_actor_factory
+        if factory is None:
+            raise internal_error(details="this engine was started without a job runner")
+        proxy = self.actor_ref.proxy()
+        self._job_refs[job_id] = factory(job_id, proxy)  # type: ignore[arg-type]
+
+    def job_row(self, job_id: str) -> Row | None:
+        return self._jobs.job_row(job_id)
+
+    def update_job(self, job_id: str, fields: dict[str, Any]) -> None:
+        self._jobs.update_job(job_id, **fields)
+
+    def replace_tasks(self, job_id: str, tasks: list[Row]) -> None:
+        self._jobs.replace_tasks(job_id, tasks)
+
+    def update_task(self, job_id: str, task_id: str, fields: dict[str, Any]) -> None:
+        self._jobs.update_task(job_id, task_id, **fields)
+
+    def task_rows(self, job_id: str) -> list[Row]:
+        return self._jobs.task_rows(job_id)
+
+    def record_event(self, job_id: str, event: Event) -> int:
+        """Persist and publish one event; returns its index."""
+        return self._append(job_id, event)
+
+    def finish_job(self, job_id: str) -> None:
+        """The job's final event was recorded: end its streams and forget its actor."""
+        self._hub.close(job_id)
+        self._job_refs.pop(job_id, None)
+
+    def _append(self, job_id: str, event: Event) -> int:
+        index = self._jobs.append_event(job_id, event)
+        self._hub.publish(job_id, event)
+        return index
+
+    def job_actor(self, job_id: str) -> pykka.ActorRef[Any] | None:
+        ref = self._job_refs.get(job_id)
+        return ref if ref is not None and ref.is_alive() else None
+
+    def active_job_count(self) -> int:
+        """Jobs queued or running (the idle timeout never fires while there are any)."""
+        return len(self._jobs.unfinished_job_rows())
+
+    def subscribe_events(self, job_id: str, start: int, stop: int | None) -> Subscription | None:
+        """Backlog `[start, stop)` plus a mailbox for later events; None for an unknown job."""
+        row = self._jobs.job_row(job_id)
+        if row is None:
+            return None
+        total = self._jobs.event_count(job_id)
+        backlog = self._jobs.events(job_id, start, stop)
+        terminal = is_terminal(row["status"]) and job_id not in self._job_refs
+        return self._hub.subscribe(job_id, backlog, total, terminal)
+
+    def unsubscribe_events(self, job_id: str, token: int) -> None:
+        self._hub.unsubscribe(job_id, token)
+
+
+class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
+    """Typed proxy: every public method of `RegistryActor` as a message returning a Future."""
+
+    ping = proxy_method(RegistryActor.ping)
+    adopt_child = proxy_method(RegistryActor.adopt_child)
+    begin_shutdown = proxy_method(RegistryActor.begin_shutdown)
+    child_failed = proxy_method(RegistryActor.child_failed)
+    list_names = proxy_method(RegistryActor.list_names)
+    get_name = proxy_method(RegistryActor.get_name)
+    list_instances = proxy_method(RegistryActor.list_instances)
+    find_instance = proxy_method(RegistryActor.find_instance)
+    instance_row = proxy_method(RegistryActor.instance_row)
+    list_states = proxy_method(RegistryActor.list_states)
+    get_state = proxy_method(RegistryActor.get_state)
+    list_jobs = proxy_method(RegistryActor.list_jobs)
+    job_status = proxy_method(RegistryActor.job_status)
+    list_tasks = proxy_method(RegistryActor.list_tasks)
+    config_get = proxy_method(RegistryActor.config_get)
+    config_patch = proxy_method(RegistryActor.config_patch)
+    config_delete = proxy_method(RegistryActor.config_delete)
+    state_row = proxy_method(RegistryActor.state_row)
+    state_exists = proxy_method(RegistryActor.state_exists)
+    insert_state = proxy_method(RegistryActor.insert_state)
+    set_state_size = proxy_method(RegistryActor.set_state_size)
+    delete_state_row = proxy_method(RegistryActor.delete_state_row)
+    insert_instance = proxy_method(RegistryActor.insert_instance)
+    set_instance_runtime = proxy_method(RegistryActor.set_instance_runtime)
+    submit_job = proxy_method(RegistryActor.submit_job)
+    job_row = proxy_method(RegistryActor.job_row)
+    update_job = proxy_method(RegistryActor.update_job)
+    replace_tasks = proxy_method(RegistryActor.replace_tasks)
+    update_task = proxy_method(RegistryActor.update_task)
+    task_rows = proxy_method(RegistryActor.task_rows)
+    record_event = proxy_method(RegistryActor.record_event)
+    finish_job = proxy_method(RegistryActor.finish_job)
+    job_actor = proxy_method(RegistryActor.job_actor)
+    active_job_count = proxy_method(RegistryActor.active_job_count)
+    subscribe_events = proxy_method(RegistryActor.subscribe_events)
+    unsubscribe_events = proxy_method(RegistryActor.unsubscribe_events)
+
+
+class RegistryStartError(RuntimeError):
+    """The Registry could not open or migrate its database."""
+
+
+def start_registry(
+    settings: RegistrySettings, timeout: float = 60.0
+) -> tuple[pykka.ActorRef[RegistryActor], RegistryProxy]:
+    """Start the Registry and wait until it serves; raise `RegistryStartError` if it cannot."""
+    failures: list[BaseException] = []
+    ref = RegistryActor.start(settings, failures.append)
+    proxy: RegistryProxy = ref.proxy()  # type: ignore[assignment]
+    try:
+        proxy.ping().get(timeout=timeout)
+    except pykka.ActorDeadError as error:
+        reason = str(failures[0]) if failures else "registry stopped during start-up"
+        raise RegistryStartError(reason) from error
+    return ref, proxy

@@ -1,0 +1,139 @@
+"""`sqlrs-engine`: flags, logging, signals and exit codes (SPEC §1.1 to §1.3).
+
+Flags follow Go's `flag` package, which the `sqlrs` CLI is written against: `-x` and `--x`,
+`--x=v` and `--x v` all work. Exit codes: 2 for flag errors, 1 for start-up or serving
+failures, 0 after a clean shutdown (signal or idle timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from sqlrs_engine import __version__
+from sqlrs_engine.durations import DurationError, parse_duration
+from sqlrs_engine.engine import Engine, EngineOptions, run_until_stopped
+from sqlrs_engine.http.server import parse_listen
+from sqlrs_engine.logsetup import configure_logging
+
+log = logging.getLogger("sqlrs_engine")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog="sqlrs-engine", add_help=True, allow_abbrev=False)
+    parser.add_argument(
+        "-listen", "--listen", help="TCP host:port to serve on (127.0.0.1:0 picks a free port)"
+    )
+    parser.add_argument(
+        "-write-engine-json",
+        "--write-engine-json",
+        dest="engine_json",
+        help="path of the discovery file",
+    )
+    parser.add_argument(
+        "-run-dir", "--run-dir", dest="run_dir", default="", help="created with mode 0700"
+    )
+    parser.add_argument(
+        "-idle-timeout",
+        "--idle-timeout",
+        dest="idle_timeout",
+        default="30s",
+        help="Go duration; 0 disables",
+    )
+    parser.add_argument(
+        "-version",
+        "--version",
+        dest="version",
+        default="dev",
+        help="version string reported and hashed into states",
+    )
+    parser.add_argument(
+        "-http-threads",
+        "--http-threads",
+        dest="http_threads",
+        type=int,
+        default=None,
+        help="HTTP worker threads (default: config http.threads)",
+    )
+    return parser
+
+
+def parse_options(argv: Sequence[str], environ: dict[str, str]) -> EngineOptions:
+    """Flags and environment → options; raises `_UsageError` with the SPEC's messages."""
+    args = _parser().parse_args(list(argv))
+    if not args.listen:
+        raise _UsageError("missing --listen")
+    if not args.engine_json:
+        raise _UsageError("missing --write-engine-json")
+    try:
+        host, port = parse_listen(args.listen)
+        idle_timeout = parse_duration(args.idle_timeout)
+    except (ValueError, DurationError) as error:
+        raise _UsageError(str(error)) from None
+    if args.http_threads is not None and args.http_threads < 4:
+        raise _UsageError("--http-threads must be at least 4")
+    engine_json = Path(args.engine_json).absolute()
+    store = environ.get("SQLRS_STATE_STORE") or str(engine_json.parent / "state-store")
+    if args.run_dir:
+        Path(args.run_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return EngineOptions(
+        listen_host=host,
+        listen_port=port,
+        engine_json=engine_json,
+        state_store=Path(store).absolute(),
+        idle_timeout=idle_timeout,
+        version=args.version,
+        http_threads=args.http_threads,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    try:
+        options = parse_options(sys.argv[1:] if argv is None else argv, dict(os.environ))
+    except _UsageError as error:
+        print(f"sqlrs-engine: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        print(f"sqlrs-engine: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    configure_logging(options.engine_json.parent / "logs")
+    log.info("sqlrs-engine version=%s build=%s pid=%d", options.version, __version__, os.getpid())
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    engine = Engine(options)
+    try:
+        reason = run_until_stopped(engine, stop_requested)
+    except Exception as error:
+        log.exception("engine failed")
+        print(f"sqlrs-engine: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    log.info("engine exited (%s)", reason)
+    return EXIT_OK

@@ -1,0 +1,71 @@
+"""The built-in config tree: what `GET /v1/config?effective=true` shows with no overrides.
+
+Only overrides are stored on disk; every reader sees defaults deep-merged with them, so a key
+that is absent from `config.json` always has a well-defined value here. `null` defaults mean
+"decided at run time" (see the comments), not "unset".
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = [
+    "CONTAINER_RUNTIMES",
+    "DEFAULTS",
+    "DEFAULT_HIGH_WATERMARK",
+    "DEFAULT_HTTP_THREADS",
+    "DEFAULT_LOG_LEVEL",
+    "DEFAULT_LOW_WATERMARK",
+    "DEFAULT_MAX_IDENTICAL",
+    "DEFAULT_MIN_STATE_AGE",
+    "LOG_LEVELS",
+    "MAX_HTTP_THREADS",
+    "MIN_HTTP_THREADS",
+    "SNAPSHOT_BACKENDS",
+    "defaults",
+]
+
+CONTAINER_RUNTIMES: tuple[str, ...] = ("auto", "docker", "podman", "host")
+SNAPSHOT_BACKENDS: tuple[str, ...] = ("auto", "overlay", "btrfs", "copy")
+LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
+
+DEFAULT_LOG_LEVEL = "debug"
+DEFAULT_HIGH_WATERMARK = 0.9
+DEFAULT_LOW_WATERMARK = 0.8
+DEFAULT_MIN_STATE_AGE = "10m"
+DEFAULT_MAX_IDENTICAL = 2
+DEFAULT_HTTP_THREADS = 64
+# Cheroot needs a few threads besides long-lived event/run streams; the upper bound keeps a
+# typo from making the engine try to start millions of threads at its next start.
+MIN_HTTP_THREADS = 4
+MAX_HTTP_THREADS = 4096
+
+DEFAULTS: dict[str, Any] = {
+    "cache": {
+        "capacity": {
+            "highWatermark": DEFAULT_HIGH_WATERMARK,
+            "lowWatermark": DEFAULT_LOW_WATERMARK,
+            "maxBytes": 0,  # 0 = no configured limit (only the reserve applies)
+            "minStateAge": DEFAULT_MIN_STATE_AGE,
+            "reserveBytes": None,  # null = max(10 GiB, 10% of the store's filesystem)
+        },
+    },
+    "container": {"runtime": "auto"},
+    "http": {"threads": DEFAULT_HTTP_THREADS},  # read once at startup
+    "log": {"level": DEFAULT_LOG_LEVEL},
+    "orchestrator": {"jobs": {"maxIdentical": DEFAULT_MAX_IDENTICAL}},
+    "runtime": {
+        "host": {
+            "binDirs": None,  # null = only the standard PostgreSQL locations
+            "user": None,  # null = `postgres` when running as root and that user exists
+        },
+    },
+    "snapshot": {"backend": "auto"},
+}
+"""Keys in sorted order, as Go's encoder writes maps. Never mutate; use `defaults()`."""
+
+
+def defaults() -> dict[str, Any]:
+    """A fresh deep copy of `DEFAULTS` that the caller may change."""
+    return copy.deepcopy(DEFAULTS)

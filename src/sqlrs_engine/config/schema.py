@@ -1,0 +1,187 @@
+"""The JSON Schema (draft 2020-12) served by `GET /v1/config/schema`.
+
+Clients use it to offer completion and show types; the engine itself validates with the
+explicit per-path rules in `validate.py` (as the reference engine does), so the two are kept
+in step by hand. Every object allows additional properties: unknown keys are legal config.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sqlrs_engine.config.defaults import (
+    CONTAINER_RUNTIMES,
+    DEFAULTS,
+    LOG_LEVELS,
+    MAX_HTTP_THREADS,
+    MIN_HTTP_THREADS,
+    SNAPSHOT_BACKENDS,
+)
+
+__all__ = ["SCHEMA", "config_schema"]
+
+
+def _obj(properties: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+    node: dict[str, Any] = {
+        "type": "object",
+        "additionalProperties": True,
+        "properties": properties,
+    }
+    if description:
+        node["description"] = description
+    return node
+
+
+def _enum(values: tuple[str, ...], default: str, description: str) -> dict[str, Any]:
+    return {
+        "type": ["string", "null"],
+        "enum": [*values, None],
+        "default": default,
+        "description": description,
+    }
+
+
+def _non_negative_int(default: int | None, description: str) -> dict[str, Any]:
+    return {
+        "type": ["integer", "null"],
+        "minimum": 0,
+        "default": default,
+        "description": description,
+    }
+
+
+def _watermark(default: float, description: str) -> dict[str, Any]:
+    return {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "maximum": 1,
+        "default": default,
+        "description": description,
+    }
+
+
+_capacity = DEFAULTS["cache"]["capacity"]
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "sqlrs-engine config",
+    **_obj(
+        {
+            "cache": _obj(
+                {
+                    "capacity": _obj(
+                        {
+                            "maxBytes": _non_negative_int(
+                                _capacity["maxBytes"],
+                                "Upper bound for cached states in bytes; 0 = no bound "
+                                "besides the reserve.",
+                            ),
+                            "reserveBytes": _non_negative_int(
+                                _capacity["reserveBytes"],
+                                "Free space to keep on the store's filesystem; null = "
+                                "max(10 GiB, 10% of the filesystem).",
+                            ),
+                            "highWatermark": _watermark(
+                                _capacity["highWatermark"],
+                                "Eviction starts above this fraction of the limit.",
+                            ),
+                            "lowWatermark": _watermark(
+                                _capacity["lowWatermark"],
+                                "Eviction stops at this fraction of the limit; must be "
+                                "below highWatermark.",
+                            ),
+                            "minStateAge": {
+                                "type": ["string", "null"],
+                                "default": _capacity["minStateAge"],
+                                "description": "Go duration (e.g. 10m, 1h30m); younger "
+                                "states are never evicted.",
+                            },
+                        }
+                    )
+                }
+            ),
+            "container": _obj(
+                {
+                    "runtime": _enum(
+                        CONTAINER_RUNTIMES,
+                        DEFAULTS["container"]["runtime"],
+                        "Where PostgreSQL runs; read once at startup. "
+                        "SQLRS_CONTAINER_RUNTIME overrides it.",
+                    )
+                }
+            ),
+            "http": _obj(
+                {
+                    "threads": {
+                        "type": ["integer", "null"],
+                        "minimum": MIN_HTTP_THREADS,
+                        "maximum": MAX_HTTP_THREADS,
+                        "default": DEFAULTS["http"]["threads"],
+                        "description": "HTTP server thread pool size; read once at startup.",
+                    }
+                }
+            ),
+            "log": _obj(
+                {
+                    "level": _enum(
+                        LOG_LEVELS,
+                        DEFAULTS["log"]["level"],
+                        "Engine log level (accepted case-insensitively).",
+                    )
+                }
+            ),
+            "orchestrator": _obj(
+                {
+                    "jobs": _obj(
+                        {
+                            "maxIdentical": _non_negative_int(
+                                DEFAULTS["orchestrator"]["jobs"]["maxIdentical"],
+                                "Finished jobs kept per signature; 0 = keep all.",
+                            )
+                        }
+                    )
+                }
+            ),
+            "runtime": _obj(
+                {
+                    "host": _obj(
+                        {
+                            "user": {
+                                "type": ["string", "null"],
+                                "minLength": 1,
+                                "default": None,
+                                "description": "OS user that runs PostgreSQL server "
+                                "processes when the engine runs as root; null = postgres "
+                                "if that user exists.",
+                            },
+                            "binDirs": {
+                                "type": ["array", "null"],
+                                "items": {"type": "string"},
+                                "default": None,
+                                "description": "Extra absolute directories searched for "
+                                "PostgreSQL server binaries.",
+                            },
+                        },
+                        "Settings of the `host` runtime (no containers).",
+                    )
+                }
+            ),
+            "snapshot": _obj(
+                {
+                    "backend": _enum(
+                        SNAPSHOT_BACKENDS,
+                        DEFAULTS["snapshot"]["backend"],
+                        "State snapshot backend; read once at startup.",
+                    )
+                }
+            ),
+        }
+    ),
+}
+"""Never mutate; use `config_schema()`."""
+
+
+def config_schema() -> dict[str, Any]:
+    """A fresh deep copy of `SCHEMA` for a response body."""
+    return copy.deepcopy(SCHEMA)

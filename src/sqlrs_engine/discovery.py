@@ -1,0 +1,53 @@
+"""engine.json, the discovery file the CLI reads to find and trust a running engine (§1.4)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import ujson
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    endpoint: str
+    pid: int
+    started_at: str
+    auth_token: str
+    version: str
+    instance_id: str
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "endpoint": self.endpoint,
+            "pid": self.pid,
+            "startedAt": self.started_at,
+            "authToken": self.auth_token,
+            "version": self.version,
+            "instanceId": self.instance_id,
+        }
+
+
+def write_engine_json(path: Path, info: EngineInfo) -> None:
+    """Write atomically (tmp, remove old, rename), pretty with 2 spaces, mode 0600, dir 0700."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(ujson.dumps(info.to_json(), indent=2, escape_forward_slashes=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.chmod(tmp, 0o600)
+    path.unlink(missing_ok=True)
+    os.replace(tmp, path)
+
+
+def remove_engine_json(path: Path, instance_id: str) -> None:
+    """Remove engine.json if it still describes this engine (another may have replaced it)."""
+    try:
+        current = ujson.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(current, dict) and current.get("instanceId") == instance_id:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,178 @@
+"""The engine as a whole: starts the actors and the HTTP server in order, stops them in reverse.
+
+This is the root supervisor (Mopidy's `commands.py` plays the same part): the Registry comes
+first because every other actor reports to it; the HTTP server comes last because it only
+translates requests into messages for actors that must already exist. Stopping walks the
+same list backwards; see `RegistryActor.begin_shutdown` for why children are stopped here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_registry
+from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.config.store import ConfigStore
+from sqlrs_engine.discovery import EngineInfo, remove_engine_json, write_engine_json
+from sqlrs_engine.http.activity import ActivityTracker
+from sqlrs_engine.http.app import build_app
+from sqlrs_engine.http.context import ApiContext
+from sqlrs_engine.http.server import HttpServer
+from sqlrs_engine.ids import new_auth_token, new_engine_instance_id
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything the command line and environment decide (SPEC §1.1, §1.2)."""
+
+    listen_host: str
+    listen_port: int
+    engine_json: Path
+    state_store: Path
+    idle_timeout: float
+    """Seconds; 0 or less disables idle shutdown."""
+    version: str = "dev"
+    http_threads: int | None = None
+    """Overrides config `http.threads` (tests use small pools to prove streams don't starve)."""
+    auth_token: str = field(default_factory=new_auth_token)
+
+
+class Engine:
+    """One running engine: Registry and its children, HTTP server, engine.json."""
+
+    def __init__(self, options: EngineOptions) -> None:
+        self.options = options
+        self.instance_id = new_engine_instance_id()
+        self.activity = ActivityTracker()
+        self._stopped = threading.Event()
+        self._registry_ref: pykka.ActorRef[Any] | None = None
+        self._registry: RegistryProxy | None = None
+        self._http: HttpServer | None = None
+        self._info: EngineInfo | None = None
+
+    @property
+    def registry(self) -> RegistryProxy:
+        assert self._registry is not None, "engine not started"
+        return self._registry
+
+    def start(self) -> EngineInfo:
+        """Bring everything up; raises with a readable message if any part cannot start.
+
+        Whatever was already started is stopped again before the error propagates, so a
+        failed start never leaves actor threads keeping the process alive.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> EngineInfo:
+        root = self.options.state_store
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = ConfigStore.in_root(root)
+        self._registry_ref, self._registry = start_registry(
+            RegistrySettings(db_path=root / "state.db", config=config)
+        )
+        ctx = ApiContext(
+            registry=self._registry,
+            auth_token=self.options.auth_token,
+            version=self.options.version,
+            instance_id=self.instance_id,
+            pid=os.getpid(),
+        )
+        app = self.activity.middleware(build_app(ctx))
+        threads = self.options.http_threads or config.http_threads()
+        self._http = HttpServer(app, self.options.listen_host, self.options.listen_port, threads)
+        host, port = self._http.bind()
+        self._info = EngineInfo(
+            endpoint=f"{host}:{port}",
+            pid=os.getpid(),
+            started_at=now_rfc3339(),
+            auth_token=self.options.auth_token,
+            version=self.options.version,
+            instance_id=self.instance_id,
+        )
+        write_engine_json(self.options.engine_json, self._info)
+        self._http.start()
+        self.activity.touch()
+        log.info(
+            "engine serving endpoint=%s store=%s http_threads=%d",
+            self._info.endpoint,
+            root,
+            threads,
+        )
+        return self._info
+
+    def wait(self, stop_requested: threading.Event, poll: float = 1.0) -> str:
+        """Block until a stop is requested or the idle timeout expires; returns why."""
+        while not stop_requested.wait(poll):
+            if self._idle_expired():
+                return "idle timeout"
+        return "signal"
+
+    def _idle_expired(self) -> bool:
+        timeout = self.options.idle_timeout
+        if timeout <= 0 or self.activity.idle_for() < timeout:
+            return False
+        try:
+            busy = self.registry.active_job_count().get(timeout=10) > 0
+        except (pykka.Timeout, pykka.ActorDeadError):
+            busy = True
+        if busy:
+            self.activity.touch()
+        return not busy
+
+    def stop(self) -> None:
+        """Stop in reverse start order (HTTP, children, Registry), then remove engine.json."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._http is not None:
+            self._http.stop()
+        if self._registry is not None and self._registry_ref is not None:
+            _stop_children(self._registry)
+            self._registry_ref.stop(block=True, timeout=STOP_TIMEOUT)
+        if self._info is not None:
+            remove_engine_json(self.options.engine_json, self.instance_id)
+        log.info("engine stopped")
+
+
+def _stop_children(registry: RegistryProxy) -> None:
+    try:
+        children = registry.begin_shutdown().get(timeout=STOP_TIMEOUT)
+    except (pykka.Timeout, pykka.ActorDeadError):
+        log.warning("registry did not hand over its children; stopping it directly")
+        return
+    for ref in children:
+        try:
+            ref.stop(block=True, timeout=STOP_TIMEOUT)
+        except pykka.Timeout:
+            log.error("actor %s did not stop within %.0fs", ref, STOP_TIMEOUT)
+
+
+def run_until_stopped(
+    engine: Engine,
+    stop_requested: threading.Event,
+    on_ready: Callable[[EngineInfo], None] | None = None,
+) -> str:
+    """Start, serve until a signal or idle timeout, stop; returns the reason it stopped."""
+    info = engine.start()
+    if on_ready is not None:
+        on_ready(info)
+    try:
+        return engine.wait(stop_requested)
+    finally:
+        engine.stop()

@@ -1,0 +1,35 @@
+"""JSON and NDJSON encoding with `ujson`, in the byte shapes clients expect.
+
+Every JSON body ends with `\\n` (Go's json.Encoder does this, and the CLI is written against
+it). Lists are a JSON array unless the client's `Accept` asks for NDJSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import ujson
+
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+
+
+def dumps(value: Any, sort_keys: bool = False) -> str:
+    return ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False, sort_keys=sort_keys)
+
+
+def json_line(value: Any, sort_keys: bool = False) -> bytes:
+    """One JSON document followed by a newline, UTF-8 (`sort_keys` for Go-encoded maps)."""
+    return (dumps(value, sort_keys) + "\n").encode("utf-8")
+
+
+def wants_ndjson(accept: str | None) -> bool:
+    return NDJSON in (accept or "").lower()
+
+
+def render_list(items: Iterable[Any], accept: str | None) -> tuple[bytes, str]:
+    """(body, content type) of a list endpoint's reply."""
+    if wants_ndjson(accept):
+        return b"".join(json_line(item) for item in items), NDJSON
+    return json_line(list(items)), JSON

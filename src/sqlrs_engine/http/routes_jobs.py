@@ -1,0 +1,73 @@
+"""Prepare-job routes: list, status, tasks, events (SPEC §4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bottle
+
+from sqlrs_engine.errors import ApiError
+from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
+from sqlrs_engine.http.jsonio import NDJSON
+from sqlrs_engine.http.params import optional_text
+from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
+from sqlrs_engine.http.streams import (
+    content_range,
+    drain_events,
+    parse_events_range,
+    range_unsatisfiable,
+)
+
+
+def register(app: bottle.Bottle, ctx: ApiContext) -> None:
+    registry = ctx.registry
+
+    @app.get("/v1/prepare-jobs")
+    def list_jobs() -> Any:
+        prefix = optional_text(bottle.request.query.get("job"))
+        return list_response(registry.list_jobs(prefix).get(timeout=ASK_TIMEOUT))
+
+    @app.get("/v1/prepare-jobs/<job_id>")
+    def job_status(job_id: str) -> Any:
+        status = registry.job_status(job_id).get(timeout=ASK_TIMEOUT)
+        return plain_not_found() if status is None else json_response(status)
+
+    @app.get("/v1/tasks")
+    def list_tasks() -> Any:
+        job_id = optional_text(bottle.request.query.get("job"))
+        return list_response(registry.list_tasks(job_id).get(timeout=ASK_TIMEOUT))
+
+    @app.get("/v1/prepare-jobs/<job_id>/events")
+    def job_events(job_id: str) -> Any:
+        requested = parse_events_range(bottle.request.headers.get("Range"))
+        start, stop = (requested.start, requested.stop) if requested else (0, None)
+        sub = registry.subscribe_events(job_id, start, stop).get(timeout=ASK_TIMEOUT)
+        if sub is None:
+            return plain_not_found()
+
+        def close() -> None:
+            registry.unsubscribe_events(job_id, sub.token)
+
+        headers = {"Content-Type": NDJSON, "Accept-Ranges": "events", "Cache-Control": "no-store"}
+        status = 200
+        if requested is not None:
+            if range_unsatisfiable(requested, sub.total, sub.terminal):
+                close()
+                error = ApiError(
+                    416,
+                    "invalid_argument",
+                    "requested events range not satisfiable",
+                    f"the job has {sub.total} events",
+                )
+                return json_response(
+                    error.to_dict(),
+                    status=416,
+                    headers={"Content-Range": f"events */{sub.total}", "Accept-Ranges": "events"},
+                )
+            status = 206
+            headers["Content-Range"] = content_range(requested, sub.total, sub.terminal)
+        environ = bottle.request.environ
+        for name, value in headers.items():
+            bottle.response.set_header(name, value)
+        bottle.response.status = status
+        return drain_events(sub, start, stop, environ, close)

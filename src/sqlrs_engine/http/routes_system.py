@@ -1,0 +1,54 @@
+"""Health and config routes (SPEC §1.7, §8)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bottle
+
+from sqlrs_engine.config.schema import config_schema
+from sqlrs_engine.errors import invalid_argument
+from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
+from sqlrs_engine.http.params import decode_json_object, parse_bool, read_body
+from sqlrs_engine.http.responses import json_response
+
+
+def register(app: bottle.Bottle, ctx: ApiContext) -> None:
+    @app.get("/v1/health")
+    def health() -> Any:
+        return json_response(
+            {"ok": True, "version": ctx.version, "instanceId": ctx.instance_id, "pid": ctx.pid}
+        )
+
+    @app.get("/v1/config/schema")
+    def get_schema() -> Any:
+        return json_response(config_schema())
+
+    @app.get("/v1/config")
+    def get_config() -> Any:
+        query = bottle.request.query
+        effective = parse_bool("effective", query.get("effective"))
+        path = (query.get("path") or "").strip() or None
+        value = ctx.registry.config_get(path, effective).get(timeout=ASK_TIMEOUT)
+        if path is not None:
+            return json_response({"path": path, "value": value}, sort_keys=True)
+        return json_response(value, sort_keys=True)
+
+    @app.route("/v1/config", method="PATCH")
+    def patch_config() -> Any:
+        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        path = body.get("path")
+        if path is not None and not isinstance(path, str):
+            raise invalid_argument("invalid config value", "config path is invalid")
+        if path is None or not path.strip():
+            raise invalid_argument("path is required")
+        value = ctx.registry.config_patch(path, body.get("value")).get(timeout=ASK_TIMEOUT)
+        return json_response({"path": path, "value": value}, sort_keys=True)
+
+    @app.delete("/v1/config")
+    def delete_config() -> Any:
+        path = bottle.request.query.get("path") or ""
+        if not path.strip():
+            raise invalid_argument("path is required")
+        value = ctx.registry.config_delete(path).get(timeout=ASK_TIMEOUT)
+        return json_response({"path": path, "value": value}, sort_keys=True)

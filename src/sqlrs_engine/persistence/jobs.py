@@ -1,0 +1,315 @@
+"""Queries over the prepare queue: jobs, their tasks and their events (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dataset
+
+from sqlrs_engine.persistence.rows import Row, as_dicts, compact, dump_json, like_prefix, load_json
+
+TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
+
+TASK_COLUMNS = (
+    "task_id",
+    "position",
+    "type",
+    "status",
+    "planner_kind",
+    "input_kind",
+    "input_id",
+    "image_id",
+    "resolved_image_id",
+    "task_hash",
+    "output_state_id",
+    "cached",
+    "instance_mode",
+    "changeset_id",
+    "changeset_author",
+    "changeset_path",
+    "args_summary",
+)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A newly submitted job (SPEC §2.1)."""
+
+    job_id: str
+    prepare_kind: str
+    image_id: str
+    plan_only: bool
+    prepare_args_normalized: str
+    request_json: str
+    created_at: str
+    status: str = "queued"
+
+
+def event_from_row(row: Mapping[str, Any]) -> Row:
+    """The API shape of a persisted event (SPEC §4.3)."""
+    return compact(
+        {
+            "type": row["type"],
+            "ts": row["ts"],
+            "status": row["status"],
+            "task_id": row["task_id"],
+            "message": row["message"],
+            "result": load_json(row["result_json"]),
+            "error": load_json(row["error_json"]),
+        }
+    )
+
+
+class JobQueries:
+    """Jobs, tasks and events in one `dataset` database."""
+
+    def __init__(self, db: dataset.Database) -> None:
+        self._db = db
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def insert_job(self, record: JobRecord) -> None:
+        self._db["prepare_jobs"].insert(
+            {
+                "job_id": record.job_id,
+                "status": record.status,
+                "prepare_kind": record.prepare_kind,
+                "image_id": record.image_id,
+                "plan_only": int(record.plan_only),
+                "snapshot_mode": "always",
+                "prepare_args_normalized": record.prepare_args_normalized,
+                "request_json": record.request_json,
+                "created_at": record.created_at,
+            }
+        )
+
+    def job_row(self, job_id: str) -> Row | None:
+        found = self._db["prepare_jobs"].find_one(job_id=job_id)
+        return dict(found) if found else None
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Update columns of a job; `result`/`error` values are stored as JSON."""
+        values = dict(fields)
+        for key in ("result", "error"):
+            if key in values:
+                values[f"{key}_json"] = dump_json(values.pop(key))
+        values["job_id"] = job_id
+        self._db["prepare_jobs"].update(values, ["job_id"])
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job; its tasks and events go with it (ON DELETE CASCADE)."""
+        self._db.query("DELETE FROM prepare_jobs WHERE job_id = :id", id=job_id)
+
+    def unfinished_job_rows(self) -> list[Row]:
+        return as_dicts(
+            self._db.query(
+                """SELECT * FROM prepare_jobs WHERE status IN ('queued', 'running')
+                   ORDER BY created_at, rowid"""
+            )
+        )
+
+    def terminal_jobs_with_signature(self, signature: str) -> list[Row]:
+        """Terminal jobs sharing a signature, newest first (SPEC §4.11 ordering)."""
+        return as_dicts(
+            self._db.query(
+                """SELECT * FROM prepare_jobs
+                   WHERE signature = :sig AND status IN ('succeeded', 'failed')
+                   ORDER BY COALESCE(finished_at, created_at) DESC, rowid DESC""",
+                sig=signature,
+            )
+        )
+
+    def list_jobs(self, job_prefix: str | None = None) -> list[Row]:
+        """Job entries (SPEC §4.9), `job_prefix` matched case-insensitively as a prefix."""
+        params: dict[str, Any] = {}
+        where = ""
+        if job_prefix:
+            where = "WHERE lower(j.job_id) LIKE :prefix ESCAPE '\\'"
+            params["prefix"] = like_prefix(job_prefix.lower())
+        rows = self._db.query(
+            f"""SELECT j.*, (SELECT t.resolved_image_id FROM prepare_tasks t
+                    WHERE t.job_id = j.job_id AND t.type = 'resolve_image') AS resolved_image_id
+                FROM prepare_jobs j {where} ORDER BY j.created_at, j.rowid""",
+            **params,
+        )
+        return [_job_entry(row) for row in rows]
+
+    def job_status(self, job_id: str) -> Row | None:
+        """The job status object of SPEC §4.2, or None."""
+        row = self.job_row(job_id)
+        if row is None:
+            return None
+        status = compact(
+            {
+                "job_id": row["job_id"],
+                "status": row["status"],
+                "prepare_kind": row["prepare_kind"],
+                "image_id": row["image_id"],
+                "plan_only": True if row["plan_only"] else None,
+                "prepare_args_normalized": row["prepare_args_normalized"],
+                "created_at": row["created_at"],
+                "started_at": row["started_at"],
+                "finished_at": row["finished_at"],
+            }
+        )
+        tasks = [_plan_task(task) for task in self.task_rows(job_id)]
+        if tasks:
+            status["tasks"] = tasks
+        if row["status"] == "succeeded" and row["result_json"]:
+            status["result"] = load_json(row["result_json"])
+        if row["status"] == "failed" and row["error_json"]:
+            status["error"] = load_json(row["error_json"])
+        return status
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def replace_tasks(self, job_id: str, tasks: Iterable[Mapping[str, Any]]) -> None:
+        """Replace the job's task rows (planning, re-planning) in one transaction."""
+        with self._db as tx:
+            tx.query("DELETE FROM prepare_tasks WHERE job_id = :id", id=job_id)
+            table = tx["prepare_tasks"]
+            for task in tasks:
+                row = {key: task.get(key) for key in TASK_COLUMNS}
+                if row["cached"] is not None:
+                    row["cached"] = int(bool(row["cached"]))
+                row["job_id"] = job_id
+                table.insert(row)
+
+    def update_task(self, job_id: str, task_id: str, **fields: Any) -> None:
+        values = dict(fields)
+        if "error" in values:
+            values["error_json"] = dump_json(values.pop("error"))
+        if "cached" in values and values["cached"] is not None:
+            values["cached"] = int(bool(values["cached"]))
+        values.update(job_id=job_id, task_id=task_id)
+        self._db["prepare_tasks"].update(values, ["job_id", "task_id"])
+
+    def task_rows(self, job_id: str) -> list[Row]:
+        return as_dicts(
+            self._db.query(
+                "SELECT * FROM prepare_tasks WHERE job_id = :id ORDER BY position", id=job_id
+            )
+        )
+
+    def has_running_task(self, job_id: str) -> bool:
+        rows = self._db.query(
+            """SELECT 1 FROM prepare_tasks WHERE job_id = :id AND status = 'running'
+               LIMIT 1""",
+            id=job_id,
+        )
+        return next(iter(rows), None) is not None
+
+    def list_tasks(self, job_id: str | None = None) -> list[Row]:
+        """Task entries (SPEC §4.9), `job_id` an exact filter."""
+        where = "WHERE job_id = :id" if job_id else ""
+        rows = self._db.query(
+            f"SELECT * FROM prepare_tasks {where} ORDER BY job_id, position",
+            **({"id": job_id} if job_id else {}),
+        )
+        return [_task_entry(row) for row in rows]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def append_event(self, job_id: str, event: Mapping[str, Any]) -> int:
+        """Persist an event; returns its index in the job's event list (0-based)."""
+        self._db["prepare_events"].insert(
+            {
+                "job_id": job_id,
+                "type": event["type"],
+                "ts": event["ts"],
+                "status": event.get("status"),
+                "task_id": event.get("task_id"),
+                "message": event.get("message"),
+                "result_json": dump_json(event.get("result")),
+                "error_json": dump_json(event.get("error")),
+            }
+        )
+        return self.event_count(job_id) - 1
+
+    def event_count(self, job_id: str) -> int:
+        row = next(
+            iter(
+                self._db.query(
+                    "SELECT COUNT(*) AS n FROM prepare_events WHERE job_id = :id", id=job_id
+                )
+            )
+        )
+        return int(row["n"])
+
+    def events(self, job_id: str, start: int = 0, stop: int | None = None) -> list[Row]:
+        """Events with index in [start, stop) in order."""
+        limit = -1 if stop is None else max(0, stop - start)
+        rows = self._db.query(
+            """SELECT * FROM prepare_events WHERE job_id = :id ORDER BY seq
+               LIMIT :limit OFFSET :offset""",
+            id=job_id,
+            limit=limit,
+            offset=start,
+        )
+        return [event_from_row(row) for row in rows]
+
+
+def _job_entry(row: Mapping[str, Any]) -> Row:
+    return compact(
+        {
+            "job_id": row["job_id"],
+            "status": row["status"],
+            "prepare_kind": row["prepare_kind"],
+            "image_id": row["image_id"],
+            "resolved_image_id": row["resolved_image_id"],
+            "prepare_args_normalized": row["prepare_args_normalized"],
+            "signature": row["signature"],
+            "plan_only": True if row["plan_only"] else None,
+            "created_at": row["created_at"],
+            "started_at": row["started_at"],
+            "finished_at": row["finished_at"],
+        }
+    )
+
+
+def _task_input(row: Mapping[str, Any]) -> Row | None:
+    if not row["input_kind"]:
+        return None
+    return {"kind": row["input_kind"], "id": row["input_id"]}
+
+
+def _task_fields(row: Mapping[str, Any]) -> Row:
+    """Fields shared by plan tasks in job status and by /v1/tasks entries."""
+    fields = compact(
+        {
+            "task_id": row["task_id"],
+            "type": row["type"],
+            "planner_kind": row["planner_kind"],
+            "input": _task_input(row),
+            "image_id": row["image_id"],
+            "resolved_image_id": row["resolved_image_id"],
+            "task_hash": row["task_hash"],
+            "output_state_id": row["output_state_id"],
+            "instance_mode": row["instance_mode"],
+            "changeset_id": row["changeset_id"],
+            "changeset_author": row["changeset_author"],
+            "changeset_path": row["changeset_path"],
+        }
+    )
+    if row["type"] == "state_execute":
+        fields["cached"] = bool(row["cached"])
+    return fields
+
+
+def _plan_task(row: Mapping[str, Any]) -> Row:
+    return _task_fields(row)
+
+
+def _task_entry(row: Mapping[str, Any]) -> Row:
+    entry = _task_fields(row)
+    entry["job_id"] = row["job_id"]
+    entry["status"] = row["status"]
+    if row["type"] == "state_execute" and row["args_summary"]:
+        entry["args_summary"] = row["args_summary"]
+    return entry
+
+
+def is_terminal(status: str | None) -> bool:
+    return status in TERMINAL_STATUSES

@@ -1,0 +1,312 @@
+"""Queries over states, instances and names (SPEC §7) and their API entries.
+
+Entries are built here because their derived fields (`status`, `refcount`, the primary name)
+are facts of the data, computed in SQL next to the rows they come from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dataset
+
+from sqlrs_engine.clock import format_rfc3339, parse_rfc3339, utcnow
+from sqlrs_engine.persistence.rows import Row, as_dicts, compact
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """A new state row (SPEC §2.9 step 12)."""
+
+    state_id: str
+    parent_state_id: str | None
+    image_id: str
+    prepare_kind: str
+    prepare_args_normalized: str
+    created_at: str
+    size_bytes: int | None
+    snapshot_backend: str | None = None
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A new instance row (SPEC §2.12)."""
+
+    instance_id: str
+    state_id: str
+    image_id: str
+    created_at: str
+    runtime_id: str | None
+    runtime_dir: str | None
+    job_id: str | None = None
+    expires_at: str | None = None
+    status: str = "active"
+
+
+def _expired(expires_at: str | None) -> bool:
+    return bool(expires_at) and parse_rfc3339(str(expires_at)) < utcnow()
+
+
+class MetadataQueries:
+    """States, instances and names in one `dataset` database."""
+
+    def __init__(self, db: dataset.Database) -> None:
+        self._db = db
+
+    # -- states ----------------------------------------------------------------------------
+
+    def insert_state(self, record: StateRecord) -> bool:
+        """INSERT OR IGNORE a state; True when this call created it."""
+        cursor = self._db.query(
+            """INSERT OR IGNORE INTO states (state_id, parent_state_id, state_fingerprint,
+                   image_id, prepare_kind, prepare_args_normalized, created_at, size_bytes,
+                   last_used_at, use_count, snapshot_backend)
+               VALUES (:state_id, :parent, :state_id, :image_id, :kind, :args, :created_at,
+                   :size_bytes, :created_at, 0, :backend)""",
+            state_id=record.state_id,
+            parent=record.parent_state_id,
+            image_id=record.image_id,
+            kind=record.prepare_kind,
+            args=record.prepare_args_normalized,
+            created_at=record.created_at,
+            size_bytes=record.size_bytes,
+            backend=record.snapshot_backend,
+        )
+        result = cursor.result_proxy
+        return bool(result is not None and result.rowcount)
+
+    def state_row(self, state_id: str) -> Row | None:
+        found = self._db["states"].find_one(state_id=state_id)
+        return dict(found) if found else None
+
+    def state_exists(self, state_id: str) -> bool:
+        return self.state_row(state_id) is not None
+
+    def set_state_size(self, state_id: str, size_bytes: int) -> None:
+        self._db.query(
+            "UPDATE states SET size_bytes = :size WHERE state_id = :id",
+            size=size_bytes,
+            id=state_id,
+        )
+
+    def delete_state(self, state_id: str) -> None:
+        self._db.query("DELETE FROM states WHERE state_id = :id", id=state_id)
+
+    def child_state_ids(self, state_id: str) -> list[str]:
+        rows = self._db.query(
+            "SELECT state_id FROM states WHERE parent_state_id = :id ORDER BY created_at, rowid",
+            id=state_id,
+        )
+        return [row["state_id"] for row in rows]
+
+    def list_states(
+        self, *, kind: str | None = None, image: str | None = None, id_prefix: str | None = None
+    ) -> list[Row]:
+        """State entries (SPEC §7), filtered by exact kind/image and lowercase id prefix."""
+        where, params = _filters(
+            ("s.prepare_kind = :kind", "kind", kind),
+            ("s.image_id = :image", "image", image),
+            ("lower(s.state_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
+        )
+        return [_state_entry(row) for row in self._state_rows(where, params)]
+
+    def get_state(self, state_id: str) -> Row | None:
+        rows = list(self._state_rows("WHERE s.state_id = :id", {"id": state_id}))
+        return _state_entry(rows[0]) if rows else None
+
+    def _state_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
+        yield from as_dicts(
+            self._db.query(
+                f"""SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
+                       AS refcount
+                    FROM states s {where} ORDER BY s.rowid""",
+                **params,
+            )
+        )
+
+    # -- instances -------------------------------------------------------------------------
+
+    def insert_instance(self, record: InstanceRecord) -> None:
+        """Insert the instance and count the use of its state, in one transaction."""
+        with self._db as tx:
+            tx["instances"].insert(
+                {
+                    "instance_id": record.instance_id,
+                    "state_id": record.state_id,
+                    "image_id": record.image_id,
+                    "created_at": record.created_at,
+                    "expires_at": record.expires_at,
+                    "runtime_id": record.runtime_id,
+                    "runtime_dir": record.runtime_dir,
+                    "status": record.status,
+                    "job_id": record.job_id,
+                }
+            )
+            tx.query(
+                """UPDATE states SET last_used_at = :now, use_count = use_count + 1
+                   WHERE state_id = :id""",
+                now=record.created_at,
+                id=record.state_id,
+            )
+
+    def instance_row(self, instance_id: str) -> Row | None:
+        found = self._db["instances"].find_one(instance_id=instance_id)
+        return dict(found) if found else None
+
+    def all_instance_rows(self) -> list[Row]:
+        return as_dicts(self._db.query("SELECT * FROM instances ORDER BY rowid"))
+
+    def instance_rows_of_state(self, state_id: str) -> list[Row]:
+        return as_dicts(
+            self._db.query(
+                "SELECT * FROM instances WHERE state_id = :id ORDER BY created_at, rowid",
+                id=state_id,
+            )
+        )
+
+    def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> None:
+        self._db.query(
+            "UPDATE instances SET runtime_id = :rid WHERE instance_id = :id",
+            rid=runtime_id,
+            id=instance_id,
+        )
+
+    def delete_instance(self, instance_id: str) -> None:
+        self._db.query("DELETE FROM instances WHERE instance_id = :id", id=instance_id)
+
+    def list_instances(
+        self, *, state: str | None = None, image: str | None = None, id_prefix: str | None = None
+    ) -> list[Row]:
+        where, params = _filters(
+            ("i.state_id = :state", "state", state),
+            ("i.image_id = :image", "image", image),
+            ("lower(i.instance_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
+        )
+        return [_instance_entry(row) for row in self._instance_rows(where, params)]
+
+    def get_instance(self, instance_id: str) -> Row | None:
+        rows = list(self._instance_rows("WHERE i.instance_id = :id", {"id": instance_id}))
+        return _instance_entry(rows[0]) if rows else None
+
+    def instance_id_by_name(self, name: str) -> str | None:
+        row = self._db["names"].find_one(name=name)
+        return str(row["instance_id"]) if row and row["instance_id"] else None
+
+    def _instance_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
+        yield from as_dicts(
+            self._db.query(
+                f"""SELECT i.*,
+                       (SELECT n.name FROM names n WHERE n.instance_id = i.instance_id
+                        ORDER BY n.is_primary DESC, n.name LIMIT 1) AS primary_name,
+                       (SELECT COUNT(*) FROM names n WHERE n.instance_id = i.instance_id)
+                        AS name_count
+                    FROM instances i {where} ORDER BY i.rowid""",
+                **params,
+            )
+        )
+
+    # -- names -----------------------------------------------------------------------------
+
+    def upsert_name(self, row: Row) -> None:
+        """Write a name row (no endpoint creates names locally; used by tooling and tests)."""
+        self._db["names"].upsert(dict(row), ["name"])
+
+    def list_names(
+        self, *, instance: str | None = None, state: str | None = None, image: str | None = None
+    ) -> list[Row]:
+        where, params = _filters(
+            ("n.instance_id = :instance", "instance", instance),
+            ("n.state_id = :state", "state", state),
+            ("n.image_id = :image", "image", image),
+        )
+        return [_name_entry(row) for row in self._name_rows(where, params)]
+
+    def get_name(self, name: str) -> Row | None:
+        rows = list(self._name_rows("WHERE n.name = :name", {"name": name}))
+        return _name_entry(rows[0]) if rows else None
+
+    def _name_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
+        yield from as_dicts(
+            self._db.query(
+                f"""SELECT n.*, i.instance_id AS live_instance_id, i.expires_at AS expires_at
+                    FROM names n LEFT JOIN instances i ON i.instance_id = n.instance_id
+                    {where} ORDER BY n.rowid""",
+                **params,
+            )
+        )
+
+
+def _prefix(id_prefix: str | None) -> str | None:
+    return None if id_prefix is None else id_prefix.lower() + "%"
+
+
+def _filters(*clauses: tuple[str, str, str | None]) -> tuple[str, dict[str, Any]]:
+    parts = [sql for sql, _, value in clauses if value is not None]
+    params = {name: value for _, name, value in clauses if value is not None}
+    return ("WHERE " + " AND ".join(parts) if parts else "", params)
+
+
+def _state_entry(row: Row) -> Row:
+    entry = compact(
+        {
+            "state_id": row["state_id"],
+            "parent_state_id": row["parent_state_id"],
+            "image_id": row["image_id"],
+            "prepare_kind": row["prepare_kind"],
+            "prepare_args_normalized": row["prepare_args_normalized"],
+            "created_at": row["created_at"],
+            "size_bytes": row["size_bytes"] or None,
+            "last_used_at": row["last_used_at"],
+            "use_count": row["use_count"] or None,
+            "min_retention_until": row["min_retention_until"],
+        }
+    )
+    entry["refcount"] = int(row["refcount"])
+    return entry
+
+
+def _instance_entry(row: Row) -> Row:
+    if _expired(row["expires_at"]):
+        status = "expired"
+    elif not row["name_count"]:
+        status = "orphaned"
+    else:
+        status = "active"
+    return compact(
+        {
+            "instance_id": row["instance_id"],
+            "image_id": row["image_id"],
+            "state_id": row["state_id"],
+            "name": row["primary_name"],
+            "created_at": row["created_at"],
+            "expires_at": row["expires_at"],
+            "runtime_id": row["runtime_id"],
+            "status": status,
+        }
+    )
+
+
+def _name_entry(row: Row) -> Row:
+    if not row["instance_id"] or not row["live_instance_id"]:
+        status = "missing"
+    elif _expired(row["expires_at"]):
+        status = "expired"
+    else:
+        status = "active"
+    return compact(
+        {
+            "name": row["name"],
+            "instance_id": row["instance_id"],
+            "image_id": row["image_id"],
+            "state_id": row["state_id"] or row["state_fingerprint"],
+            "state_fingerprint": row["state_fingerprint"],
+            "status": status,
+            "last_used_at": row["last_used_at"],
+        }
+    )
+
+
+def now_text() -> str:
+    return format_rfc3339(utcnow())

@@ -1,0 +1,483 @@
+"""Run a child process: cancellable, streamed, bounded, and never left behind.
+
+Every external program the engine runs (initdb, pg_ctl, psql, pgbench, Liquibase, cp, mount …)
+goes through `run`:
+
+- the child gets **its own process group** (`start_new_session=True`); cancelling (the job's
+  `CancelToken`), a timeout, or an exception raised by the output callback terminates the
+  whole group: SIGTERM, then SIGKILL after `term_grace` seconds. `run` returns or raises only
+  once the child has been reaped.
+- when the leader exits, whatever is left in its process group is SIGKILLed too (the group is
+  killed while the leader is still an unreaped zombie, so its id cannot have been reused).
+  A program that must outlive its launcher (a PostgreSQL postmaster started by `pg_ctl`) has
+  to leave the group itself, as `pg_ctl` does with `setsid()`.
+- stdout and stderr are read separately and delivered **as they arrive** to
+  `on_output(stream, chunk)` with `stream` in `("stdout", "stderr")`, on the calling thread;
+  `LineBuffer` / `run_lines` turn that into whole lines (for `initdb: <line>` log events).
+- only the last `tail_bytes` of the combined output are kept (error details), so a chatty
+  program cannot exhaust memory.
+- `stdin` bytes are written by a helper thread, so a child that produces lots of output before
+  reading all of its input cannot deadlock against us.
+- `user=RunAs(...)` runs the child as another OS user (uid, gid, supplementary groups) with
+  `HOME`, `USER` and `LOGNAME` set to that user's; without an explicit `cwd` it starts in that
+  user's home directory (or `/`), because our own cwd is often not accessible to it.
+
+Cancellation raises `errors.cancelled()` (JobFailure `cancelled`, "task cancelled").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import pwd
+import selectors
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.errors import cancelled
+
+OutputCallback = Callable[[str, bytes], None]
+"""Receives (`"stdout"` | `"stderr"`, chunk) as the child writes."""
+
+LineCallback = Callable[[str, str], None]
+"""Receives (`"stdout"` | `"stderr"`, line without its line terminator)."""
+
+DEFAULT_TAIL_BYTES = 64 * 1024
+DEFAULT_TERM_GRACE = 1.0
+_READ_SIZE = 64 * 1024
+_POLL = 0.05
+_DRAIN_AFTER_EXIT = 0.5
+"""How long to keep reading after the group is dead, for pipes held by escaped daemons."""
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An OS identity for a child process."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    home: str = "/"
+
+    @classmethod
+    def from_name(cls, name: str) -> RunAs:
+        """Look up a user by name (KeyError when there is no such user)."""
+        entry = pwd.getpwnam(name)
+        groups = tuple(g for g in os.getgrouplist(name, entry.pw_gid) if g != entry.pw_gid)
+        return cls(name, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir or "/")
+
+    @classmethod
+    def current(cls) -> RunAs:
+        """The identity this process runs as."""
+        uid = os.geteuid()
+        try:
+            entry = pwd.getpwuid(uid)
+            name, home = entry.pw_name, entry.pw_dir or "/"
+        except KeyError:
+            name, home = str(uid), os.environ.get("HOME", "/")
+        return cls(name, uid, os.getegid(), tuple(os.getgroups()), home)
+
+    @property
+    def group_name(self) -> str:
+        try:
+            return grp.getgrgid(self.gid).gr_name
+        except KeyError:
+            return str(self.gid)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """A finished child process."""
+
+    argv: tuple[str, ...]
+    exit_code: int
+    """The exit status; negative `-N` when the process was killed by signal N (Popen style)."""
+    output: str
+    """The last `tail_bytes` of combined stdout+stderr, decoded (invalid UTF-8 replaced)."""
+    truncated: bool = False
+    """True when older output was dropped from `output`."""
+
+
+class ProcessError(Exception):
+    """A child process could not be started, exited non-zero (with `check=True`) or timed out."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        message: str,
+        exit_code: int | None = None,
+        output: str = "",
+    ) -> None:
+        detail = output.strip()
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.argv = tuple(argv)
+        self.message = message
+        self.exit_code = exit_code
+        self.output = output
+
+
+class ProcessTimeout(ProcessError):
+    """The child ran longer than the `timeout` given to `run`; it was killed."""
+
+
+def _describe(argv: Sequence[str]) -> str:
+    return os.path.basename(argv[0]) if argv else "<empty argv>"
+
+
+def child_env(
+    env: Mapping[str, str] | None, user: RunAs | None, *, inherit: bool = True
+) -> dict[str, str]:
+    """The environment for a child: ours (when `inherit`) + `env`, with the user's HOME etc."""
+    result: dict[str, str] = dict(os.environ) if inherit else {}
+    if user is not None:
+        result["HOME"] = user.home
+        result["USER"] = user.name
+        result["LOGNAME"] = user.name
+        if "PATH" not in result:
+            result["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    if env:
+        result.update(env)
+    return result
+
+
+class _Tail:
+    """The last `limit` bytes of everything appended."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, limit)
+        self.buf = bytearray()
+        self.truncated = False
+
+    def add(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) > 2 * self.limit or (self.limit == 0 and self.buf):
+            self._trim()
+
+    def _trim(self) -> None:
+        excess = len(self.buf) - self.limit
+        if excess > 0:
+            del self.buf[:excess]
+            self.truncated = True
+
+    def text(self) -> str:
+        self._trim()
+        return self.buf.decode("utf-8", errors="replace")
+
+
+class _Group:
+    """Signals the child's process group, but never after the leader has been reaped."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.lock = threading.Lock()
+        self.reaped = False
+
+    def signal(self, signum: int) -> None:
+        with self.lock:
+            if self.reaped:
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signum)
+
+    def leader_exited(self) -> bool:
+        """True once the leader is a zombie (or gone); does not reap it."""
+        with self.lock:
+            if self.reaped:
+                return True
+        try:
+            info = os.waitid(os.P_PID, self.proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def wait_leader(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.leader_exited():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+    def reap(self) -> int:
+        """Kill what is left of the group (leader is a zombie: its id is still ours), reap."""
+        self.signal(signal.SIGKILL)
+        with self.lock:
+            self.reaped = True
+        return self.proc.wait()
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM the group, SIGKILL it after `grace` seconds if the leader is still alive."""
+        self.signal(signal.SIGTERM)
+        if not self.wait_leader(grace):
+            self.signal(signal.SIGKILL)
+            self.wait_leader(30.0)
+
+
+def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except (BrokenPipeError, OSError, ValueError):
+        pass
+    finally:
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            pipe.close()
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cancel: CancelToken = NEVER_CANCELLED,
+    env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
+    cwd: Path | str | None = None,
+    stdin: bytes | None = None,
+    user: RunAs | None = None,
+    on_output: OutputCallback | None = None,
+    tail_bytes: int = DEFAULT_TAIL_BYTES,
+    timeout: float | None = None,
+    term_grace: float = DEFAULT_TERM_GRACE,
+    check: bool = False,
+) -> RunResult:
+    """Run `argv` to completion; see the module docstring for the guarantees.
+
+    Raises JobFailure `cancelled` on cancel, `ProcessTimeout` after `timeout` seconds,
+    `ProcessError` when the program cannot be started (or exits non-zero with `check=True`),
+    and re-raises whatever `on_output` raises — in every case after the process group is dead.
+    """
+    argv = [os.fspath(a) for a in argv]
+    cancel.raise_if_cancelled()
+    if user is not None and cwd is None:
+        cwd = user.home if os.path.isdir(user.home) else "/"
+    switch = user is not None and (user.uid != os.geteuid() or user.gid != os.getegid())
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(env, user, inherit=inherit_env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+            user=user.uid if switch and user else None,
+            group=user.gid if switch and user else None,
+            extra_groups=list(user.groups) if switch and user else None,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ProcessError(argv, f"cannot start {_describe(argv)}: {exc}") from exc
+    group = _Group(proc)
+    unregister = cancel.register(lambda: group.signal(signal.SIGTERM))
+    tail = _Tail(tail_bytes)
+    writer: threading.Thread | None = None
+    try:
+        if stdin is not None:
+            writer = threading.Thread(
+                target=_feed_stdin, args=(proc.stdin, stdin), name="stdin-writer", daemon=True
+            )
+            writer.start()
+        exit_code = _pump(argv, proc, group, tail, on_output, cancel, timeout, term_grace)
+    except BaseException:
+        # Cancel, timeout, or a callback that raised: nothing of the group may survive.
+        group.terminate(term_grace)
+        group.reap()
+        raise
+    finally:
+        unregister()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        if writer is not None:
+            writer.join(timeout=5)
+    result = RunResult(tuple(argv), exit_code, tail.text(), tail.truncated)
+    if check and exit_code != 0:
+        raise ProcessError(
+            argv, f"{_describe(argv)} exited with code {exit_code}", exit_code, result.output
+        )
+    return result
+
+
+def _pump(
+    argv: Sequence[str],
+    proc: subprocess.Popen[bytes],
+    group: _Group,
+    tail: _Tail,
+    on_output: OutputCallback | None,
+    cancel: CancelToken,
+    timeout: float | None,
+    term_grace: float,
+) -> int:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    selector = selectors.DefaultSelector()
+    assert proc.stdout is not None and proc.stderr is not None
+    for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        os.set_blocking(pipe.fileno(), False)
+        selector.register(pipe.fileno(), selectors.EVENT_READ, name)
+    drain_deadline: float | None = None
+    try:
+        while True:
+            if cancel.cancelled:
+                group.terminate(term_grace)
+                raise cancelled()
+            if deadline is not None and time.monotonic() >= deadline:
+                group.terminate(term_grace)
+                raise _timeout(argv, timeout, tail)
+            if not selector.get_map():
+                break
+            if drain_deadline is None and group.leader_exited():
+                # Leader gone: kill leftovers now, then read what is buffered until EOF.
+                group.signal(signal.SIGKILL)
+                drain_deadline = time.monotonic() + _DRAIN_AFTER_EXIT
+            if drain_deadline is not None and time.monotonic() >= drain_deadline:
+                break  # a daemon outside the group still holds our pipe: stop reading
+            for key, _ in selector.select(_POLL):
+                fd = key.fd
+                try:
+                    chunk = os.read(fd, _READ_SIZE)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    selector.unregister(fd)
+                    continue
+                tail.add(chunk)
+                if on_output is not None:
+                    on_output(str(key.data), chunk)
+        while not group.leader_exited():
+            if cancel.cancelled:
+                group.terminate(term_grace)
+                raise cancelled()
+            if deadline is not None and time.monotonic() >= deadline:
+                group.terminate(term_grace)
+                raise _timeout(argv, timeout, tail)
+            time.sleep(0.01)
+        if cancel.cancelled:
+            # The leader may have died *because* of the cancel: report a cancel, not an exit.
+            raise cancelled()
+        return group.reap()
+    finally:
+        selector.close()
+
+
+def _timeout(argv: Sequence[str], timeout: float | None, tail: _Tail) -> ProcessTimeout:
+    return ProcessTimeout(
+        argv, f"{_describe(argv)} timed out after {timeout or 0:g}s", None, tail.text()
+    )
+
+
+class LineBuffer:
+    """Split chunks of two streams into lines: `feed(stream, chunk)`, then `flush()`.
+
+    Lines are decoded as UTF-8 (invalid bytes replaced) without their `\\n` / `\\r\\n`. A
+    final line without a newline is delivered by `flush()`. Lines longer than `max_line`
+    bytes are delivered in pieces so a newline-free stream cannot grow the buffer without
+    bound.
+    """
+
+    def __init__(self, on_line: LineCallback, max_line: int = 64 * 1024) -> None:
+        self.on_line = on_line
+        self.max_line = max_line
+        self._pending: dict[str, bytearray] = {}
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        buf = self._pending.setdefault(stream, bytearray())
+        buf += chunk
+        while True:
+            index = buf.find(b"\n")
+            if index < 0:
+                break
+            line = bytes(buf[:index])
+            del buf[: index + 1]
+            self._emit(stream, line)
+        while len(buf) > self.max_line:
+            piece = bytes(buf[: self.max_line])
+            del buf[: self.max_line]
+            self._emit(stream, piece)
+
+    def flush(self) -> None:
+        for stream, buf in self._pending.items():
+            if buf:
+                line = bytes(buf)
+                buf.clear()
+                self._emit(stream, line)
+
+    def _emit(self, stream: str, line: bytes) -> None:
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        self.on_line(stream, line.decode("utf-8", errors="replace"))
+
+
+def run_lines(
+    argv: Sequence[str],
+    *,
+    on_line: LineCallback,
+    cancel: CancelToken = NEVER_CANCELLED,
+    env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
+    cwd: Path | str | None = None,
+    stdin: bytes | None = None,
+    user: RunAs | None = None,
+    tail_bytes: int = DEFAULT_TAIL_BYTES,
+    timeout: float | None = None,
+    term_grace: float = DEFAULT_TERM_GRACE,
+    check: bool = False,
+) -> RunResult:
+    """`run` with output delivered as whole lines: `on_line(stream, line)`.
+
+    A last line without a newline is delivered when the process has ended normally.
+    """
+    lines = LineBuffer(on_line)
+    result = run(
+        argv,
+        cancel=cancel,
+        env=env,
+        inherit_env=inherit_env,
+        cwd=cwd,
+        stdin=stdin,
+        user=user,
+        on_output=lines.feed,
+        tail_bytes=tail_bytes,
+        timeout=timeout,
+        term_grace=term_grace,
+        check=False,
+    )
+    lines.flush()
+    if check and result.exit_code != 0:
+        raise ProcessError(
+            argv,
+            f"{_describe(argv)} exited with code {result.exit_code}",
+            result.exit_code,
+            result.output,
+        )
+    return result
+
+
+def exit_status(code: int) -> int:
+    """A shell-style status: `128 + N` for a process killed by signal N, else `code`."""
+    return 128 - code if code < 0 else code
+
+
+__all__ = [
+    "DEFAULT_TAIL_BYTES",
+    "DEFAULT_TERM_GRACE",
+    "LineBuffer",
+    "LineCallback",
+    "OutputCallback",
+    "ProcessError",
+    "ProcessTimeout",
+    "RunAs",
+    "RunResult",
+    "child_env",
+    "exit_status",
+    "run",
+    "run_lines",
+]

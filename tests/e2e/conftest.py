@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
 
 
@@ -18,3 +19,15 @@ def engine(scratch_dir: Path) -> Iterator[EngineProcess]:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_engine() -> Iterator[EngineProcess]:
+    """One engine for a whole module of tests that leave no trace in it."""
+    workdir = make_scratch_dir()
+    running = start_engine(workdir)
+    try:
+        yield running
+    finally:
+        running.stop()
+        remove_scratch_dir(workdir)

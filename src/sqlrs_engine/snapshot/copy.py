@@ -1,0 +1,152 @@
+"""The `copy` snapshot backend: states and clones are full copies (reflinked where possible).
+
+`cp -a --reflink=auto` shares extents on filesystems that can (btrfs, XFS with reflink) and
+falls back to a plain copy elsewhere (ext4), keeping ownership, modes, symlinks and holes.
+It works everywhere, needs no privileges, and is the fallback for the other backends.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final
+
+from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.snapshot.base import (
+    DIRTY_REASON,
+    BackendKind,
+    SnapshotError,
+    data_dir_problem,
+    state_problem,
+)
+from sqlrs_engine.snapshot.fsops import (
+    check_no_overlap,
+    clear_dir,
+    copy_dir_attrs,
+    copy_entries,
+    data_entries,
+    os_error_to_snapshot,
+    remove_tree,
+    tree_size,
+)
+from sqlrs_engine.snapshot.layout import BUILD_LOCK, STORE_METADATA_NAMES, state_build_marker
+
+
+class CopyBackend:
+    """Snapshot backend that copies whole data dirs."""
+
+    kind: Final[BackendKind] = "copy"
+    separate_build_meta: Final[bool] = False
+
+    def clone(self, src: Path, dst: Path, *, cancel: CancelToken = NEVER_CANCELLED) -> Path:
+        """Copy data dir `src` into new/empty `dst`; `dst` is the mount dir."""
+        what = "snapshot clone failed"
+        if not src.is_dir():
+            raise SnapshotError(what, f"source {src} is not a directory")
+        check_no_overlap(src, dst, what)
+        created = self._prepare_empty_dst(dst, what)
+        try:
+            copy_entries(data_entries(src), dst, what, cancel)
+            copy_dir_attrs(src, dst)
+        except BaseException as exc:
+            self._discard(dst, created=created)
+            if isinstance(exc, OSError):
+                raise os_error_to_snapshot(what, exc) from exc
+            raise
+        return dst
+
+    def snapshot(
+        self,
+        src_mount_dir: Path,
+        dst: Path,
+        parent: Path | None,
+        *,
+        cancel: CancelToken = NEVER_CANCELLED,
+    ) -> None:
+        """Copy a stopped server's data dir into state dir `dst` (`parent` is unused)."""
+        what = "snapshot failed"
+        problem = data_dir_problem(src_mount_dir, require_pg_version=True)
+        if problem == DIRTY_REASON:
+            raise SnapshotError(
+                "snapshot refused",
+                f"postmaster.pid present in {src_mount_dir}: the server was not stopped "
+                "cleanly (a copy would be a dirty state); stop it with pg_ctl stop -m fast "
+                "first",
+            )
+        if problem is not None:
+            raise SnapshotError("snapshot refused", f"{problem} ({src_mount_dir})")
+        check_no_overlap(src_mount_dir, dst, what)
+        if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+            raise SnapshotError(what, f"state dir {dst} exists and is not a directory")
+        if dst.exists():
+            leftovers = sorted(p.name for p in dst.iterdir() if p.name != BUILD_LOCK)
+            if leftovers:
+                raise SnapshotError(
+                    what,
+                    f"state dir {dst} is not empty ({', '.join(leftovers[:5])}); "
+                    "reset it before taking a new snapshot",
+                )
+        try:
+            dst.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise os_error_to_snapshot(what, exc) from exc
+        try:
+            copy_entries(data_entries(src_mount_dir), dst, what, cancel)
+            copy_dir_attrs(src_mount_dir, dst)
+        except BaseException as exc:
+            self._discard(dst, created=False)
+            if isinstance(exc, OSError):
+                raise os_error_to_snapshot(what, exc) from exc
+            raise
+
+    def remove(self, path: Path) -> None:
+        """`rm -rf` with retries, then rename to `.stale-<ns>` (SPEC §6)."""
+        remove_tree(path)
+
+    def ensure_base_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def ensure_state_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+
+    def validate_state(self, path: Path) -> str | None:
+        return state_problem(path, state_build_marker(path, separate=self.separate_build_meta))
+
+    def size_bytes(self, path: Path) -> int:
+        """Sum of regular-file sizes: a copy owns every byte it holds."""
+        return tree_size(path)
+
+    def mount_dir_of(self, dst: Path) -> Path:
+        return dst
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _prepare_empty_dst(dst: Path, what: str) -> bool:
+        """Create `dst` (True) or accept an existing empty dir (False); refuse anything else."""
+        if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+            raise SnapshotError(what, f"destination {dst} exists and is not a directory")
+        if dst.is_dir():
+            if any(True for _ in os.scandir(dst)):
+                raise SnapshotError(what, f"destination {dst} is not empty")
+            return False
+        try:
+            dst.mkdir(parents=True)
+        except FileExistsError as exc:
+            raise SnapshotError(what, f"destination {dst} appeared concurrently") from exc
+        except OSError as exc:
+            raise os_error_to_snapshot(what, exc) from exc
+        return True
+
+    def _discard(self, dst: Path, *, created: bool) -> None:
+        """Best-effort removal of a half-made copy so failures leave nothing behind."""
+        try:
+            if created:
+                self.remove(dst)
+            elif dst.is_dir():
+                clear_dir(dst, STORE_METADATA_NAMES, self.remove)
+        except (OSError, SnapshotError):
+            pass
+
+
+__all__ = ["CopyBackend"]

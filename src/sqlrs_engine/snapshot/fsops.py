@@ -1,0 +1,222 @@
+"""File-system helpers shared by the snapshot backends and the store.
+
+Copies and removals use the coreutils programs (`cp -a`, `rm -rf`) through `process.run`:
+they are the fastest way to copy a data dir while keeping ownership, modes, symlinks and
+sparseness, they can reflink, and running them as a child process makes them cancellable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.process import ProcessError, run
+from sqlrs_engine.snapshot.base import SnapshotError
+from sqlrs_engine.snapshot.layout import STORE_METADATA_NAMES, stale_name
+
+log = logging.getLogger(__name__)
+
+NO_SPACE_TEXT = "no space left on device"
+REMOVE_ATTEMPTS = 3
+REMOVE_BACKOFF = 0.1
+"""Seconds before the 2nd removal attempt; doubled for each further one."""
+_ARGV_CHUNK = 512
+"""Entries per `cp` invocation, far below any ARG_MAX."""
+
+
+def is_no_space(text: str) -> bool:
+    return NO_SPACE_TEXT in text.lower()
+
+
+def run_tool(argv: Sequence[str], what: str, cancel: CancelToken = NEVER_CANCELLED) -> None:
+    """Run a file tool to completion; a failure raises `SnapshotError(what, output)`."""
+    try:
+        result = run(argv, cancel=cancel, tail_bytes=16 * 1024)
+    except ProcessError as exc:
+        raise SnapshotError(what, str(exc)) from exc
+    if result.exit_code != 0:
+        output = result.output.strip() or f"{os.path.basename(argv[0])} exited {result.exit_code}"
+        raise SnapshotError(what, output, no_space=is_no_space(output))
+
+
+def resolved(path: Path) -> Path:
+    """Absolute, symlink-free form of a path that may not exist yet."""
+    return Path(os.path.realpath(path))
+
+
+def check_no_overlap(src: Path, dst: Path, what: str) -> None:
+    """Refuse copies where one side is inside the other (a copy would recurse or clobber)."""
+    s, d = resolved(src), resolved(dst)
+    if s == d or s in d.parents:
+        raise SnapshotError(what, f"destination {dst} is inside source {src}")
+    if d in s.parents:
+        raise SnapshotError(what, f"source {src} is inside destination {dst}")
+
+
+def data_entries(directory: Path) -> list[Path]:
+    """Top-level entries of a data dir, without store metadata (markers, locks)."""
+    with os.scandir(directory) as it:
+        return sorted(Path(entry.path) for entry in it if entry.name not in STORE_METADATA_NAMES)
+
+
+def copy_entries(
+    entries: Sequence[Path], dst: Path, what: str, cancel: CancelToken = NEVER_CANCELLED
+) -> None:
+    """`cp -a --reflink=auto` entries into existing directory `dst` (reflinks where possible)."""
+    for start in range(0, len(entries), _ARGV_CHUNK):
+        chunk = [os.fspath(p) for p in entries[start : start + _ARGV_CHUNK]]
+        run_tool(
+            ["cp", "-a", "--reflink=auto", f"--target-directory={dst}", "--", *chunk],
+            what,
+            cancel,
+        )
+
+
+def copy_dir_attrs(src: Path, dst: Path) -> None:
+    """Give `dst` the owner, group and mode of `src` (what `cp -a` does for a copied dir)."""
+    st = os.stat(src)
+    # chown first: it clears set-id bits that chmod then restores.
+    with contextlib.suppress(PermissionError):
+        os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+
+
+def tree_size(path: Path) -> int:
+    """Sum of regular-file sizes under `path` (symlinks not followed) — SPEC §9.6.
+
+    Files that vanish during the walk are skipped; a missing `path` raises
+    FileNotFoundError so callers can tell "empty" from "gone".
+    """
+    total = 0
+    stack = [os.fspath(path)]
+    root_st = os.lstat(path)
+    if stat.S_ISREG(root_st.st_mode):
+        return root_st.st_size
+    if not stat.S_ISDIR(root_st.st_mode):
+        return 0
+    while stack:
+        current = stack.pop()
+        try:
+            it = os.scandir(current)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for entry in it:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+    return total
+
+
+def _exists(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def remove_tree(
+    path: Path,
+    *,
+    attempts: int = REMOVE_ATTEMPTS,
+    backoff: float = REMOVE_BACKOFF,
+    remover: Callable[[Path], None] | None = None,
+) -> None:
+    """Remove `path` (any file type) with retries; rename it aside as a last resort.
+
+    `remover` is the backend-specific first step (unmount, subvolume delete) run before each
+    `rm -rf`. When every attempt fails the path is renamed to `<path>.stale-<ns>` (SPEC §6)
+    so the name is usable again, and one more removal of the stale copy is tried; a stale
+    copy that survives is left for `StateStore.sweep_stale`. Raises `SnapshotError` only
+    when the original path still exists at the end.
+    """
+    errors: list[str] = []
+    for attempt in range(max(1, attempts)):
+        if not _exists(path):
+            return
+        if attempt:
+            time.sleep(backoff * (2 ** (attempt - 1)))
+        try:
+            if remover is not None:
+                remover(path)
+            if _exists(path):
+                run_tool(["rm", "-rf", "--", os.fspath(path)], f"cannot remove {path}")
+        except SnapshotError as exc:
+            errors.append(exc.details or exc.message)
+        if not _exists(path):
+            return
+    stale = stale_name(path, time.time_ns())
+    try:
+        os.rename(path, stale)
+    except OSError as exc:
+        if not _exists(path):
+            return
+        details = "; ".join([*errors[-1:], f"rename to {stale.name} failed: {exc}"])
+        raise SnapshotError(f"cannot remove {path}", details) from exc
+    log.warning("could not remove %s (%s); renamed it to %s", path, "; ".join(errors[-1:]), stale)
+    try:
+        run_tool(["rm", "-rf", "--", os.fspath(stale)], f"cannot remove {stale}")
+    except SnapshotError as exc:
+        log.warning("stale copy %s left behind: %s", stale, exc.details or exc.message)
+
+
+def clear_dir(directory: Path, keep: Iterable[str], remove: Callable[[Path], None]) -> None:
+    """Remove every entry of `directory` except the names in `keep`."""
+    keep_names = set(keep)
+    with os.scandir(directory) as it:
+        victims = [Path(entry.path) for entry in it if entry.name not in keep_names]
+    for victim in victims:
+        remove(victim)
+
+
+def write_marker(path: Path, content: str = "ok") -> None:
+    """Atomically write a marker file (mode 0600): it appears complete or not at all."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.write(fd, content.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def os_error_to_snapshot(what: str, exc: OSError) -> SnapshotError:
+    """Wrap an OSError, keeping the ENOSPC signal."""
+    return SnapshotError(what, str(exc), no_space=exc.errno == errno.ENOSPC)
+
+
+__all__ = [
+    "check_no_overlap",
+    "clear_dir",
+    "copy_dir_attrs",
+    "copy_entries",
+    "data_entries",
+    "is_no_space",
+    "os_error_to_snapshot",
+    "remove_tree",
+    "resolved",
+    "run_tool",
+    "tree_size",
+    "write_marker",
+]

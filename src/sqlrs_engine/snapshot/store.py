@@ -1,0 +1,410 @@
+"""State-store operations on top of a snapshot backend and the cross-process locks.
+
+This is what a prepare job (and deletion, eviction, run recovery) uses instead of touching
+directories itself: base init under `base/.init.lock` (SPEC §9.3), state builds under the
+per-state build lock (§9.4), clones into `jobs/<id>/runtime` with the checks of §2.10, and
+removal of dirty states (§0.1, §9.5). Locks are `locks.FileLock` (flock + a per-path thread
+lock), so everything here is safe across threads and across engine processes sharing a root.
+
+Lock files are never deleted on purpose except together with their state dir while the lock
+is held; `FileLock` notices a replaced/removed lock file and retries on the new one, and the
+acquire loops below re-create a directory that vanished while they waited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.locks import FileLock
+from sqlrs_engine.snapshot.base import (
+    MISSING_DIR_REASON,
+    PG_VERSION,
+    POSTMASTER_PID,
+    SnapshotBackend,
+    SnapshotError,
+    data_dir_problem,
+    find_data_file,
+)
+from sqlrs_engine.snapshot.fsops import (
+    clear_dir,
+    os_error_to_snapshot,
+    resolved,
+    write_marker,
+)
+from sqlrs_engine.snapshot.layout import INIT_LOCK, StoreLayout, is_stale_name
+
+log = logging.getLogger(__name__)
+
+_LOCK_ATTEMPTS = 20
+"""How often to re-create a lock's directory that keeps being removed under us."""
+
+BaseInit = Callable[[Path], None]
+"""Initializes a cluster into `pgdata_of(base_dir)` (the runtime's initdb + pg_hba setup)."""
+
+
+class StateBuild:
+    """A held per-state build lock and what its holder may do with the state dir.
+
+    Created by `StateStore.build_state`; valid only inside its `with` block.
+    """
+
+    def __init__(self, store: StateStore, image_id: str, state_id: str) -> None:
+        self._store = store
+        self.image_id = image_id
+        self.state_id = state_id
+        self.state_dir = store.layout.state_dir(image_id, state_id)
+        self.problem: str | None = store.backend.validate_state(self.state_dir)
+        """Why the state dir was not a complete state when the lock was taken (None: it was)."""
+        self.committed = False
+        self._active = True
+        self._touched = False
+
+    @property
+    def already_built(self) -> bool:
+        """True when a previous holder completed this state (marker, PG_VERSION, no pid)."""
+        return self.problem is None
+
+    def reset(self) -> None:
+        """Empty the state dir (data and marker; the held lock stays) before rebuilding."""
+        self._check_active()
+        self._touched = True
+        self._store._clear_state(self.image_id, self.state_id, keep_lock=True)
+        self.problem = MISSING_DIR_REASON
+        self.committed = False
+
+    def snapshot(
+        self, mount_dir: Path, parent: Path | None, *, cancel: CancelToken = NEVER_CANCELLED
+    ) -> None:
+        """Reset the state dir, then snapshot a stopped server's data dir into it.
+
+        `parent` is the state/base dir the runtime was cloned from (layered backends store
+        only the difference).
+        """
+        self.reset()
+        self._store.backend.snapshot(mount_dir, self.state_dir, parent, cancel=cancel)
+
+    def size_bytes(self) -> int:
+        """The state's `size_bytes` (SPEC §9.6), measured right after the snapshot."""
+        return self._store.backend.size_bytes(self.state_dir)
+
+    def commit(self) -> None:
+        """Write the build marker: the state is complete (after its row is stored)."""
+        self._check_active()
+        self._store.commit_state(self.image_id, self.state_id)
+        self.committed = True
+        self.problem = None
+
+    def _check_active(self) -> None:
+        if not self._active:
+            raise RuntimeError(f"build lock of state {self.state_id} is no longer held")
+
+    def _finish(self, failed: bool) -> None:
+        self._active = False
+        if failed and self._touched and not self.committed:
+            # A half-built state must not linger (and must never get a marker later).
+            try:
+                self._store._clear_state(self.image_id, self.state_id, keep_lock=True)
+            except (OSError, SnapshotError) as exc:
+                log.warning("cannot clean up failed build of %s: %s", self.state_id, exc)
+
+
+class StateStore:
+    """The state store of one root, operated through one snapshot backend."""
+
+    def __init__(self, layout: StoreLayout, backend: SnapshotBackend) -> None:
+        self.layout = layout
+        self.backend = backend
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    @contextmanager
+    def _lock(
+        self,
+        path: Path,
+        ensure_dir: Callable[[], None],
+        cancel: CancelToken,
+        timeout: float | None,
+    ) -> Iterator[None]:
+        """Hold FileLock `path`, re-creating its directory if it is removed while we wait."""
+        for _ in range(_LOCK_ATTEMPTS):
+            ensure_dir()
+            lock = FileLock(path, cancel=cancel, timeout=timeout)
+            try:
+                lock.acquire()
+            except FileNotFoundError:
+                continue  # the directory was removed by the previous holder: start over
+            try:
+                yield
+            finally:
+                lock.release()
+            return
+        raise SnapshotError("cannot take lock", f"{path.parent} keeps disappearing")
+
+    def _build_lock(
+        self, image_id: str, state_id: str, cancel: CancelToken, timeout: float | None
+    ) -> contextlib.AbstractContextManager[None]:
+        state_dir = self.layout.state_dir(image_id, state_id)
+        lock_path = self.layout.build_lock(
+            image_id, state_id, separate=self.backend.separate_build_meta
+        )
+
+        def ensure() -> None:
+            self.backend.ensure_state_dir(state_dir)
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+
+        return self._lock(lock_path, ensure, cancel, timeout)
+
+    # -- base (SPEC §9.3) -------------------------------------------------------------------------
+
+    def ensure_base(
+        self, image_id: str, init: BaseInit, cancel: CancelToken = NEVER_CANCELLED
+    ) -> Path:
+        """The initialized base dir of an image; runs `init(base_dir)` at most once per root.
+
+        Marker fast path; otherwise under `base/.init.lock`: re-check the marker, accept an
+        existing cluster (PG_VERSION) as is, or clear the dir (except the lock) and run `init`.
+        The marker (`ok`, 0600) is written only after a successful init, so a crash or a
+        failed init is simply retried by the next caller.
+        """
+        base = self.layout.base_dir(image_id)
+        marker = self.layout.init_marker(image_id)
+        if marker.is_file():
+            return base
+        with self._lock(
+            self.layout.init_lock(image_id),
+            lambda: self.backend.ensure_base_dir(base),
+            cancel,
+            None,
+        ):
+            if marker.is_file():
+                return base
+            if find_data_file(base, PG_VERSION) is None:
+                clear_dir(base, {INIT_LOCK}, self.backend.remove)
+                cancel.raise_if_cancelled()
+                init(base)
+                if find_data_file(base, PG_VERSION) is None:
+                    raise SnapshotError("base init failed", f"init left no PG_VERSION in {base}")
+            if find_data_file(base, POSTMASTER_PID) is not None:
+                raise SnapshotError(
+                    "base init failed",
+                    f"postmaster.pid present in {base}: a server is (or was) running on the "
+                    "base dir; stop it, or remove the base dir to re-initialize",
+                )
+            self._write_marker(marker, "base init failed")
+        return base
+
+    # -- states (SPEC §9.4, §9.5) --------------------------------------------------------------
+
+    @contextmanager
+    def build_state(
+        self,
+        image_id: str,
+        state_id: str,
+        cancel: CancelToken = NEVER_CANCELLED,
+        *,
+        timeout: float | None = None,
+    ) -> Iterator[StateBuild]:
+        """Hold the build lock of one state; yields what the holder may do.
+
+        Inside, the caller re-checks its cache: `build.already_built` is True when another
+        job finished the state while we waited (treat it as built). Otherwise it builds and
+        calls `build.snapshot(...)`, stores the row, then `build.commit()`. If the block
+        raises after touching the dir and before committing, the partial state is removed.
+        """
+        with self._build_lock(image_id, state_id, cancel, timeout):
+            build = StateBuild(self, image_id, state_id)
+            failed = True
+            try:
+                yield build
+                failed = False
+            finally:
+                build._finish(failed)
+
+    def commit_state(self, image_id: str, state_id: str) -> None:
+        """Write `.build.ok` for a snapshotted state (caller holds its build lock)."""
+        state_dir = self.layout.state_dir(image_id, state_id)
+        problem = data_dir_problem(state_dir, require_pg_version=True)
+        if problem is not None:
+            raise SnapshotError("cannot commit state", f"{problem} ({state_dir})")
+        marker = self.layout.build_marker(
+            image_id, state_id, separate=self.backend.separate_build_meta
+        )
+        self._write_marker(marker, "cannot commit state")
+
+    def state_dir(self, image_id: str, state_id: str) -> Path:
+        return self.layout.state_dir(image_id, state_id)
+
+    def validate_state(self, image_id: str, state_id: str) -> str | None:
+        """None when the state dir is complete and clean, else why not (unlocked check)."""
+        return self.backend.validate_state(self.layout.state_dir(image_id, state_id))
+
+    def invalidate_state(
+        self, image_id: str, state_id: str, cancel: CancelToken = NEVER_CANCELLED
+    ) -> str | None:
+        """Remove a dirty/incomplete state dir; returns the reason, or None if it was valid.
+
+        Re-checked under the build lock: a state that looked incomplete because another job
+        was still building it is left alone (None), so the caller deletes the state row only
+        when a reason is returned.
+        """
+        state_dir = self.layout.state_dir(image_id, state_id)
+        marker = self.layout.build_marker(
+            image_id, state_id, separate=self.backend.separate_build_meta
+        )
+        if not state_dir.exists() and not marker.exists():
+            return f"{MISSING_DIR_REASON}: {state_dir}"
+        with self._build_lock(image_id, state_id, cancel, None):
+            problem = self.backend.validate_state(state_dir)
+            if problem is None:
+                return None
+            self._clear_state(image_id, state_id, keep_lock=False)
+            return problem
+
+    def remove_state(
+        self,
+        image_id: str,
+        state_id: str,
+        cancel: CancelToken = NEVER_CANCELLED,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Remove a state dir for deletion/eviction (under its build lock; idempotent)."""
+        state_dir = self.layout.state_dir(image_id, state_id)
+        marker = self.layout.build_marker(
+            image_id, state_id, separate=self.backend.separate_build_meta
+        )
+        if not state_dir.exists() and not marker.exists():
+            return
+        with self._build_lock(image_id, state_id, cancel, timeout):
+            self._clear_state(image_id, state_id, keep_lock=False)
+
+    def state_size(self, image_id: str, state_id: str) -> int:
+        """Live `size_bytes` of a state (back-fill, eviction fallback)."""
+        return self.backend.size_bytes(self.layout.state_dir(image_id, state_id))
+
+    def _clear_state(self, image_id: str, state_id: str, *, keep_lock: bool) -> None:
+        state_dir = self.layout.state_dir(image_id, state_id)
+        separate = self.backend.separate_build_meta
+        marker = self.layout.build_marker(image_id, state_id, separate=separate)
+        lock = self.layout.build_lock(image_id, state_id, separate=separate)
+        # Marker first: whatever happens next, the dir no longer claims to be complete.
+        with contextlib.suppress(FileNotFoundError):
+            marker.unlink()
+        if separate or not keep_lock:
+            self.backend.remove(state_dir)
+            if separate and not keep_lock:
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+        elif state_dir.is_dir():
+            clear_dir(state_dir, {lock.name}, self.backend.remove)
+
+    # -- runtime clones (SPEC §2.10) -------------------------------------------------------------
+
+    def new_runtime_dir(self, job_id: str) -> Path:
+        """An empty `jobs/<job_id>/runtime`, removing (or renaming aside) a leftover one."""
+        runtime = self.layout.job_runtime_dir(job_id)
+        self.backend.remove(runtime)
+        try:
+            runtime.mkdir(parents=True)
+        except OSError as exc:
+            raise os_error_to_snapshot("cannot create runtime dir", exc) from exc
+        return runtime
+
+    def clone_to_runtime(
+        self,
+        source: Path,
+        job_id: str,
+        *,
+        require_pg_version: bool,
+        cancel: CancelToken = NEVER_CANCELLED,
+    ) -> Path:
+        """Clone a base/state dir into the job's runtime dir; returns the mount dir.
+
+        The source is refused when dirty (postmaster.pid) or, for state inputs
+        (`require_pg_version`), without PG_VERSION; so is the resulting mount dir. A runtime
+        dir inside the source is refused before anything is touched.
+        """
+        problem = data_dir_problem(source, require_pg_version=require_pg_version)
+        if problem is not None:
+            raise SnapshotError(problem, str(source))
+        runtime = self.layout.job_runtime_dir(job_id)
+        src, dst = resolved(source), resolved(runtime)
+        if src == dst or src in dst.parents:
+            raise SnapshotError(
+                "snapshot clone failed", f"runtime dir {runtime} is inside source {source}"
+            )
+        self.new_runtime_dir(job_id)
+        mount = self.backend.clone(source, runtime, cancel=cancel)
+        problem = data_dir_problem(mount, require_pg_version=require_pg_version)
+        if problem is not None:
+            self.backend.remove(runtime)
+            raise SnapshotError(problem, f"clone {mount} of {source}")
+        return mount
+
+    def runtime_mount_dir(self, job_id: str) -> Path:
+        """Where the server of a job's runtime clone keeps its data (run recovery)."""
+        return self.backend.mount_dir_of(self.layout.job_runtime_dir(job_id))
+
+    def remove_runtime_dir(self, job_id: str) -> None:
+        """Remove a job's runtime clone (the caller ensures no instance still uses it)."""
+        self.backend.remove(self.layout.job_runtime_dir(job_id))
+
+    def remove_job_dir(self, job_id: str) -> None:
+        """Remove `jobs/<job_id>` entirely (runtime first, through the backend)."""
+        self.remove_runtime_dir(job_id)
+        self.backend.remove(self.layout.job_dir(job_id))
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def sweep_stale(self) -> list[Path]:
+        """Remove `*.stale-<ns>` leftovers of failed removals; returns what was removed.
+
+        Looks where removals happen: `jobs/`, `jobs/<id>/`, `engines/*/*/` and their
+        `states/`. Failures are logged and skipped (they are retried by the next sweep).
+        """
+        roots: list[Path] = [self.layout.jobs_dir]
+        roots += _subdirs(self.layout.jobs_dir)
+        for engine in _subdirs(self.layout.engines_dir):
+            for version in _subdirs(engine):
+                roots += [version, version / "states"]
+        removed: list[Path] = []
+        for directory in roots:
+            try:
+                names = [e.name for e in os.scandir(directory)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for name in names:
+                if not is_stale_name(name):
+                    continue
+                path = directory / name
+                try:
+                    self.backend.remove(path)
+                except SnapshotError as exc:
+                    log.warning("cannot sweep %s: %s", path, exc)
+                    continue
+                removed.append(path)
+        return removed
+
+    @staticmethod
+    def _write_marker(marker: Path, what: str) -> None:
+        try:
+            write_marker(marker)
+        except OSError as exc:
+            raise os_error_to_snapshot(what, exc) from exc
+
+
+def _subdirs(directory: Path) -> list[Path]:
+    try:
+        with os.scandir(directory) as it:
+            return [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+__all__ = ["BaseInit", "StateBuild", "StateStore"]

@@ -18,7 +18,10 @@ from typing import Any
 
 import pykka
 
+from sqlrs_engine.actors.instance import InstanceActor
+from sqlrs_engine.actors.prepare_job import PrepareJobActor
 from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_registry
+from sqlrs_engine.actors.snapshot import start_snapshot_actor
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.discovery import EngineInfo, remove_engine_json, write_engine_json
@@ -27,6 +30,14 @@ from sqlrs_engine.http.app import build_app
 from sqlrs_engine.http.context import ApiContext
 from sqlrs_engine.http.server import HttpServer
 from sqlrs_engine.ids import new_auth_token, new_engine_instance_id
+from sqlrs_engine.jobs.services import JobServices
+from sqlrs_engine.persistence.rows import Row
+from sqlrs_engine.runtime.base import Runtime, ServerHandle
+from sqlrs_engine.runtime.select import RuntimeSelectionError, select_runtime
+from sqlrs_engine.runtime.users import ServerUserError, check_traversable
+from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.select import select_backend
+from sqlrs_engine.snapshot.store import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,9 @@ class Engine:
         self.options = options
         self.instance_id = new_engine_instance_id()
         self.activity = ActivityTracker()
+        self._environ = dict(os.environ)
+        self._cwd = Path.cwd()
+        self._snapshot_ref: pykka.ActorRef[Any] | None = None
         self._stopped = threading.Event()
         self._registry_ref: pykka.ActorRef[Any] | None = None
         self._registry: RegistryProxy | None = None
@@ -83,8 +97,37 @@ class Engine:
         root = self.options.state_store
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = ConfigStore.in_root(root)
+        choice = select_runtime(
+            config.container_runtime(), config.host_user(), config.host_bin_dirs(), self._environ
+        )
+        runtime = choice.runtime
+        log.info("%s", choice.reason)
+        _make_reachable(root, runtime)
+        backend = select_backend(config.snapshot_backend(), root)
+        (log.warning if backend.fallback else log.info)("%s", backend.reason)
+        store = StateStore(StoreLayout(root), backend.backend)
+        snapshot_ref, snapshots = start_snapshot_actor(store)
+        self._snapshot_ref = snapshot_ref
+        version = self.options.version
+
+        def start_job(job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
+            services = JobServices(registry, runtime, snapshots, version, self._cwd)
+            return PrepareJobActor.start(job_id, services)
+
+        def start_instance(row: Row, handle: ServerHandle | None) -> pykka.ActorRef[Any]:
+            data_dir = store.backend.mount_dir_of(Path(row["runtime_dir"] or root / "missing"))
+            return InstanceActor.start(
+                row["instance_id"], row["image_id"], handle, data_dir, runtime
+            )
+
         self._registry_ref, self._registry = start_registry(
-            RegistrySettings(db_path=root / "state.db", config=config)
+            RegistrySettings(
+                db_path=root / "state.db",
+                config=config,
+                job_actor_factory=start_job,
+                instance_actor_factory=start_instance,
+                children=(snapshot_ref,),
+            )
         )
         ctx = ApiContext(
             registry=self._registry,
@@ -92,6 +135,7 @@ class Engine:
             version=self.options.version,
             instance_id=self.instance_id,
             pid=os.getpid(),
+            cwd=self._cwd,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()
@@ -145,9 +189,23 @@ class Engine:
         if self._registry is not None and self._registry_ref is not None:
             _stop_children(self._registry)
             self._registry_ref.stop(block=True, timeout=STOP_TIMEOUT)
+        if self._snapshot_ref is not None and self._snapshot_ref.is_alive():
+            self._snapshot_ref.stop(block=True, timeout=STOP_TIMEOUT)
         if self._info is not None:
             remove_engine_json(self.options.engine_json, self.instance_id)
         log.info("engine stopped")
+
+
+def _make_reachable(root: Path, runtime: Runtime) -> None:
+    """Let an unprivileged server user reach data dirs under a root-owned store (0711)."""
+    user = getattr(runtime, "user", None)
+    if user is None or os.geteuid() != 0 or user.uid == 0:
+        return
+    root.chmod(0o711)
+    try:
+        check_traversable(root, user)
+    except ServerUserError as error:
+        raise RuntimeSelectionError(f"state store {root} is unusable: {error}") from None
 
 
 def _stop_children(registry: RegistryProxy) -> None:

@@ -26,14 +26,18 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError, internal_error
 from sqlrs_engine.persistence.database import open_database
-from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, is_terminal
+from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, canonical_event, is_terminal
 from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
 from sqlrs_engine.persistence.rows import Row
+from sqlrs_engine.runtime.base import ServerHandle
 
 log = logging.getLogger(__name__)
 
 JobActorFactory = Callable[[str, "RegistryProxy"], pykka.ActorRef[Any]]
 """Starts the actor that runs job `job_id`; given the Registry's own proxy to talk back."""
+
+InstanceActorFactory = Callable[[Row, "ServerHandle | None"], pykka.ActorRef[Any]]
+"""Starts the actor of an instance row, with its running server's handle when known."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class RegistrySettings:
     db_path: Path
     config: ConfigStore
     job_actor_factory: JobActorFactory | None = None
+    instance_actor_factory: InstanceActorFactory | None = None
+    children: tuple[pykka.ActorRef[Any], ...] = ()
+    """Actors started before the Registry (snapshot backends), stopped after its own children."""
+    recover_jobs: bool = True
 
 
 class RegistryActor(pykka.ThreadingActor):
@@ -59,7 +67,9 @@ class RegistryActor(pykka.ThreadingActor):
         self._config = settings.config
         self._hub = EventHub()
         self._job_refs: dict[str, pykka.ActorRef[Any]] = {}
-        self._children: list[pykka.ActorRef[Any]] = []
+        self._instance_refs: dict[str, pykka.ActorRef[Any]] = {}
+        self._event_counts: dict[str, int] = {}
+        self._children: list[pykka.ActorRef[Any]] = list(settings.children)
         self._stopping = False
         self._metadata: MetadataQueries
         self._jobs: JobQueries
@@ -72,6 +82,22 @@ class RegistryActor(pykka.ThreadingActor):
         self._metadata = MetadataQueries(self._db)
         self._jobs = JobQueries(self._db)
         log.info("registry started db=%s", self._settings.db_path)
+        # Children in dependency order: instances (they own running servers), then jobs.
+        if self._settings.instance_actor_factory is not None:
+            for row in self._metadata.all_instance_rows():
+                self._start_instance_actor(row, None)
+        if self._settings.recover_jobs and self._settings.job_actor_factory is not None:
+            self._recover_jobs()
+
+    def _recover_jobs(self) -> None:
+        """Jobs left queued/running by a previous engine run again from the start (§4.8)."""
+        for row in self._jobs.unfinished_job_rows():
+            log.info("recovering job %s (was %s)", row["job_id"], row["status"])
+            self._append(
+                row["job_id"],
+                {"type": "log", "ts": now_rfc3339(), "message": "engine restarted: resuming job"},
+            )
+            self._start_job_actor(row["job_id"])
 
     def on_stop(self) -> None:
         self._hub.close_all()
@@ -95,8 +121,9 @@ class RegistryActor(pykka.ThreadingActor):
         """Refuse new work; return live children in stop order (jobs first, then the rest)."""
         self._stopping = True
         jobs = [ref for ref in self._job_refs.values() if ref.is_alive()]
+        instances = [ref for ref in self._instance_refs.values() if ref.is_alive()]
         rest = [ref for ref in reversed(self._children) if ref.is_alive()]
-        return jobs + rest
+        return jobs + instances + rest
 
     def child_failed(self, kind: str, child_id: str, message: str) -> None:
         """A child reports an unexpected failure: log it and forget the dead actor."""
@@ -174,8 +201,21 @@ class RegistryActor(pykka.ThreadingActor):
     def delete_state_row(self, state_id: str) -> None:
         self._metadata.delete_state(state_id)
 
-    def insert_instance(self, record: InstanceRecord) -> None:
+    def create_instance(self, record: InstanceRecord, handle: ServerHandle | None) -> None:
+        """Record a new instance and start the actor that owns its server."""
         self._metadata.insert_instance(record)
+        row = self._metadata.instance_row(record.instance_id)
+        assert row is not None
+        self._start_instance_actor(row, handle)
+
+    def _start_instance_actor(self, row: Row, handle: ServerHandle | None) -> None:
+        factory = self._settings.instance_actor_factory
+        if factory is not None:
+            self._instance_refs[row["instance_id"]] = factory(row, handle)
+
+    def instance_actor(self, instance_id: str) -> pykka.ActorRef[Any] | None:
+        ref = self._instance_refs.get(instance_id)
+        return ref if ref is not None and ref.is_alive() else None
 
     def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> None:
         self._metadata.set_instance_runtime(instance_id, runtime_id)
@@ -226,11 +266,50 @@ class RegistryActor(pykka.ThreadingActor):
         """The job's final event was recorded: end its streams and forget its actor."""
         self._hub.close(job_id)
         self._job_refs.pop(job_id, None)
+        self._event_counts.pop(job_id, None)
 
     def _append(self, job_id: str, event: Event) -> int:
-        index = self._jobs.append_event(job_id, event)
+        event = canonical_event(event)
+        index = self._event_count(job_id)
+        self._jobs.append_event(job_id, event)
+        self._event_counts[job_id] = index + 1
         self._hub.publish(job_id, event)
         return index
+
+    def _event_count(self, job_id: str) -> int:
+        # Cached so appending stays O(1) for jobs with many log lines.
+        count = self._event_counts.get(job_id)
+        if count is None:
+            count = self._event_counts[job_id] = self._jobs.event_count(job_id)
+        return count
+
+    def cancel_job(self, job_id: str) -> tuple[int, Row] | None:
+        """Cancel a job (SPEC §4.6); (HTTP status, job status) or None when unknown.
+
+        A running job's actor is told to cancel (its processes are killed at once) and the
+        answer does not wait for it: 202 with the current status. A job without a worker is
+        failed here directly.
+        """
+        row = self._jobs.job_row(job_id)
+        if row is None:
+            return None
+        if is_terminal(row["status"]):
+            return 200, self._job_status(job_id)
+        ref = self.job_actor(job_id)
+        if ref is not None:
+            ref.proxy().cancel()
+            return 202, self._job_status(job_id)
+        error = {"code": "cancelled", "message": "job cancelled"}
+        self._jobs.update_job(job_id, status="failed", finished_at=now_rfc3339(), error=error)
+        self._append(job_id, {"type": "status", "ts": now_rfc3339(), "status": "failed"})
+        self._append(job_id, {"type": "error", "ts": now_rfc3339(), "error": error})
+        self.finish_job(job_id)
+        return 202, self._job_status(job_id)
+
+    def _job_status(self, job_id: str) -> Row:
+        status = self._jobs.job_status(job_id)
+        assert status is not None
+        return status
 
     def job_actor(self, job_id: str) -> pykka.ActorRef[Any] | None:
         ref = self._job_refs.get(job_id)
@@ -245,7 +324,7 @@ class RegistryActor(pykka.ThreadingActor):
         row = self._jobs.job_row(job_id)
         if row is None:
             return None
-        total = self._jobs.event_count(job_id)
+        total = self._event_count(job_id)
         backlog = self._jobs.events(job_id, start, stop)
         terminal = is_terminal(row["status"]) and job_id not in self._job_refs
         return self._hub.subscribe(job_id, backlog, total, terminal)
@@ -279,7 +358,8 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     insert_state = proxy_method(RegistryActor.insert_state)
     set_state_size = proxy_method(RegistryActor.set_state_size)
     delete_state_row = proxy_method(RegistryActor.delete_state_row)
-    insert_instance = proxy_method(RegistryActor.insert_instance)
+    create_instance = proxy_method(RegistryActor.create_instance)
+    instance_actor = proxy_method(RegistryActor.instance_actor)
     set_instance_runtime = proxy_method(RegistryActor.set_instance_runtime)
     submit_job = proxy_method(RegistryActor.submit_job)
     job_row = proxy_method(RegistryActor.job_row)
@@ -290,6 +370,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     record_event = proxy_method(RegistryActor.record_event)
     finish_job = proxy_method(RegistryActor.finish_job)
     job_actor = proxy_method(RegistryActor.job_actor)
+    cancel_job = proxy_method(RegistryActor.cancel_job)
     active_job_count = proxy_method(RegistryActor.active_job_count)
     subscribe_events = proxy_method(RegistryActor.subscribe_events)
     unsubscribe_events = proxy_method(RegistryActor.unsubscribe_events)

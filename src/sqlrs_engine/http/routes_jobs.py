@@ -6,10 +6,10 @@ from typing import Any
 
 import bottle
 
-from sqlrs_engine.errors import ApiError
+from sqlrs_engine.errors import ApiError, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON
-from sqlrs_engine.http.params import optional_text
+from sqlrs_engine.http.params import decode_json_object, optional_text, read_body
 from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
 from sqlrs_engine.http.streams import (
     content_range,
@@ -17,10 +17,26 @@ from sqlrs_engine.http.streams import (
     parse_events_range,
     range_unsatisfiable,
 )
+from sqlrs_engine.http.submission import validate_submission
 
 
 def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     registry = ctx.registry
+
+    @app.post("/v1/prepare-jobs")
+    def submit_job() -> Any:
+        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        record = validate_submission(body, ctx.cwd)
+        accepted = registry.submit_job(record).get(timeout=ASK_TIMEOUT)
+        return json_response(accepted, status=201, headers={"Location": accepted["status_url"]})
+
+    @app.post("/v1/prepare-jobs/<job_id>/cancel")
+    def cancel_job(job_id: str) -> Any:
+        outcome = registry.cancel_job(job_id).get(timeout=ASK_TIMEOUT)
+        if outcome is None:
+            raise not_found("job not found")
+        status, body = outcome
+        return json_response(body, status=status)
 
     @app.get("/v1/prepare-jobs")
     def list_jobs() -> Any:

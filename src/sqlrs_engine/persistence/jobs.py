@@ -12,6 +12,8 @@ from sqlrs_engine.persistence.rows import Row, as_dicts, compact, dump_json, lik
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
 
+EVENT_FIELDS = ("type", "ts", "status", "task_id", "message", "result", "error")
+
 TASK_COLUMNS = (
     "task_id",
     "position",
@@ -47,15 +49,16 @@ class JobRecord:
     status: str = "queued"
 
 
+def canonical_event(event: Mapping[str, Any]) -> Row:
+    """An event in the API's field order (SPEC §4.3), absent fields dropped."""
+    return compact({key: event.get(key) for key in EVENT_FIELDS})
+
+
 def event_from_row(row: Mapping[str, Any]) -> Row:
-    """The API shape of a persisted event (SPEC §4.3)."""
-    return compact(
+    """The API shape of a persisted event."""
+    return canonical_event(
         {
-            "type": row["type"],
-            "ts": row["ts"],
-            "status": row["status"],
-            "task_id": row["task_id"],
-            "message": row["message"],
+            **row,
             "result": load_json(row["result_json"]),
             "error": load_json(row["error_json"]),
         }
@@ -212,8 +215,8 @@ class JobQueries:
 
     # -- events ----------------------------------------------------------------------------
 
-    def append_event(self, job_id: str, event: Mapping[str, Any]) -> int:
-        """Persist an event; returns its index in the job's event list (0-based)."""
+    def append_event(self, job_id: str, event: Mapping[str, Any]) -> None:
+        """Persist an event at the end of the job's event list."""
         self._db["prepare_events"].insert(
             {
                 "job_id": job_id,
@@ -226,7 +229,6 @@ class JobQueries:
                 "error_json": dump_json(event.get("error")),
             }
         )
-        return self.event_count(job_id) - 1
 
     def event_count(self, job_id: str) -> int:
         row = next(

@@ -1,0 +1,160 @@
+"""The Snapshot actor: the one way a backend's directories change (ARCHITECTURE rule 1).
+
+Copying or mounting a data directory can take seconds, so the actor does not do it on its
+own thread (its mailbox must stay responsive): each operation runs on the actor's bounded
+worker pool and the caller waits on the returned future. The pool bounds how much heavy
+disk I/O runs at once; the actor also sweeps leftovers of interrupted removals at start.
+
+Jobs use `SnapshotClient`, which turns those futures back into plain blocking calls.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pykka
+from pykka.typing import ActorMemberMixin, proxy_method
+
+from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.store import StateBuild, StateStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_WORKERS = 4
+
+
+class SnapshotActor(pykka.ThreadingActor):
+    """Owns one `StateStore` (one backend) and runs its operations on a worker pool."""
+
+    def __init__(self, store: StateStore, workers: int = DEFAULT_WORKERS) -> None:
+        super().__init__()
+        self._store = store
+        self._workers = workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def on_start(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self._workers, thread_name_prefix=f"snapshot-{self._store.backend.kind}"
+        )
+        self._pool.submit(self._sweep)
+        log.info("snapshot actor started backend=%s", self._store.backend.kind)
+
+    def on_stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        log.info("snapshot actor stopped backend=%s", self._store.backend.kind)
+
+    def _sweep(self) -> None:
+        removed = self._store.sweep_stale()
+        if removed:
+            log.info("removed %d stale leftovers: %s", len(removed), removed)
+
+    def backend_kind(self) -> str:
+        return str(self._store.backend.kind)
+
+    def submit(self, operation: Callable[[StateStore], T]) -> concurrent.futures.Future[T]:
+        """Run `operation(store)` on the pool; the caller waits on the returned future."""
+        if self._pool is None:
+            raise RuntimeError("snapshot actor is not running")
+        return self._pool.submit(operation, self._store)
+
+
+class SnapshotProxy(ActorMemberMixin, pykka.ActorProxy[SnapshotActor]):
+    backend_kind = proxy_method(SnapshotActor.backend_kind)
+    submit = proxy_method(SnapshotActor.submit)
+
+
+class SnapshotClient:
+    """Blocking, typed calls into a Snapshot actor, for job and instance workers."""
+
+    def __init__(self, proxy: SnapshotProxy, store: StateStore) -> None:
+        self._proxy = proxy
+        self._store = store
+
+    @property
+    def layout(self) -> StoreLayout:
+        return self._store.layout
+
+    @property
+    def kind(self) -> str:
+        return str(self._store.backend.kind)
+
+    def _call(self, operation: Callable[[StateStore], T]) -> T:
+        future: concurrent.futures.Future[T] = self._proxy.submit(operation).get()
+        return future.result()
+
+    def ensure_base(
+        self, image_id: str, init: Callable[[Path], None], cancel: CancelToken = NEVER_CANCELLED
+    ) -> Path:
+        return self._call(lambda store: store.ensure_base(image_id, init, cancel))
+
+    def clone_to_runtime(
+        self, source: Path, job_id: str, require_pg_version: bool, cancel: CancelToken
+    ) -> Path:
+        return self._call(
+            lambda store: store.clone_to_runtime(
+                source, job_id, require_pg_version=require_pg_version, cancel=cancel
+            )
+        )
+
+    @contextmanager
+    def build_state(
+        self, image_id: str, state_id: str, cancel: CancelToken
+    ) -> Iterator[StateBuild]:
+        """Hold a state's build lock (a lock, not a change: taken on the caller's thread)."""
+        with self._store.build_state(image_id, state_id, cancel) as build:
+            yield build
+
+    def snapshot(
+        self, build: StateBuild, mount_dir: Path, parent: Path | None, cancel: CancelToken
+    ) -> int:
+        """Snapshot a stopped server's data dir into the held state; returns `size_bytes`."""
+
+        def operation(_store: StateStore) -> int:
+            build.snapshot(mount_dir, parent, cancel=cancel)
+            return build.size_bytes()
+
+        return self._call(operation)
+
+    def validate_state(self, image_id: str, state_id: str) -> str | None:
+        return self._store.validate_state(image_id, state_id)
+
+    def state_dir(self, image_id: str, state_id: str) -> Path:
+        return self._store.state_dir(image_id, state_id)
+
+    def state_size(self, image_id: str, state_id: str) -> int:
+        return self._call(lambda store: store.state_size(image_id, state_id))
+
+    # Operations that wait for a state's build lock run on the caller's thread: a pool
+    # thread blocked on a lock whose holder needs the pool for its snapshot would deadlock.
+
+    def invalidate_state(self, image_id: str, state_id: str, cancel: CancelToken) -> str | None:
+        return self._store.invalidate_state(image_id, state_id, cancel)
+
+    def remove_state(self, image_id: str, state_id: str, cancel: CancelToken) -> None:
+        self._store.remove_state(image_id, state_id, cancel)
+
+    def remove_runtime_dir(self, job_id: str) -> None:
+        self._call(lambda store: store.remove_runtime_dir(job_id))
+
+    def remove_job_dir(self, job_id: str) -> None:
+        self._call(lambda store: store.remove_job_dir(job_id))
+
+    def remove_path(self, path: Path) -> None:
+        self._call(lambda store: store.backend.remove(path))
+
+
+def start_snapshot_actor(
+    store: StateStore, workers: int = DEFAULT_WORKERS
+) -> tuple[pykka.ActorRef[Any], SnapshotClient]:
+    ref = SnapshotActor.start(store, workers)
+    proxy: SnapshotProxy = ref.proxy()  # type: ignore[assignment]
+    return ref, SnapshotClient(proxy, store)

@@ -1,0 +1,41 @@
+"""Validating a prepare submission into the job row to persist (SPEC §2.1 to §2.3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.errors import invalid_argument
+from sqlrs_engine.ids import new_job_id
+from sqlrs_engine.persistence.jobs import JobRecord
+from sqlrs_engine.persistence.rows import dump_json
+from sqlrs_engine.prepare.job_request import PrepareRequest, parse_prepare_request
+from sqlrs_engine.prepare.psql_args import parse_psql_args
+
+SUPPORTED_KINDS = ("psql",)
+
+
+def normalized_args(request: PrepareRequest, cwd: Path) -> str:
+    """Validate the kind-specific arguments; the job's `prepare_args_normalized`."""
+    if request.prepare_kind not in SUPPORTED_KINDS:
+        raise invalid_argument(
+            "unsupported prepare_kind",
+            f"{request.prepare_kind} (this engine supports: {', '.join(SUPPORTED_KINDS)})",
+        )
+    return parse_psql_args(request.psql_args, request.stdin, cwd).normalized
+
+
+def validate_submission(body: dict[str, Any], cwd: Path) -> JobRecord:
+    """A 400 for anything wrong; otherwise the new job's row."""
+    request = parse_prepare_request(body)
+    normalized = normalized_args(request, cwd)
+    return JobRecord(
+        job_id=new_job_id(),
+        prepare_kind=request.prepare_kind,
+        image_id=request.image_id,
+        plan_only=request.plan_only,
+        prepare_args_normalized=normalized,
+        request_json=dump_json(request.to_request_json()) or "{}",
+        created_at=now_rfc3339(),
+    )

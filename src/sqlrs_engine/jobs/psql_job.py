@@ -1,0 +1,374 @@
+"""Planning and executing a `psql` prepare job (SPEC §2.3 to §2.12).
+
+Runs on the job's worker thread. Every failure is raised as `JobFailure` and turned into
+the job's error by the supervisor (jobs/supervisor.py); this module only describes the
+successful path and the checks along it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlrs_engine.cancel import CancelToken
+from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.errors import ApiError, JobFailure
+from sqlrs_engine.ids import new_instance_id
+from sqlrs_engine.jobs.event_log import JobEventLog
+from sqlrs_engine.jobs.runtime_session import RuntimeSession
+from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
+from sqlrs_engine.jobs.tasks import TaskTracker
+from sqlrs_engine.persistence.metadata import InstanceRecord, StateRecord
+from sqlrs_engine.prepare.digest import (
+    ContentLocks,
+    signature_task_hash,
+    step_digest,
+    step_task_hashes,
+)
+from sqlrs_engine.prepare.hashing import psql_job_signature, psql_task_hash, state_id
+from sqlrs_engine.prepare.images import has_digest
+from sqlrs_engine.prepare.job_request import PrepareRequest
+from sqlrs_engine.prepare.plan import (
+    TASK_PREPARE_INSTANCE,
+    TASK_RESOLVE_IMAGE,
+    TASK_STATE_EXECUTE,
+    PlanTask,
+    build_psql_plan,
+)
+from sqlrs_engine.prepare.psql_args import PsqlPlanInput, PsqlStep, parse_psql_args
+from sqlrs_engine.process import LineBuffer
+from sqlrs_engine.runtime.base import ServerHandle
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TAIL = 16 * 1024
+"""Bytes of psql output kept for a failed step's error details."""
+
+
+class PsqlJob:
+    """One psql job's plan and execution, on its worker thread."""
+
+    def __init__(
+        self,
+        job_id: str,
+        request: PrepareRequest,
+        services: JobServices,
+        events: JobEventLog,
+        tasks: TaskTracker,
+        cancel: CancelToken,
+    ) -> None:
+        self.job_id = job_id
+        self.request = request
+        self.services = services
+        self.events = events
+        self.tasks = tasks
+        self.cancel = cancel
+        self.registry = services.registry
+        self.effective_image = request.image_id
+        self.plan: list[PlanTask] = []
+        self.session: RuntimeSession | None = None
+        self.signature: str | None = None
+        self._args: PsqlPlanInput | None = None
+
+    # -- planning --------------------------------------------------------------------------
+
+    def parse_args(self) -> PsqlPlanInput:
+        """Re-validate the stored request (it was validated at submit; files may have gone)."""
+        try:
+            self._args = parse_psql_args(
+                self.request.psql_args, self.request.stdin, self.services.cwd
+            )
+        except ApiError as error:
+            raise JobFailure(error.code, error.message, error.details) from None
+        return self._args
+
+    def make_plan(self) -> list[PlanTask]:
+        """Resolve the image, hash every step, chain state ids, persist the tasks (§2.8)."""
+        args = self.parse_args()
+        if not has_digest(self.request.image_id):
+            self.effective_image = self.services.runtime.resolve_image(
+                self.request.image_id, self.events.log, self.cancel
+            )
+        hashes = step_task_hashes(args, self.services.engine_version)
+        summaries = [step.args_summary for step in args.steps]
+        self.plan = build_psql_plan(
+            requested_image_id=self.request.image_id,
+            effective_image_id=self.effective_image,
+            step_task_hashes=hashes,
+            state_exists=self._state_exists,
+            args_summaries=summaries,
+        )
+        self.signature = psql_job_signature(
+            signature_task_hash(args, self.services.engine_version),
+            self.effective_image,
+            self.request.plan_only,
+        )
+        rows = []
+        for position, task in enumerate(self.plan):
+            row = task.to_task_row(self.job_id, position)
+            row["args_summary"] = task.args_summary or None
+            rows.append(row)
+        self.registry.replace_tasks(self.job_id, rows).get(timeout=ASK_TIMEOUT)
+        self.registry.update_job(self.job_id, {"signature": self.signature}).get(
+            timeout=ASK_TIMEOUT
+        )
+        return self.plan
+
+    def _state_exists(self, state: str) -> bool:
+        exists: bool = self.registry.state_exists(state).get(timeout=ASK_TIMEOUT)
+        return exists
+
+    # -- execution -------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        """Run every task after planning; returns the job result (§2.12)."""
+        assert self._args is not None
+        self.session = RuntimeSession(
+            self.job_id,
+            self.effective_image,
+            self.services.runtime,
+            self.services.snapshots,
+            self.events.log,
+            self.cancel,
+        )
+        steps = self._args.steps
+        for task in self.plan:
+            if task.type == TASK_RESOLVE_IMAGE:
+                self.tasks.succeed(task.task_id)
+            elif task.type == TASK_STATE_EXECUTE:
+                index = int(task.task_id.rsplit("-", 1)[1])
+                self.cancel.raise_if_cancelled("job cancelled")
+                self._execute_step(task, steps[index])
+            elif task.type == TASK_PREPARE_INSTANCE:
+                self.cancel.raise_if_cancelled("job cancelled")
+                return self._prepare_instance(task)
+        raise JobFailure("internal_error", "plan has no prepare-instance task")
+
+    def _execute_step(self, task: PlanTask, step: PsqlStep) -> None:
+        if task.cached and self._cached_state_usable(task):
+            self.tasks.succeed(task.task_id)
+            return
+        self.tasks.start(task.task_id)
+        assert self._args is not None
+        with ContentLocks() as locks:
+            # Re-derive the hashes under the file locks held for the whole step (§2.9.2).
+            digest = step_digest(self._args, step.index, locks)
+            task_hash = psql_task_hash(digest.hash, self.services.engine_version)
+            output = state_id(task.input_kind, task.input_id, task_hash)
+            if task_hash != task.task_hash or output != task.output_state_id:
+                self._replan_from(task, task_hash, output)
+                task = next(t for t in self.plan if t.task_id == task.task_id)
+            self._build_state(task, step)
+        self.tasks.succeed(task.task_id)
+
+    def _replan_from(self, task: PlanTask, task_hash: str, output: str) -> None:
+        """A file changed since planning: rewrite this task and the chain after it."""
+        self.events.log(f"inputs of {task.task_id} changed since planning; re-hashing")
+        updated: list[PlanTask] = []
+        previous_output = None
+        for planned in self.plan:
+            if planned.task_id == task.task_id:
+                planned = replace(
+                    planned,
+                    task_hash=task_hash,
+                    output_state_id=output,
+                    cached=self._state_exists(output),
+                )
+                previous_output = output
+            elif previous_output is not None and planned.type == TASK_STATE_EXECUTE:
+                new_output = state_id("state", previous_output, planned.task_hash)
+                planned = replace(
+                    planned,
+                    input_id=previous_output,
+                    output_state_id=new_output,
+                    cached=self._state_exists(new_output),
+                )
+                previous_output = new_output
+            elif previous_output is not None and planned.type == TASK_PREPARE_INSTANCE:
+                planned = replace(planned, input_id=previous_output)
+            if planned != next(t for t in self.plan if t.task_id == planned.task_id):
+                self.tasks.update(
+                    planned.task_id,
+                    input_id=planned.input_id or None,
+                    task_hash=planned.task_hash or None,
+                    output_state_id=planned.output_state_id or None,
+                    cached=planned.cached,
+                )
+            updated.append(planned)
+        self.plan = updated
+
+    def _cached_state_usable(self, task: PlanTask) -> bool:
+        """A cached state is used only if its row and a complete directory still exist (§0.1)."""
+        row = self.registry.state_row(task.output_state_id).get(timeout=ASK_TIMEOUT)
+        if row is None:
+            return False
+        problem = self.services.snapshots.validate_state(self.effective_image, task.output_state_id)
+        if problem is None:
+            self._backfill_size(row)
+            return True
+        self._invalidate(task.output_state_id, problem)
+        return False
+
+    def _invalidate(self, state: str, problem: str) -> None:
+        reason = self.services.snapshots.invalidate_state(self.effective_image, state, self.cancel)
+        if reason is None:
+            return  # another job completed it meanwhile: it is valid after all
+        self.registry.delete_state_row(state).get(timeout=ASK_TIMEOUT)
+        self.events.log(f"cached state {state} is unusable ({problem}); rebuilding it")
+
+    def _backfill_size(self, row: dict[str, Any]) -> None:
+        if not row.get("size_bytes"):
+            size = self.services.snapshots.state_size(self.effective_image, row["state_id"])
+            self.registry.set_state_size(row["state_id"], size)
+
+    def _input_source(self, task: PlanTask) -> tuple[Path, bool]:
+        """The directory a runtime for `task` starts from: the base, or the input state."""
+        snapshots = self.services.snapshots
+        if task.input_kind == "image":
+            base = snapshots.ensure_base(self.effective_image, self._init_base, self.cancel)
+            return base, False
+        row = self.registry.state_row(task.input_id).get(timeout=ASK_TIMEOUT)
+        if row is None:
+            raise JobFailure("internal_error", "input state not found", task.input_id)
+        return snapshots.state_dir(self.effective_image, task.input_id), True
+
+    def _init_base(self, base_dir: Path) -> None:
+        self.events.log(f"host: init base {self.effective_image}")
+        try:
+            self.services.runtime.init_base(
+                self.effective_image, base_dir, self.events.log, self.cancel
+            )
+        except JobFailure as failure:
+            if failure.code == "cancelled":
+                raise
+            raise JobFailure(
+                "internal_error", "cannot initialize base state", failure.details
+            ) from None
+
+    def _ensure_runtime(self, task: PlanTask) -> ServerHandle:
+        assert self.session is not None
+        if self.session.handle is not None:
+            return self.session.handle
+        source, is_state = self._input_source(task)
+        return self.session.start_from(source, is_state)
+
+    def _build_state(self, task: PlanTask, step: PsqlStep) -> None:
+        """Under the state's build lock: run the step, snapshot, store the row (§2.9.5-13)."""
+        assert self.session is not None
+        snapshots = self.services.snapshots
+        with snapshots.build_state(
+            self.effective_image, task.output_state_id, self.cancel
+        ) as build:
+            if build.already_built and self._state_exists(task.output_state_id):
+                # Another job built it while we waited: reuse it, drop our runtime (§2.9.3).
+                self.events.log(f"state {task.output_state_id} was built by another job")
+                self.session.release()
+                self.tasks.update(task.task_id, cached=True)
+                return
+            handle = self._ensure_runtime(task)
+            self._run_psql(handle, step)
+            data_dir = self.session.stop_for_snapshot()
+            try:
+                self.events.log("snapshot: start")
+                size = snapshots.snapshot(build, data_dir, self.session.source, self.cancel)
+                self.events.log("snapshot: complete")
+            finally:
+                self.session.restart()
+            self._store_state(task, size)
+            build.commit()
+            # The running server now holds exactly this state: the next step's parent.
+            self.session.source = build.state_dir
+
+    def _run_psql(self, handle: ServerHandle, step: PsqlStep) -> None:
+        assert self._args is not None
+        self.events.log("psql: start")
+        tail: list[str] = []
+        tail_size = 0
+
+        def on_line(_stream: str, line: str) -> None:
+            nonlocal tail_size
+            self.events.log(f"psql: {line}")
+            tail.append(line)
+            tail_size += len(line) + 1
+            while tail_size > OUTPUT_TAIL and len(tail) > 1:
+                tail_size -= len(tail.pop(0)) + 1
+
+        lines = LineBuffer(on_line)
+        stdin = (
+            self.request.stdin.encode("utf-8")
+            if step.uses_stdin and self.request.stdin is not None
+            else None
+        )
+        exit_code = self.services.runtime.run_client(
+            handle,
+            "psql",
+            [*step.exec_args, handle.dsn],
+            stdin=stdin,
+            cwd=self._args.work_dir,
+            on_output=lines.feed,
+            cancel=self.cancel,
+        )
+        lines.flush()
+        if exit_code != 0:
+            output = "\n".join(tail).strip() or f"psql exited with code {exit_code}"
+            if "no space left on device" in output.lower():
+                raise JobFailure("cache_limit_too_small", "psql execution failed", output)
+            raise JobFailure("internal_error", "psql execution failed", output)
+
+    def _store_state(self, task: PlanTask, size: int) -> None:
+        record = StateRecord(
+            state_id=task.output_state_id,
+            parent_state_id=task.input_id if task.input_kind == "state" else None,
+            image_id=self.effective_image,
+            prepare_kind="psql",
+            prepare_args_normalized=self._args.normalized if self._args else "",
+            created_at=now_rfc3339(),
+            size_bytes=size,
+            snapshot_backend=self.services.snapshots.kind,
+        )
+        try:
+            self.registry.insert_state(record).get(timeout=ASK_TIMEOUT)
+        except Exception as error:
+            raise JobFailure("internal_error", "cannot store state", str(error)) from None
+
+    def _prepare_instance(self, task: PlanTask) -> dict[str, Any]:
+        """Hand the running server to a new instance (starting one if every step was cached)."""
+        assert self.session is not None and self._args is not None
+        self.tasks.start(task.task_id)
+        final_state = task.input_id
+        if self.session.handle is None:
+            source = self.services.snapshots.state_dir(self.effective_image, final_state)
+            self.session.start_from(source, is_state=True)
+        handle, runtime_dir = self.session.hand_over()
+        instance_id = new_instance_id()
+        record = InstanceRecord(
+            instance_id=instance_id,
+            state_id=final_state,
+            image_id=self.effective_image,
+            created_at=now_rfc3339(),
+            runtime_id=handle.runtime_id,
+            runtime_dir=str(runtime_dir),
+            job_id=self.job_id,
+        )
+        try:
+            self.registry.create_instance(record, handle).get(timeout=ASK_TIMEOUT)
+        except Exception:
+            self.services.runtime.kill(handle)
+            self.services.snapshots.remove_runtime_dir(self.job_id)
+            raise
+        self.events.log(f"instance created {instance_id}")
+        self.tasks.succeed(task.task_id)
+        return {
+            "dsn": handle.dsn,
+            "instance_id": instance_id,
+            "state_id": final_state,
+            "image_id": self.effective_image,
+            "prepare_kind": "psql",
+            "prepare_args_normalized": self._args.normalized,
+        }
+
+    def release(self) -> None:
+        if self.session is not None:
+            self.session.release()

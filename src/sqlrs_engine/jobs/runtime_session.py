@@ -1,0 +1,119 @@
+"""The runtime a job holds while it builds: one writable clone and the server on it.
+
+A job starts at most one server at a time and keeps it across steps (step i+1 runs on the
+server that step i left, after the snapshot restart), then hands it to the instance it
+creates. If the job fails or is cancelled, `release` stops the server and removes the clone,
+so nothing is left behind; after `hand_over` the instance owns both.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sqlrs_engine.actors.snapshot import SnapshotClient
+from sqlrs_engine.cancel import CancelToken
+from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeSession:
+    """The (at most one) clone + server a job currently holds."""
+
+    def __init__(
+        self,
+        job_id: str,
+        image_id: str,
+        runtime: Runtime,
+        snapshots: SnapshotClient,
+        log_line: LogSink,
+        cancel: CancelToken,
+    ) -> None:
+        self.job_id = job_id
+        self.image_id = image_id
+        self._runtime = runtime
+        self._snapshots = snapshots
+        self._log = log_line
+        self._cancel = cancel
+        self.handle: ServerHandle | None = None
+        self.mount_dir: Path | None = None
+        self.source: Path | None = None
+        self._handed_over = False
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self._snapshots.layout.job_runtime_dir(self.job_id)
+
+    @property
+    def held(self) -> bool:
+        return self.handle is not None
+
+    def start_from(self, source: Path, is_state: bool) -> ServerHandle:
+        """Clone `source` (base or state dir) into the runtime dir and start a server on it."""
+        self.release()
+        try:
+            self.mount_dir = self._snapshots.clone_to_runtime(
+                source, self.job_id, require_pg_version=is_state, cancel=self._cancel
+            )
+        except JobFailure as failure:
+            raise JobFailure(
+                "internal_error", "cannot clone state", failure.details or failure.message
+            ) from None
+        self.source = source
+        self._runtime.prepare_data_dir(self.mount_dir)
+        self.handle = self._runtime.start(self.image_id, self.mount_dir, self._log, self._cancel)
+        return self.handle
+
+    def stop_for_snapshot(self) -> Path:
+        """Cleanly stop the server (checkpoint; no crash recovery later); returns the data dir."""
+        assert self.handle is not None and self.mount_dir is not None
+        self._log("pg_ctl: stop for snapshot")
+        try:
+            self._runtime.stop(self.handle, self._log)
+        except JobFailure as failure:
+            raise JobFailure("internal_error", "snapshot prepare failed", failure.details) from None
+        return self.mount_dir
+
+    def restart(self) -> ServerHandle:
+        """Start the server again on the same data dir after a snapshot."""
+        assert self.mount_dir is not None
+        self._log("pg_ctl: start after snapshot")
+        try:
+            self.handle = self._runtime.start(
+                self.image_id, self.mount_dir, self._log, self._cancel
+            )
+        except JobFailure as failure:
+            if failure.code == "cancelled":
+                raise
+            raise JobFailure("internal_error", "snapshot resume failed", failure.details) from None
+        return self.handle
+
+    def hand_over(self) -> tuple[ServerHandle, Path]:
+        """Give the running server and its clone to an instance; the session forgets them."""
+        assert self.handle is not None
+        handed = (self.handle, self.runtime_dir)
+        self._handed_over = True
+        self.handle = None
+        self.mount_dir = None
+        self.source = None
+        return handed
+
+    def release(self) -> None:
+        """Stop the server (if any) and remove the clone; safe to call more than once."""
+        if self._handed_over:
+            return  # the clone and its server belong to an instance now
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            try:
+                self._runtime.kill(handle)
+            except Exception:
+                log.exception("job %s: cannot stop runtime %s", self.job_id, handle.runtime_id)
+        if self.mount_dir is not None or self.runtime_dir.exists():
+            self.mount_dir = None
+            self.source = None
+            try:
+                self._snapshots.remove_runtime_dir(self.job_id)
+            except Exception:
+                log.exception("job %s: cannot remove runtime dir %s", self.job_id, self.runtime_dir)

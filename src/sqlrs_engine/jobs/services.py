@@ -1,0 +1,26 @@
+"""What a job needs from the rest of the engine, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlrs_engine.actors.registry import RegistryProxy
+from sqlrs_engine.actors.snapshot import SnapshotClient
+from sqlrs_engine.jobs.event_log import DEFAULT_HEARTBEAT
+from sqlrs_engine.runtime.base import Runtime
+
+ASK_TIMEOUT = 60.0
+"""Seconds a job worker waits for the Registry to answer."""
+
+
+@dataclass(frozen=True)
+class JobServices:
+    """The collaborators every job gets (real ones in the engine, fakes in tests)."""
+
+    registry: RegistryProxy
+    runtime: Runtime
+    snapshots: SnapshotClient
+    engine_version: str
+    cwd: Path = field(default_factory=Path.cwd)
+    heartbeat: float = DEFAULT_HEARTBEAT

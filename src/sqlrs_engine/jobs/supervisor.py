@@ -1,0 +1,141 @@
+"""Running one job from start to terminal status, and turning any failure into its error.
+
+This is the body of a PrepareJob actor's worker thread. Whatever happens inside (a
+`JobFailure`, an unexpected exception, a killed process), the job ends `failed` with an
+ErrorResponse and its runtime released, or — when the engine is shutting down — stays
+`running` in the database so that recovery resumes it at the next start (SPEC §1.5, §4.8).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import ujson
+
+from sqlrs_engine.cancel import CancelToken
+from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.errors import JobFailure, error_response
+from sqlrs_engine.jobs.event_log import JobEventLog
+from sqlrs_engine.jobs.psql_job import PsqlJob
+from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
+from sqlrs_engine.jobs.tasks import TaskTracker
+from sqlrs_engine.prepare.job_request import PrepareRequest
+
+log = logging.getLogger(__name__)
+
+
+class RegistrySink:
+    """Sends a job's events to the Registry (waiting only when asked to)."""
+
+    def __init__(self, job_id: str, services: JobServices) -> None:
+        self._job_id = job_id
+        self._registry = services.registry
+
+    def record(self, event: dict[str, Any], wait: bool) -> None:
+        future = self._registry.record_event(self._job_id, event)
+        if wait:
+            future.get(timeout=ASK_TIMEOUT)
+
+
+class JobSupervisor:
+    """Runs one job on the calling thread; `cancel` may be called from any thread."""
+
+    def __init__(self, job_id: str, services: JobServices) -> None:
+        self.job_id = job_id
+        self.services = services
+        self.token = CancelToken()
+        self.shutting_down = threading.Event()
+        self.events = JobEventLog(RegistrySink(job_id, services), services.heartbeat)
+        self.tasks = TaskTracker(job_id, services.registry, self.events)
+        self._job: PsqlJob | None = None
+
+    def cancel(self, shutdown: bool = False) -> None:
+        if shutdown:
+            self.shutting_down.set()
+        self.token.cancel()
+
+    def run(self) -> None:
+        registry = self.services.registry
+        try:
+            row = registry.job_row(self.job_id).get(timeout=ASK_TIMEOUT)
+            if row is None:
+                log.warning("job %s vanished before it started", self.job_id)
+                return
+            request = self._load_request(row)
+            self._mark_running()
+            self.events.start_heartbeat()
+            self._run(request)
+        except JobFailure as failure:
+            self._fail(failure.to_dict())
+        except Exception as error:
+            log.exception("job %s failed unexpectedly", self.job_id)
+            self._fail(error_response("internal_error", "internal error", str(error)))
+        finally:
+            self.events.stop_heartbeat()
+            if self._job is not None:
+                self._job.release()
+            self._finish()
+
+    def _load_request(self, row: dict[str, Any]) -> PrepareRequest:
+        try:
+            return PrepareRequest.from_request_json(ujson.loads(row["request_json"] or "{}"))
+        except Exception as error:
+            raise JobFailure("internal_error", "cannot restore job request", str(error)) from None
+
+    def _mark_running(self) -> None:
+        self.services.registry.update_job(
+            self.job_id, {"status": "running", "started_at": now_rfc3339()}
+        ).get(timeout=ASK_TIMEOUT)
+        self.events.status("running")
+
+    def _run(self, request: PrepareRequest) -> None:
+        if request.prepare_kind != "psql":
+            raise JobFailure("internal_error", "unsupported prepare_kind", request.prepare_kind)
+        job = self._job = PsqlJob(
+            self.job_id, request, self.services, self.events, self.tasks, self.token
+        )
+        if not request.plan_only:
+            self.tasks.start("plan")  # its row is written by planning itself
+        job.make_plan()
+        self.tasks.succeed("plan")
+        if request.plan_only:
+            for task in job.plan[1:]:
+                self.tasks.succeed(task.task_id)
+            self._succeed(None)
+            return
+        result = job.execute()
+        self._succeed(result)
+
+    def _succeed(self, result: dict[str, Any] | None) -> None:
+        fields: dict[str, Any] = {"status": "succeeded", "finished_at": now_rfc3339()}
+        if result is not None:
+            fields["result"] = result
+        self.services.registry.update_job(self.job_id, fields).get(timeout=ASK_TIMEOUT)
+        self.events.status("succeeded")
+        if result is not None:
+            self.events.result(result)
+
+    def _fail(self, error: dict[str, Any]) -> None:
+        if self.shutting_down.is_set():
+            log.info("job %s interrupted by shutdown; recovery resumes it", self.job_id)
+            return
+        if self.token.cancelled and error.get("code") != "cancelled":
+            error = error_response("cancelled", "job cancelled")
+        try:
+            if self.tasks.running is not None:
+                self.tasks.fail(self.tasks.running, error)
+            self.services.registry.update_job(
+                self.job_id, {"status": "failed", "finished_at": now_rfc3339(), "error": error}
+            ).get(timeout=ASK_TIMEOUT)
+            self.events.status("failed")
+            self.events.error(error)
+        except Exception:
+            log.exception("job %s: cannot record its failure", self.job_id)
+
+    def _finish(self) -> None:
+        try:
+            self.services.registry.finish_job(self.job_id).get(timeout=ASK_TIMEOUT)
+        except Exception:
+            log.exception("job %s: cannot report its end to the registry", self.job_id)

@@ -1,0 +1,121 @@
+"""The runtime protocol: where PostgreSQL servers run (host processes now, containers later).
+
+A runtime knows how to turn an image id into a resolved id, initialize a base cluster, start a
+server on a data directory, stop it cleanly for a snapshot, run client programs against it and
+count its client connections. Everything above it (jobs, instances) is written against this
+protocol only, so the Docker runtime plugs in without touching them.
+
+Data directory convention (SPEC §9.1): a *data dir* is the directory a backend clones or
+snapshots; PostgreSQL's PGDATA is its `pgdata/` subdirectory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sqlrs_engine.cancel import CancelToken
+
+LogSink = Callable[[str], None]
+"""Receives one human-readable log line (already prefixed, e.g. `psql: ...`)."""
+
+OutputSink = Callable[[str, bytes], None]
+"""Receives (`"stdout"` | `"stderr"`, chunk) as a client program produces output."""
+
+DB_USER = "sqlrs"
+DB_NAME = "postgres"
+
+
+def pgdata_of(data_dir: Path) -> Path:
+    """PGDATA inside a data dir."""
+    return data_dir / "pgdata"
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """A running (or last known) PostgreSQL server of one data dir."""
+
+    runtime_id: str
+    data_dir: Path
+    host: str
+    port: int
+    socket_dir: Path | None = None
+    pid: int | None = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgres://{DB_USER}@{self.host}:{self.port}/{DB_NAME}"
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """Outcome of a client program run to completion."""
+
+    exit_code: int
+    output: str
+    """Combined stdout+stderr text (for error details), possibly truncated at the front."""
+
+
+class Runtime(Protocol):
+    """What jobs and instances need from a place that runs PostgreSQL servers."""
+
+    kind: str
+
+    def resolve_image(self, image_id: str, log: LogSink, cancel: CancelToken) -> str:
+        """Map a requested image id (no digest) to a resolved id containing `@`."""
+        ...
+
+    def init_base(
+        self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
+    ) -> None:
+        """Run initdb into `pgdata_of(data_dir)` (must not exist yet); trust auth, user sqlrs."""
+        ...
+
+    def prepare_data_dir(self, data_dir: Path) -> None:
+        """Give a freshly cloned data dir the ownership and modes the server needs."""
+        ...
+
+    def start(
+        self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
+    ) -> ServerHandle:
+        """Start a server on `data_dir`; returns once it accepts connections."""
+        ...
+
+    def stop(self, handle: ServerHandle, log: LogSink) -> None:
+        """Fast, clean shutdown (a checkpoint, no crash recovery on the next start); verified."""
+        ...
+
+    def kill(self, handle: ServerHandle) -> None:
+        """Stop immediately (cancel, force delete); never raises for an already-dead server."""
+        ...
+
+    def is_running(self, handle: ServerHandle) -> bool: ...
+
+    def adopt(self, resolved_image_id: str, data_dir: Path) -> ServerHandle | None:
+        """The handle of a server still running on `data_dir` (engine restart), else None."""
+        ...
+
+    def run_client(
+        self,
+        handle: ServerHandle,
+        program: str,
+        args: Sequence[str],
+        *,
+        stdin: bytes | None,
+        cwd: Path | None,
+        on_output: OutputSink,
+        cancel: CancelToken,
+        env: Mapping[str, str] | None = None,
+    ) -> int:
+        """Run a client program (psql, pgbench) with `args` as given; returns its exit code.
+
+        The caller has already added the connection arguments; output is delivered as it is
+        produced; cancel kills the program.
+        """
+        ...
+
+    def count_connections(self, handle: ServerHandle) -> int:
+        """Client connections to the server right now, excluding the probe itself."""
+        ...

@@ -1,0 +1,245 @@
+"""prepare:psql end to end: real engine, real PostgreSQL (SPEC §2, §4)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
+from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.prepare import prepare, psql_body, query, submit, wait
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineProcess]:
+    workdir = make_scratch_dir()
+    running = start_engine(workdir)
+    try:
+        yield running
+    finally:
+        running.stop()
+        remove_scratch_dir(workdir)
+
+
+def test_single_command_step_builds_a_state_and_an_instance(engine: EngineProcess) -> None:
+    outcome = prepare(
+        engine, psql_body("-c", "create table t(a int); insert into t values (1), (2)")
+    )
+    assert outcome.status["status"] == "succeeded", outcome.status
+    assert query(outcome.dsn, "select sum(a) from t") == "3"
+    result = outcome.result
+    assert result["image_id"] == "postgres@host-15.18"
+    assert result["prepare_args_normalized"].endswith("-X -v ON_ERROR_STOP=1")
+    assert result["dsn"].startswith("postgres://sqlrs@127.0.0.1:")
+    types = [e["type"] for e in outcome.events]
+    assert types[:2] == ["status", "status"] and types[-2:] == ["status", "result"]
+    assert outcome.task_events("execute-0") == ["running", "succeeded"]
+    assert "snapshot: complete" in outcome.log_lines()
+    state = engine.get(f"/v1/states/{result['state_id']}").json()
+    assert state["refcount"] >= 1 and state["size_bytes"] > 1_000_000
+    instance = engine.get(f"/v1/instances/{result['instance_id']}").json()
+    assert instance["state_id"] == result["state_id"]
+
+
+def test_second_identical_prepare_is_a_cache_hit_with_a_new_instance(engine: EngineProcess) -> None:
+    body = psql_body("-c", "create table hit(a int); insert into hit values (42)")
+    first = prepare(engine, body)
+    second = prepare(engine, body)
+    assert second.status["status"] == "succeeded"
+    execute = next(t for t in second.status["tasks"] if t["task_id"] == "execute-0")
+    assert execute["cached"] is True
+    assert second.task_events("execute-0") == ["succeeded"]
+    assert "psql: start" not in second.log_lines()
+    assert second.result["state_id"] == first.result["state_id"]
+    assert second.result["instance_id"] != first.result["instance_id"]
+    assert second.dsn != first.dsn
+    query(second.dsn, "insert into hit values (1)")
+    assert query(first.dsn, "select count(*) from hit") == "1"
+    assert query(second.dsn, "select count(*) from hit") == "2"
+    third = prepare(engine, body)
+    assert query(third.dsn, "select count(*) from hit") == "1", "writes leaked into the state"
+
+
+def test_multi_step_files_with_includes_and_stdin(engine: EngineProcess, scratch_dir: Path) -> None:
+    (scratch_dir / "lib").mkdir()
+    (scratch_dir / "lib" / "table.sql").write_text("create table items(id int, name text);\n")
+    (scratch_dir / "schema.sql").write_text(
+        "\\ir lib/table.sql\ninsert into items values (1, 'a');\n"
+    )
+    (scratch_dir / "more.sql").write_text("insert into items values (2, 'b');\n")
+    outcome = prepare(
+        engine,
+        psql_body(
+            "-f",
+            str(scratch_dir / "schema.sql"),
+            "-f",
+            str(scratch_dir / "more.sql"),
+            "-f",
+            "-",
+            stdin="insert into items values (3, 'c');",
+        ),
+    )
+    assert outcome.status["status"] == "succeeded", outcome.status
+    assert query(outcome.dsn, "select string_agg(name, ',' order by id) from items") == "a,b,c"
+    executes = [t for t in outcome.status["tasks"] if t["type"] == "state_execute"]
+    assert len(executes) == 3
+    assert executes[1]["input"] == {"kind": "state", "id": executes[0]["output_state_id"]}
+    states = {s["state_id"]: s for s in engine.get("/v1/states").json()}
+    assert (
+        states[executes[2]["output_state_id"]]["parent_state_id"] == executes[1]["output_state_id"]
+    )
+    tasks = engine.get("/v1/tasks", params={"job": outcome.job_id}).json()
+    summaries = [t.get("args_summary") for t in tasks if t["type"] == "state_execute"]
+    assert summaries == [
+        f"-f {scratch_dir / 'schema.sql'}",
+        f"-f {scratch_dir / 'more.sql'}",
+        "-f -",
+    ]
+
+
+def test_plan_only_plans_without_executing(engine: EngineProcess) -> None:
+    outcome = prepare(engine, psql_body("-c", "select 'plan only'", plan_only=True))
+    assert outcome.status["status"] == "succeeded"
+    assert outcome.status["plan_only"] is True
+    assert "result" not in outcome.status
+    assert [e["status"] for e in outcome.events if e["type"] == "task"] == ["succeeded"] * 4
+    assert all(e["type"] != "result" for e in outcome.events)
+    execute = outcome.status["tasks"][2]
+    assert engine.get(f"/v1/states/{execute['output_state_id']}").status_code == 404
+
+
+def test_failing_sql_fails_the_job_with_psql_output(engine: EngineProcess) -> None:
+    outcome = prepare(
+        engine, psql_body("-c", "create table ok(a int)", "-c", "select * from missing_table")
+    )
+    assert outcome.status["status"] == "failed"
+    error = outcome.status["error"]
+    assert error["code"] == "internal_error"
+    assert error["message"] == "psql execution failed"
+    assert 'relation "missing_table" does not exist' in error["details"]
+    assert outcome.events[-1]["type"] == "error"
+    assert outcome.task_events("execute-1") == ["running", "failed"]
+    ok_state = outcome.status["tasks"][2]["output_state_id"]
+    assert engine.get(f"/v1/states/{ok_state}").status_code == 200, "step 0 state is kept"
+    assert not (engine.state_store / "jobs" / outcome.job_id / "runtime").exists()
+    assert servers_under(engine.state_store / "jobs" / outcome.job_id) == []
+
+
+def test_on_error_stop_is_enforced_on_every_step(engine: EngineProcess) -> None:
+    outcome = prepare(engine, psql_body("-c", "select 1/0; create table after_error(a int)"))
+    assert outcome.status["status"] == "failed"
+    assert "division by zero" in outcome.status["error"]["details"]
+
+
+def test_cancel_kills_a_long_step_quickly(engine: EngineProcess) -> None:
+    job_id = submit(engine, psql_body("-c", "select pg_sleep(60)"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tasks = engine.get("/v1/tasks", params={"job": job_id}).json()
+        if any(t["task_id"] == "execute-0" and t["status"] == "running" for t in tasks):
+            break
+        time.sleep(0.1)
+    events = engine.get(f"/v1/prepare-jobs/{job_id}/events", stream=True)
+    time.sleep(1.0)
+    started = time.monotonic()
+    response = engine.post(f"/v1/prepare-jobs/{job_id}/cancel")
+    assert response.status_code == 202
+    outcome = wait(engine, job_id)
+    elapsed = time.monotonic() - started
+    events.close()
+    assert outcome.status["status"] == "failed"
+    assert outcome.status["error"]["code"] == "cancelled"
+    assert elapsed < 5, f"cancel took {elapsed:.1f}s"
+    assert not (engine.state_store / "jobs" / job_id / "runtime").exists()
+    assert servers_under(engine.state_store / "jobs" / job_id) == []
+    again = engine.post(f"/v1/prepare-jobs/{job_id}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "failed"
+
+
+def test_cancel_unknown_job_is_404(engine: EngineProcess) -> None:
+    response = engine.post("/v1/prepare-jobs/" + "0" * 32 + "/cancel")
+    assert response.status_code == 404
+    assert response.json() == {"code": "not_found", "message": "job not found"}
+
+
+def test_events_range(engine: EngineProcess) -> None:
+    outcome = prepare(engine, psql_body("-c", "select 'range'"))
+    total = len(outcome.events)
+    partial = engine.get(
+        f"/v1/prepare-jobs/{outcome.job_id}/events", headers={"Range": "events=2-4"}
+    )
+    assert partial.status_code == 206
+    assert partial.headers["Content-Range"] == f"events 2-4/{total}"
+    assert partial.headers["Accept-Ranges"] == "events"
+    assert len(partial.text.splitlines()) == 3
+    tail = engine.get(f"/v1/prepare-jobs/{outcome.job_id}/events", headers={"Range": "events=3-"})
+    assert tail.status_code == 206
+    assert len(tail.text.splitlines()) == total - 3
+    beyond = engine.get(
+        f"/v1/prepare-jobs/{outcome.job_id}/events", headers={"Range": f"events={total}-"}
+    )
+    assert beyond.status_code == 416
+    assert beyond.json()["code"] == "invalid_argument"
+    ignored = engine.get(f"/v1/prepare-jobs/{outcome.job_id}/events", headers={"Range": "bytes=0-"})
+    assert ignored.status_code == 200
+    assert len(ignored.text.splitlines()) == total
+    missing = engine.get("/v1/prepare-jobs/" + "0" * 32 + "/events")
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"image_id": "postgres:15"}, "prepare_kind is required"),
+        ({"prepare_kind": "psql"}, "image_id is required"),
+        ({"prepare_kind": "xml", "image_id": "x"}, "unsupported prepare_kind"),
+        (
+            {"prepare_kind": "psql", "image_id": "postgres:15", "psql_args": ["-h", "x"]},
+            "connection flags are not allowed",
+        ),
+        (
+            {"prepare_kind": "psql", "image_id": "postgres:15", "psql_args": ["-f", "rel.sql"]},
+            "file path must be absolute",
+        ),
+        (
+            {"prepare_kind": "psql", "image_id": "postgres:15", "psql_args": ["-f", "-"]},
+            "stdin is required when using -f -",
+        ),
+        (
+            {"prepare_kind": "psql", "image_id": "postgres:15", "psql_args": "select 1"},
+            "invalid json payload",
+        ),
+    ],
+)
+def test_submit_validation(engine: EngineProcess, body: dict[str, object], message: str) -> None:
+    response = engine.post("/v1/prepare-jobs", json=body)
+    assert response.status_code == 400
+    assert response.json()["message"] == message
+
+
+def test_unknown_image_fails_the_job_naming_installed_majors(engine: EngineProcess) -> None:
+    outcome = prepare(engine, psql_body("-c", "select 1", image="postgres:9"))
+    assert outcome.status["status"] == "failed"
+    assert outcome.status["error"]["message"] == "cannot resolve image"
+    assert "15" in outcome.status["error"]["details"]
+
+
+def test_eight_concurrent_jobs_mixing_same_and_different_states(engine: EngineProcess) -> None:
+    bodies = [
+        psql_body("-c", f"create table c{i % 3}(a int); insert into c{i % 3} values ({i % 3})")
+        for i in range(8)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda b: prepare(engine, b), bodies))
+    assert [o.status["status"] for o in outcomes] == ["succeeded"] * 8
+    for i, outcome in enumerate(outcomes):
+        assert query(outcome.dsn, f"select a from c{i % 3}") == str(i % 3)
+    assert len({o.result["state_id"] for o in outcomes}) == 3
+    assert len({o.dsn for o in outcomes}) == 8
+    assert len({o.result["instance_id"] for o in outcomes}) == 8
+    builds = [o for o in outcomes if "psql: start" in o.log_lines()]
+    assert len(builds) == 3, "each state is built exactly once"

@@ -1,0 +1,207 @@
+"""users.py (server identity, traversal check, chown), ports.py and procs.py."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from sqlrs_engine.process import RunAs
+from sqlrs_engine.runtime import procs, users
+from sqlrs_engine.runtime.ports import PortAllocator, port_is_free
+
+AS_ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not AS_ROOT, reason="needs root")
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+@needs_root
+def test_server_user_default_is_postgres() -> None:
+    user = users.server_user(None)
+    entry = pwd.getpwnam("postgres")
+    assert (user.name, user.uid, user.gid, user.home) == (
+        "postgres",
+        entry.pw_uid,
+        entry.pw_gid,
+        entry.pw_dir,
+    )
+
+
+@needs_root
+def test_server_user_missing_is_a_clear_error() -> None:
+    with pytest.raises(users.ServerUserError) as info:
+        users.server_user("sqlrs-no-such-user")
+    text = str(info.value)
+    assert "'sqlrs-no-such-user' does not exist" in text
+    assert "runtime.host.user" in text
+
+
+@needs_root
+def test_server_user_root_refused() -> None:
+    with pytest.raises(users.ServerUserError, match="refuses to run as root"):
+        users.server_user("root")
+
+
+def test_non_root_runs_as_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    me = RunAs.current()
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(RunAs, "current", classmethod(lambda cls: me))
+    assert users.server_user(None) == me
+    assert users.server_user(me.name) == me
+    with pytest.raises(users.ServerUserError, match="cannot switch users"):
+        users.server_user("someone-else")
+
+
+def _user(uid: int, gid: int, groups: tuple[int, ...] = ()) -> RunAs:
+    return RunAs("u", uid, gid, groups, "/")
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("mode", "owner", "group", "user", "ok"),
+    [
+        (0o700, 0, 0, _user(1000, 1000), False),
+        (0o711, 0, 0, _user(1000, 1000), True),
+        (0o701, 0, 0, _user(1000, 1000), True),
+        (0o750, 0, 1000, _user(1000, 1000), True),  # via primary group
+        (0o750, 0, 2000, _user(1000, 1000, (2000,)), True),  # via supplementary group
+        (0o750, 0, 2000, _user(1000, 1000), False),
+        (0o100, 1000, 0, _user(1000, 1000), True),  # owner bits only
+        (0o077, 1000, 0, _user(1000, 1000), False),  # owner bits win over others
+        (0o700, 0, 0, _user(0, 0), True),  # root passes
+    ],
+)
+def test_traversal_rules(
+    pg_root: Path, mode: int, owner: int, group: int, user: RunAs, ok: bool
+) -> None:
+    d = Path(tempfile.mkdtemp(dir=pg_root))
+    (d / "inner").mkdir()
+    os.chown(d, owner, group)
+    os.chmod(d, mode)
+    try:
+        blocking = users.first_blocking_dir(d / "inner" / "pgdata", user)
+        assert blocking == (None if ok else d)
+    finally:
+        os.chmod(d, 0o755)
+
+
+@needs_root
+def test_check_traversable_message(tmp_path: Path) -> None:
+    user = RunAs.from_name("postgres")
+    # /tmp/pytest-of-root is 0700 root: the first blocking dir
+    with pytest.raises(users.ServerUserError) as info:
+        users.check_traversable(tmp_path / "x" / "pgdata", user)
+    text = str(info.value)
+    assert "'postgres'" in text
+    assert "mode 0700" in text and "is not traversable" in text and "chmod" in text
+    users.check_traversable(Path("/var/tmp/anything/pgdata"), user)
+
+
+@needs_root
+def test_chown_tree_only_changes_what_differs(tmp_path: Path) -> None:
+    user = RunAs.from_name("postgres")
+    root = tmp_path / "tree"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "f").write_text("x")
+    os.symlink("/etc/passwd", root / "link")
+    assert users.chown_tree(root, user) == 5
+    assert os.stat("/etc/passwd").st_uid == 0  # symlink not followed
+    assert os.lstat(root / "link").st_uid == user.uid
+    assert users.chown_tree(root, user) == 0
+
+
+def test_ensure_owned_dir(tmp_path: Path) -> None:
+    me = RunAs.current()
+    target = tmp_path / "x" / "y"
+    users.ensure_owned_dir(target, me, 0o700)
+    assert target.is_dir() and (target.stat().st_mode & 0o777) == 0o700
+
+
+# -- ports ---------------------------------------------------------------------------------------
+
+
+def test_ports_distinct_under_threads() -> None:
+    allocator = PortAllocator()
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(20):
+            port = allocator.allocate()
+            with lock:
+                got.append(port)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 160 == len(set(got))
+    assert allocator.reserved() == frozenset(got)
+    for port in got:
+        allocator.release(port)
+    assert allocator.reserved() == frozenset()
+
+
+def test_reserve_release() -> None:
+    allocator = PortAllocator()
+    assert allocator.reserve(5999) is True
+    assert allocator.reserve(5999) is False
+    assert allocator.is_reserved(5999)
+    allocator.release(5999)
+    allocator.release(None)
+    allocator.release(1234)
+    assert not allocator.is_reserved(5999)
+
+
+def test_port_is_free() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert not port_is_free(port)
+    assert port_is_free(port)
+
+
+# -- procs ---------------------------------------------------------------------------------------
+
+
+def test_procs_liveness_and_groups() -> None:
+    proc = subprocess.Popen(
+        ["sh", "-c", "sleep 30 & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    child = int(proc.stdout.readline())
+    try:
+        assert procs.is_alive(proc.pid) and procs.is_alive(child)
+        assert procs.process_group(child) == proc.pid
+        assert sorted(procs.group_members(proc.pid)) == sorted([proc.pid, child])
+        assert procs.cmdline(child) == ["sleep", "30"]
+        assert procs.cwd(child) == os.getcwd()
+        assert child in procs.find_by_cmdline("30")
+        assert procs.kill_group_members(proc.pid)
+        proc.wait()
+        assert not procs.is_alive(child)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_zombie_counts_as_dead() -> None:
+    proc = subprocess.Popen(["true"])
+    assert procs.wait_dead([proc.pid], 5)  # exited but not yet reaped: a zombie
+    assert os.path.exists(f"/proc/{proc.pid}")
+    proc.wait()
+    assert not procs.is_alive(proc.pid)
+    assert not procs.is_alive(0) and not procs.is_alive(-1)

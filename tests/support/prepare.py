@@ -1,0 +1,81 @@
+"""Submitting prepare jobs and waiting for them, as the `sqlrs` CLI does; querying results."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from tests.support.engine_process import EngineProcess
+
+PSQL = "/usr/lib/postgresql/15/bin/psql"
+IMAGE = "postgres:15"
+
+
+@dataclass
+class JobOutcome:
+    job_id: str
+    events: list[dict[str, Any]]
+    status: dict[str, Any]
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return dict(self.status["result"])
+
+    @property
+    def dsn(self) -> str:
+        return str(self.result["dsn"])
+
+    def log_lines(self) -> list[str]:
+        return [e["message"] for e in self.events if e["type"] == "log"]
+
+    def task_events(self, task_id: str) -> list[str]:
+        return [e["status"] for e in self.events if e["type"] == "task" and e["task_id"] == task_id]
+
+
+def psql_body(
+    *args: str, stdin: str | None = None, plan_only: bool = False, image: str = IMAGE
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"prepare_kind": "psql", "image_id": image, "psql_args": list(args)}
+    if stdin is not None:
+        body["stdin"] = stdin
+    if plan_only:
+        body["plan_only"] = True
+    return body
+
+
+def submit(engine: EngineProcess, body: dict[str, Any]) -> str:
+    response = engine.post("/v1/prepare-jobs", json=body)
+    assert response.status_code == 201, response.text
+    accepted = response.json()
+    assert response.headers["Location"] == accepted["status_url"]
+    return str(accepted["job_id"])
+
+
+def wait(engine: EngineProcess, job_id: str) -> JobOutcome:
+    """Follow the events stream to its end, then read the job status."""
+    events = list(engine.ndjson(f"/v1/prepare-jobs/{job_id}/events", timeout=300))
+    status = engine.get(f"/v1/prepare-jobs/{job_id}").json()
+    return JobOutcome(job_id, events, status)
+
+
+def prepare(engine: EngineProcess, body: dict[str, Any]) -> JobOutcome:
+    return wait(engine, submit(engine, body))
+
+
+def query(dsn: str, sql: str) -> str:
+    """Run one statement with the real psql client; its unaligned output."""
+    result = subprocess.run(
+        [PSQL, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql, dsn],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def postgres_processes() -> list[str]:
+    """Command lines of every running postgres server process on the machine."""
+    out = subprocess.run(["ps", "-eo", "pid,user,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "postgres -D" in line or "bin/postgres" in line]

@@ -209,11 +209,14 @@ class _Group:
             time.sleep(0.01)
 
     def reap(self) -> int:
-        """Kill what is left of the group (leader is a zombie: its id is still ours), reap."""
+        """Kill what is left of the group (leader is a zombie: its id is still ours), reap the
+        leader, and wait until no live member of the group remains (SIGKILL is asynchronous)."""
         self.signal(signal.SIGKILL)
         with self.lock:
             self.reaped = True
-        return self.proc.wait()
+        code = self.proc.wait()
+        _wait_group_gone(self.proc.pid)
+        return code
 
     def terminate(self, grace: float) -> None:
         """SIGTERM the group, SIGKILL it after `grace` seconds if the leader is still alive."""
@@ -221,6 +224,51 @@ class _Group:
         if not self.wait_leader(grace):
             self.signal(signal.SIGKILL)
             self.wait_leader(30.0)
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_members(pgid: int) -> list[int]:
+    """Non-zombie processes in process group `pgid` (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                raw = fh.read().decode("utf-8", errors="replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] not in ("Z", "X", "x") and int(fields[2]) == pgid:
+            members.append(int(entry))
+    return members
+
+
+def _wait_group_gone(pgid: int, timeout: float = 10.0) -> None:
+    """After the leader is reaped: SIGKILL and wait out any member still alive.
+
+    While a group has members its id cannot be reused, so signalling it is safe as long as
+    `killpg(pgid, 0)` says it exists. Members that are already zombies (waiting for init to
+    reap them) do not count.
+    """
+    deadline = time.monotonic() + timeout
+    while _group_exists(pgid):
+        members = _live_members(pgid)
+        if not members or time.monotonic() >= deadline:
+            return
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.005)
 
 
 def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.seed import IMAGE, Seeder
 
@@ -23,8 +24,8 @@ J3 = "99999999999999999999999999999999"
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    workdir = tmp_path_factory.mktemp("seeded")
+def seeded() -> Iterator[EngineProcess]:
+    workdir = make_scratch_dir()
     seeder = Seeder(workdir / "state-store")
     seeder.state(S1)
     seeder.state(S2, parent=S1, size=None)
@@ -85,6 +86,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
         yield engine
     finally:
         engine.stop()
+        remove_scratch_dir(workdir)
 
 
 def ids(entries: list[dict[str, object]], key: str) -> list[object]:

@@ -7,9 +7,10 @@ import pwd
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,11 +44,15 @@ def _psql(dsn: str, sql: str) -> str:
     return result.stdout.strip()
 
 
-def _uid_of(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
+def _uid_of(pid: int) -> int | None:
+    """The real uid of `pid`; None when it has exited meanwhile (short-lived workers)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        return None
     raise AssertionError("no Uid line")
 
 
@@ -231,11 +236,16 @@ def test_ensure_base_concurrent_initializes_once(
 
 
 def test_init_base_refuses_non_empty(
-    host_runtime: HostRuntime, resolved_image: str, data_dir: Path
+    host_runtime: HostRuntime, resolved_image: str, pg_root: Path
 ) -> None:
+    target = pg_root / "non-empty"
+    pgdata_of(target).mkdir(parents=True)
+    (pgdata_of(target) / "PG_VERSION").write_text("15\n")
     with pytest.raises(JobFailure) as info:
-        host_runtime.init_base(resolved_image, data_dir, lambda _l: None, CancelToken())
+        host_runtime.init_base(resolved_image, target, lambda _l: None, CancelToken())
     assert info.value.message == "cannot initialize base state"
+    assert "not empty" in (info.value.details or "")
+    assert (pgdata_of(target) / "PG_VERSION").exists()  # untouched
 
 
 def test_init_base_cancel_leaves_nothing(
@@ -277,7 +287,7 @@ def test_start_serves_dsn_as_postgres_user_and_stops_cleanly(
     assert handle.pid in server and len(server) > 1  # postmaster + auxiliary processes
     if AS_ROOT:
         uid = pwd.getpwnam("postgres").pw_uid
-        assert {_uid_of(p) for p in server} == {uid}
+        assert {_uid_of(p) for p in server} - {None} == {uid}
     assert handle.socket_dir is not None
     assert (handle.socket_dir / f".s.PGSQL.{handle.port}").exists()
     assert stat.S_IMODE(handle.socket_dir.stat().st_mode) == 0o700
@@ -333,11 +343,23 @@ def test_kill_after_sigkilled_postmaster_kills_backends(
     handle = host_runtime.start(resolved_image, data_dir, lambda _l: None, CancelToken())
     servers.append(handle)
     assert handle.pid is not None
-    os.kill(handle.pid, 9)
-    assert _wait_for(lambda: not procs.is_alive(handle.pid or 0))
-    host_runtime.kill(handle)
-    assert not _server_pids(pgdata_of(data_dir))
-    assert not (pgdata_of(data_dir) / "postmaster.pid").exists()
+    busy = subprocess.Popen(  # a CPU-bound backend never checks for postmaster death
+        ["psql", "-X", "-c", "select count(*) from generate_series(1, 10000000000)", handle.dsn],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_for(lambda: host_runtime.count_connections(handle) == 1)
+        os.kill(handle.pid, 9)
+        assert _wait_for(lambda: not procs.is_alive(handle.pid or 0))
+        time.sleep(0.2)
+        assert _server_pids(pgdata_of(data_dir))  # the orphaned backend still runs
+        host_runtime.kill(handle)
+        assert not _server_pids(pgdata_of(data_dir))
+        assert not (pgdata_of(data_dir) / "postmaster.pid").exists()
+    finally:
+        busy.kill()
+        busy.wait()
 
 
 def test_adopt_after_engine_restart(
@@ -361,6 +383,33 @@ def test_adopt_after_engine_restart(
     assert not host_runtime.is_running(handle)
     assert restarted.adopt(resolved_image, data_dir) is None
     assert adopted.socket_dir is not None and not adopted.socket_dir.exists()
+
+
+def test_server_outlives_the_engine_process(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, servers: list[ServerHandle]
+) -> None:
+    engine = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from sqlrs_engine.cancel import CancelToken\n"
+        "from sqlrs_engine.runtime.host import HostRuntime\n"
+        "rt = HostRuntime(run_root=sys.argv[3])\n"
+        "h = rt.start(sys.argv[1], Path(sys.argv[2]), lambda l: None, CancelToken())\n"
+        "print(h.port, h.pid)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", engine, resolved_image, str(data_dir), str(host_runtime.run_root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    adopted = host_runtime.adopt(resolved_image, data_dir)
+    assert adopted is not None
+    servers.append(adopted)
+    assert [str(adopted.port), str(adopted.pid)] == out
+    assert _psql(adopted.dsn, "select 1") == "1"
+    host_runtime.stop(adopted, lambda _l: None)
 
 
 def test_adopt_ignores_stale_pid_file(
@@ -406,13 +455,14 @@ def test_start_refuses_running_and_uninitialized(
 
 @pytest.mark.skipif(not AS_ROOT, reason="needs a directory the server user cannot enter")
 def test_start_names_blocking_directory(
-    host_runtime: HostRuntime, resolved_image: str, base_dir: Path, pg_root: Path
+    host_runtime: HostRuntime, resolved_image: str, pg_root: Path
 ) -> None:
     blocked = pg_root / "blocked"
     blocked.mkdir(mode=0o700)
     target = blocked / "inner" / "data"
-    target.parent.mkdir()
-    subprocess.run(["cp", "-a", str(base_dir), str(target)], check=True)
+    pgdata_of(target).mkdir(parents=True)
+    major = resolved_image.split("host-")[1].split(".")[0]
+    (pgdata_of(target) / "PG_VERSION").write_text(f"{major}\n")
     with pytest.raises(JobFailure) as info:
         host_runtime.start(resolved_image, target, lambda _l: None, CancelToken())
     details = info.value.details or ""
@@ -539,7 +589,7 @@ def test_cancel_after_pg_ctl_reported_start(
     assert set(host_runtime.run_root.iterdir()) == run_dirs
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.03, 0.08, 0.15])
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.12])
 def test_cancel_during_start_at_various_points(
     host_runtime: HostRuntime,
     resolved_image: str,
@@ -568,13 +618,16 @@ def test_cancel_during_start_at_various_points(
 # -- run_client / count_connections --------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def running(
-    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, servers: list[ServerHandle]
-) -> ServerHandle:
-    handle = host_runtime.start(resolved_image, data_dir, lambda _l: None, CancelToken())
-    servers.append(handle)
-    return handle
+    host_runtime: HostRuntime, resolved_image: str, base_dir: Path, pg_root: Path
+) -> Iterator[ServerHandle]:
+    """One server shared by the client tests below (they leave it as they found it)."""
+    target = pg_root / "shared-server"
+    subprocess.run(["cp", "-a", str(base_dir), str(target)], check=True)
+    handle = host_runtime.start(resolved_image, target, lambda _l: None, CancelToken())
+    yield handle
+    host_runtime.kill(handle)
 
 
 def test_count_connections(host_runtime: HostRuntime, running: ServerHandle) -> None:
@@ -593,8 +646,14 @@ def test_count_connections(host_runtime: HostRuntime, running: ServerHandle) -> 
             s.stdin.close()
             s.wait(timeout=10)
     assert _wait_for(lambda: host_runtime.count_connections(running) == 0)
-    host_runtime.stop(running, lambda _l: None)
-    assert host_runtime.count_connections(running) == 0
+
+
+def test_count_connections_of_stopped_server(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path
+) -> None:
+    handle = host_runtime.start(resolved_image, data_dir, lambda _l: None, CancelToken())
+    host_runtime.stop(handle, lambda _l: None)
+    assert host_runtime.count_connections(handle) == 0
 
 
 def test_run_client_streams_and_exit_codes(
@@ -673,7 +732,11 @@ def test_run_client_cancel(host_runtime: HostRuntime, running: ServerHandle) -> 
             cwd=None,
             on_output=lambda _s, _c: None,
             cancel=token,
+            # the backend notices the vanished client within 100 ms instead of after 60 s
+            env={"PGOPTIONS": "-c client_connection_check_interval=100"},
         )
     assert info.value.code == "cancelled"
     assert time.monotonic() - started < 3
-    assert not procs.find_by_cmdline("select pg_sleep(60)")
+    left = procs.find_by_cmdline("select pg_sleep(60)")
+    assert not left, [(p, procs.cmdline(p), procs.process_group(p)) for p in left]
+    assert _wait_for(lambda: host_runtime.count_connections(running) == 0)

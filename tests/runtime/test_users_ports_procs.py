@@ -8,6 +8,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -183,6 +184,9 @@ def test_procs_liveness_and_groups() -> None:
     )
     assert proc.stdout is not None
     child = int(proc.stdout.readline())
+    deadline = time.monotonic() + 5
+    while procs.cmdline(child) != ["sleep", "30"] and time.monotonic() < deadline:
+        time.sleep(0.01)  # the forked shell may not have exec'd sleep yet
     try:
         assert procs.is_alive(proc.pid) and procs.is_alive(child)
         assert procs.process_group(child) == proc.pid

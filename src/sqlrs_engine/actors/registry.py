@@ -77,6 +77,14 @@ class RegistryActor(pykka.ThreadingActor):
     # -- lifecycle -------------------------------------------------------------------------
 
     def on_start(self) -> None:
+        try:
+            self._start()
+        except Exception as error:
+            # Pykka does not call on_failure for on_start; tell start_registry why we died.
+            self._report_failure(error)
+            raise
+
+    def _start(self) -> None:
         # The dataset connection is created here, on the actor's own thread, and used only here.
         self._db = open_database(self._settings.db_path)
         self._metadata = MetadataQueries(self._db)
@@ -106,7 +114,6 @@ class RegistryActor(pykka.ThreadingActor):
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("registry failed: %s", exception_value, exc_info=exception_value)
-        self._report_failure(exception_value)
         self._hub.close_all()
 
     def ping(self) -> bool:
@@ -226,6 +233,8 @@ class RegistryActor(pykka.ThreadingActor):
         """Persist a validated job and its `queued` event, start its actor; the 201 body."""
         if self._stopping:
             raise ApiError(503, "unavailable", "engine is shutting down")
+        if self._settings.job_actor_factory is None:
+            raise internal_error(details="this engine was started without a job runner")
         self._jobs.insert_job(record)
         self._append(record.job_id, {"type": "status", "ts": now_rfc3339(), "status": "queued"})
         self._start_job_actor(record.job_id)
@@ -238,8 +247,7 @@ class RegistryActor(pykka.ThreadingActor):
 
     def _start_job_actor(self, job_id: str) -> None:
         factory = self._settings.job_actor_factory
-        if factory is None:
-            raise internal_error(details="this engine was started without a job runner")
+        assert factory is not None
         proxy = self.actor_ref.proxy()
         self._job_refs[job_id] = factory(job_id, proxy)  # type: ignore[arg-type]
 

@@ -766,13 +766,14 @@ class HostRuntime:
         if handle.pid is not None and _serves(handle.pid, pgdata):
             pids.add(handle.pid)
         for pid in pids:
-            procs.send(pid, signal.SIGQUIT)  # immediate shutdown: the postmaster takes its
-        if not procs.wait_dead(pids, 3.0):  # children down with it
+            # Immediate shutdown: the postmaster takes its children down with it.
+            procs.send(pid, signal.SIGQUIT)
+        if not procs.wait_dead(pids, 3.0):
             for pid in pids:
                 procs.send(pid, signal.SIGKILL)
             procs.wait_dead(pids, 5.0)
-        for pid in pids:
-            procs.kill_group_members(pid)  # backends of a SIGKILLed postmaster
+        groups = pids | {p for p in (info.pid if info else None, handle.pid) if p is not None}
+        _sweep_data_dir(pgdata, groups)  # e.g. backends of a postmaster that was SIGKILLed
         if info is not None and not procs.is_alive(info.pid):
             _remove_stale_pid_file(pgdata, info.pid)
         socket_dir = handle.socket_dir or (
@@ -786,20 +787,20 @@ class HostRuntime:
         """Kill whatever a (failed/cancelled) start on `run_dir` left running.
 
         Every process of such a start — pg_ctl, its `sh -c`, the postmaster — carries
-        `unix_socket_directories=<run_dir>` in its command line; the postmaster is a session
-        leader (pg_ctl calls setsid), so its backends are found by process group.
+        `unix_socket_directories=<run_dir>` in its command line; the postmaster's children
+        are found by their working directory (PGDATA) and process group.
         """
         needle = f"unix_socket_directories={run_dir}"
+        killed: set[int] = set()
         for _round in range(2):  # a second look catches a process that was mid-exec
             pids = procs.find_by_cmdline(needle)
             for pid in pids:
                 procs.send(pid, signal.SIGKILL)
             procs.wait_dead(pids, 5.0)
-            for pid in pids:
-                if procs.process_group(pid) in (pid, None):
-                    procs.kill_group_members(pid)
+            killed.update(pids)
             if not pids:
                 break
+        _sweep_data_dir(pgdata, killed)
         info = pg.read_postmaster_pid(pgdata)
         if info is not None and not procs.is_alive(info.pid):
             _remove_stale_pid_file(pgdata, info.pid)
@@ -858,6 +859,31 @@ def _serves(pid: int, pgdata: Path) -> bool:
         if flag == "-D":
             return os.path.realpath(value) == want
     return False
+
+
+def _sweep_data_dir(pgdata: Path, groups: set[int]) -> None:
+    """SIGKILL every live server process of `pgdata`, and wait for them to die.
+
+    A server process works in PGDATA (the postmaster chdirs there; children inherit it); we
+    take those that run the postgres executable or belong to one of the postmasters' process
+    `groups`, so a user's shell that happens to sit in PGDATA is left alone.
+    """
+    want = os.path.realpath(pgdata)
+    for _round in range(3):
+        victims = []
+        for pid in procs.all_pids():
+            if procs.cwd(pid) != want or not procs.is_alive(pid):
+                continue
+            exe = procs.exe(pid)
+            if (exe and os.path.basename(exe) in ("postgres", "postmaster")) or (
+                procs.process_group(pid) in groups
+            ):
+                victims.append(pid)
+        if not victims:
+            return
+        for pid in victims:
+            procs.send(pid, signal.SIGKILL)
+        procs.wait_dead(victims, 5.0)
 
 
 def _remove_stale_pid_file(pgdata: Path, pid: int) -> None:

@@ -61,6 +61,14 @@ def cwd(pid: int) -> str | None:
         return None
 
 
+def exe(pid: int) -> str | None:
+    """The executable of `pid` (None when gone or not permitted)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
 def all_pids() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):

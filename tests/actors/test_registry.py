@@ -1,0 +1,162 @@
+"""The Registry actor alone, against a temporary SQLite file."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pykka
+import pytest
+
+from sqlrs_engine.actors.events import END
+from sqlrs_engine.actors.registry import (
+    RegistryProxy,
+    RegistrySettings,
+    RegistryStartError,
+    start_registry,
+)
+from sqlrs_engine.config.store import ConfigStore
+from sqlrs_engine.errors import ApiError
+from sqlrs_engine.persistence.jobs import JobRecord
+from sqlrs_engine.persistence.metadata import StateRecord
+
+
+class _IdleJob(pykka.ThreadingActor):
+    """Stands in for a PrepareJob actor: it exists and does nothing."""
+
+
+class _IdleJobFactory:
+    def __init__(self) -> None:
+        self.started: list[pykka.ActorRef[Any]] = []
+
+    def __call__(self, job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
+        ref = _IdleJob.start()
+        self.started.append(ref)
+        return ref
+
+
+idle_job_actor = _IdleJobFactory()
+
+
+def settings(tmp_path: Path, **kwargs: Any) -> RegistrySettings:
+    return RegistrySettings(
+        db_path=tmp_path / "state.db", config=ConfigStore(tmp_path / "config.json"), **kwargs
+    )
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[RegistryProxy]:
+    ref, proxy = start_registry(settings(tmp_path))
+    try:
+        yield proxy
+    finally:
+        ref.stop()
+
+
+def job(job_id: str = "a" * 32) -> JobRecord:
+    return JobRecord(
+        job_id, "psql", "postgres:15", False, "-c select 1", "{}", "2026-01-01T00:00:00Z"
+    )
+
+
+def test_state_rows_round_trip(registry: RegistryProxy) -> None:
+    record = StateRecord("s" * 64, None, "img@x", "psql", "-c x", "2026-01-01T00:00:00Z", 10)
+    assert registry.insert_state(record).get() is True
+    assert registry.insert_state(record).get() is False, "INSERT OR IGNORE"
+    assert registry.state_exists("s" * 64).get()
+    assert registry.get_state("s" * 64).get()["refcount"] == 0
+
+
+def test_submit_without_a_job_runner_is_an_internal_error(registry: RegistryProxy) -> None:
+    with pytest.raises(ApiError) as raised:
+        registry.submit_job(job()).get()
+    assert raised.value.status == 500
+    assert registry.ping().get() is True, "a failing message does not kill the registry"
+    assert registry.list_jobs(None).get() == [], "nothing half-created"
+
+
+def test_events_reach_live_subscribers_in_order(tmp_path: Path) -> None:
+    ref, registry = start_registry(settings(tmp_path, job_actor_factory=idle_job_actor))
+    try:
+        registry.submit_job(job()).get()
+        sub = registry.subscribe_events("a" * 32, 0, None).get()
+        assert sub is not None and sub.total == 1
+        assert [e["status"] for e in sub.backlog] == ["queued"]
+        registry.record_event("a" * 32, {"type": "log", "ts": "t1", "message": "one"}).get()
+        registry.record_event("a" * 32, {"message": "two", "ts": "t2", "type": "log"}).get()
+        registry.finish_job("a" * 32).get()
+        received = []
+        while (item := sub.mailbox.get(timeout=5)) is not END:
+            received.append(item)
+        assert [e["message"] for e in received] == ["one", "two"]
+        assert list(received[1]) == ["type", "ts", "message"], "canonical field order"
+        ranged = registry.subscribe_events("a" * 32, 1, 2).get()
+        assert [e["message"] for e in ranged.backlog] == ["one"]
+    finally:
+        ref.stop()
+
+
+def test_subscribe_to_unknown_job_is_none(registry: RegistryProxy) -> None:
+    assert registry.subscribe_events("0" * 32, 0, None).get() is None
+
+
+def test_cancel_of_a_job_without_worker_fails_it(tmp_path: Path) -> None:
+    ref, registry = start_registry(settings(tmp_path, job_actor_factory=idle_job_actor))
+    try:
+        registry.submit_job(job()).get()
+        idle_job_actor.started[-1].stop()  # the worker is gone (as before recovery)
+        check_cancel_without_worker(registry)
+    finally:
+        ref.stop()
+
+
+def check_cancel_without_worker(registry: RegistryProxy) -> None:
+    status, body = registry.cancel_job("a" * 32).get()
+    assert status == 202
+    assert body["status"] == "failed"
+    assert body["error"] == {"code": "cancelled", "message": "job cancelled"}
+    status, _ = registry.cancel_job("a" * 32).get()
+    assert status == 200
+    assert registry.cancel_job("b" * 32).get() is None
+
+
+def test_unusable_database_fails_start_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "state.db").write_text("this is not sqlite")
+    with pytest.raises(RegistryStartError) as raised:
+        start_registry(
+            RegistrySettings(tmp_path / "state.db", ConfigStore(tmp_path / "config.json"))
+        )
+    assert "database" in str(raised.value).lower()
+    assert pykka.ActorRegistry.get_by_class_name("RegistryActor") == []
+
+
+def test_begin_shutdown_orders_children(tmp_path: Path) -> None:
+    stopped: queue.Queue[str] = queue.Queue()
+
+    class Child(pykka.ThreadingActor):
+        def __init__(self, name: str) -> None:
+            super().__init__()
+            self.name = name
+
+        def on_stop(self) -> None:
+            stopped.put(self.name)
+
+    first = Child.start("snapshot-a")
+    second = Child.start("snapshot-b")
+    ref, proxy = start_registry(
+        RegistrySettings(
+            tmp_path / "state.db", ConfigStore(tmp_path / "config.json"), children=(first, second)
+        )
+    )
+    try:
+        children = proxy.begin_shutdown().get()
+        for child in children:
+            child.stop()
+        assert [stopped.get(timeout=5) for _ in range(2)] == ["snapshot-b", "snapshot-a"]
+        with pytest.raises(ApiError) as raised:
+            proxy.submit_job(job()).get()
+        assert raised.value.status == 503
+    finally:
+        ref.stop()

@@ -22,7 +22,9 @@ import pytest
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import ServerHandle
-from sqlrs_engine.runtime.baseinit import ensure_base
+from sqlrs_engine.snapshot.copy import CopyBackend
+from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.store import StateStore
 from sqlrs_engine.runtime.host import HostRuntime
 
 
@@ -69,9 +71,14 @@ def resolved_image(host_runtime: HostRuntime) -> str:
 
 @pytest.fixture(scope="session")
 def base_dir(host_runtime: HostRuntime, resolved_image: str, pg_root: Path) -> Path:
-    base = pg_root / "engines" / "postgres" / resolved_image.split("@")[1] / "base"
     lines: list[str] = []
-    ensure_base(host_runtime, resolved_image, base, lines.append, CancelToken())
+    cancel = CancelToken()
+    store = StateStore(StoreLayout(pg_root), CopyBackend())
+    base = store.ensure_base(
+        resolved_image,
+        lambda path: host_runtime.init_base(resolved_image, path, lines.append, cancel),
+        cancel,
+    )
     assert any(line.startswith("initdb: ") for line in lines)
     return base
 

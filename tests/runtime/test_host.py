@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import stat
 import subprocess
@@ -20,7 +21,11 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.errors import ApiError, JobFailure
 from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import ServerHandle, pgdata_of
-from sqlrs_engine.runtime.baseinit import INIT_MARKER, ensure_base
+from sqlrs_engine.snapshot.copy import CopyBackend
+from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.store import StateStore
+
+INIT_MARKER = ".init.ok"
 from sqlrs_engine.runtime.host import (
     HostRuntime,
     parse_image,
@@ -209,15 +214,18 @@ def test_base_is_initialized(base_dir: Path) -> None:
 def test_ensure_base_concurrent_initializes_once(
     host_runtime: HostRuntime, resolved_image: str, pg_root: Path
 ) -> None:
-    base = pg_root / "concurrent-base"
-    results: list[bool] = []
+    store = StateStore(StoreLayout(pg_root / "concurrent"), CopyBackend())
+    base = store.layout.base_dir(resolved_image)
+    initialized: list[Path] = []
     errors: list[BaseException] = []
+
+    def init(path: Path) -> None:
+        initialized.append(path)
+        host_runtime.init_base(resolved_image, path, lambda _l: None, CancelToken())
 
     def worker() -> None:
         try:
-            results.append(
-                ensure_base(host_runtime, resolved_image, base, lambda _l: None, CancelToken())
-            )
+            store.ensure_base(resolved_image, init, CancelToken())
         except BaseException as exc:
             errors.append(exc)
 
@@ -227,11 +235,12 @@ def test_ensure_base_concurrent_initializes_once(
     for t in threads:
         t.join()
     assert not errors
-    assert sorted(results) == [False, False, True]
+    assert initialized == [base], "initdb ran exactly once"
     assert (base / INIT_MARKER).is_file()
     # a leftover PG_VERSION without the marker is accepted as initialized
     (base / INIT_MARKER).unlink()
-    assert ensure_base(host_runtime, resolved_image, base, lambda _l: None, CancelToken()) is False
+    store.ensure_base(resolved_image, init, CancelToken())
+    assert initialized == [base]
     assert (base / INIT_MARKER).is_file()
 
 
@@ -360,6 +369,47 @@ def test_kill_after_sigkilled_postmaster_kills_backends(
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_kill_by_runtime_id_after_data_dir_was_removed(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, servers: list[ServerHandle]
+) -> None:
+    started = host_runtime.start(resolved_image, data_dir, lambda _l: None, CancelToken())
+    servers.append(started)
+    assert started.pid is not None and started.socket_dir is not None
+    server = _server_pids(pgdata_of(data_dir))
+    # what an engine restored from its database knows: no pid, no socket dir
+    handle = ServerHandle(started.runtime_id, data_dir, started.host, started.port)
+    shutil.rmtree(data_dir)
+    host_runtime.kill(handle)
+    assert not any(procs.is_alive(p) for p in server)
+    assert not started.socket_dir.exists()
+    assert not host_runtime.ports.is_reserved(started.port)
+
+
+def test_remove_stale_run_dirs(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, servers: list[ServerHandle]
+) -> None:
+    handle = host_runtime.start(resolved_image, data_dir, lambda _l: None, CancelToken())
+    servers.append(handle)
+    assert handle.socket_dir is not None
+    stale = host_runtime.run_root / "sqlrs-pg-stale123"
+    fresh = host_runtime.run_root / "sqlrs-pg-fresh123"
+    other = host_runtime.run_root / "not-ours"
+    for d in (stale, fresh, other):
+        d.mkdir()
+    old = time.time() - 3600
+    for d in (stale, other, handle.socket_dir):
+        os.utime(d, (old, old))
+    try:
+        removed = host_runtime.remove_stale_run_dirs()
+        assert removed == [stale]
+        assert fresh.exists() and other.exists() and handle.socket_dir.exists()
+        assert _psql(handle.dsn, "select 1") == "1"
+    finally:
+        for d in (fresh, other):
+            d.rmdir()
+    host_runtime.stop(handle, lambda _l: None)
 
 
 def test_adopt_after_engine_restart(

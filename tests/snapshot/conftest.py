@@ -8,11 +8,23 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import stat
-from collections.abc import Callable
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from sqlrs_engine.snapshot.base import SnapshotBackend
+from sqlrs_engine.snapshot.btrfs import BtrfsBackend, subvolumes_below
+from sqlrs_engine.snapshot.copy import CopyBackend
+from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.mounts import release_mounts_under
+from sqlrs_engine.snapshot.overlay import OverlayBackend
+from sqlrs_engine.snapshot.store import StateStore
+from tests.snapshot import btrfs_loop
 
 DataDirFactory = Callable[..., Path]
 
@@ -111,3 +123,73 @@ def snapshot_tree(root: Path) -> dict[str, tuple[object, ...]]:
                 payload,
             )
     return result
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+BACKEND_KINDS = ("copy", "overlayfs", "btrfs")
+
+
+def make_backend(kind: str, root: Path) -> SnapshotBackend:
+    if kind == "copy":
+        return CopyBackend()
+    if kind == "overlayfs":
+        return OverlayBackend(root)
+    return BtrfsBackend(root)
+
+
+@pytest.fixture(scope="session")
+def btrfs_fs() -> Iterator[Path]:
+    """A loop-mounted btrfs for the whole session (its mount point)."""
+    reason = btrfs_loop.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    fs = btrfs_loop.make_loop_btrfs("1G")
+    try:
+        yield fs.mount_point
+    finally:
+        btrfs_loop.remove_loop_btrfs(fs)
+
+
+@pytest.fixture
+def btrfs_dir(btrfs_fs: Path) -> Iterator[Path]:
+    """A fresh directory on the session's btrfs, removed (subvolumes included) afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="t-", dir=btrfs_fs))
+    try:
+        yield path
+    finally:
+        release_mounts_under(path)
+        for subvolume in subvolumes_below(path, depth=12):
+            subprocess.run(["btrfs", "subvolume", "delete", str(subvolume)], capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def overlay_ok() -> None:
+    """Overlay mounts need root (CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("overlay mounts need root")
+
+
+@pytest.fixture(params=BACKEND_KINDS)
+def kind_and_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """(backend kind, store root) for each backend: btrfs on the loop filesystem."""
+    kind: str = request.param
+    if kind == "btrfs":
+        root = request.getfixturevalue("btrfs_dir") / "root"
+    else:
+        if kind == "overlayfs":
+            request.getfixturevalue("overlay_ok")
+        root = tmp_path / "root"
+    try:
+        yield kind, root
+    finally:
+        if root.exists():
+            release_mounts_under(root)
+
+
+@pytest.fixture
+def any_store(kind_and_root: tuple[str, Path]) -> StateStore:
+    """A StateStore on each backend in turn."""
+    kind, root = kind_and_root
+    return StateStore(StoreLayout(root), make_backend(kind, root))

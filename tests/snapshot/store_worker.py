@@ -2,6 +2,8 @@
 
 store_worker.py ensure_base ROOT IMAGE CALLS STARTED SLEEP
 store_worker.py hold_build ROOT IMAGE STATE READY RELEASE
+
+The backend is `copy` unless SQLRS_TEST_BACKEND names another kind (overlayfs, btrfs).
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlrs_engine.snapshot.base import SnapshotBackend
+from sqlrs_engine.snapshot.btrfs import BtrfsBackend
 from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.overlay import OverlayBackend
 from sqlrs_engine.snapshot.store import StateStore
+
+
+def backend(root: Path) -> SnapshotBackend:
+    kind = os.environ.get("SQLRS_TEST_BACKEND", "copy")
+    if kind == "overlayfs":
+        return OverlayBackend(root)
+    if kind == "btrfs":
+        return BtrfsBackend(root)
+    return CopyBackend()
 
 
 def fake_initdb(calls: Path, started: Path | None, sleep: float) -> Callable[[Path], None]:
@@ -37,7 +51,7 @@ def fake_initdb(calls: Path, started: Path | None, sleep: float) -> Callable[[Pa
 
 def main(argv: list[str]) -> int:
     mode, root, image = argv[1], Path(argv[2]), argv[3]
-    store = StateStore(StoreLayout(root), CopyBackend())
+    store = StateStore(StoreLayout(root), backend(root))
     if mode == "ensure_base":
         calls, started, sleep = Path(argv[4]), Path(argv[5]), float(argv[6])
         base = store.ensure_base(image, fake_initdb(calls, started, sleep))

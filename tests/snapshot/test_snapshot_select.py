@@ -9,7 +9,9 @@ from typing import cast
 import pytest
 
 from sqlrs_engine.snapshot.base import BackendKind, SnapshotBackend
+from sqlrs_engine.snapshot.btrfs import BtrfsBackend
 from sqlrs_engine.snapshot.copy import CopyBackend
+from sqlrs_engine.snapshot.overlay import OverlayBackend
 from sqlrs_engine.snapshot.select import (
     BTRFS_MAGIC,
     IMPLEMENTED,
@@ -26,7 +28,7 @@ from sqlrs_engine.snapshot.select import (
 
 
 def fake_backend(kind: BackendKind) -> SnapshotBackend:
-    """Stands in for the overlay/btrfs backends that do not exist yet (choice logic only)."""
+    """Stands in for a backend whose probe is faked (choice logic only)."""
     return cast(SnapshotBackend, SimpleNamespace(kind=kind))
 
 
@@ -49,6 +51,7 @@ def never(root: Path) -> str | None:
 
 
 NO_PROBES: dict[BackendKind, Probe] = {"btrfs": never, "overlayfs": never}
+COPY_ONLY: dict[BackendKind, Factory] = {"copy": IMPLEMENTED["copy"]}
 
 
 @pytest.mark.parametrize(
@@ -82,15 +85,19 @@ NO_PROBES: dict[BackendKind, Probe] = {"btrfs": never, "overlayfs": never}
         ),
     ],
 )
-def test_today_everything_falls_back_to_copy_with_a_reason(
+def test_unavailable_backends_fall_back_to_copy_with_a_reason(
     tmp_path: Path, configured: str | None, reason: str, fallback: bool
 ) -> None:
-    choice = select_backend(configured, tmp_path, probes=NO_PROBES)
+    choice = select_backend(configured, tmp_path, implemented=COPY_ONLY, probes=NO_PROBES)
     assert isinstance(choice, BackendChoice)
     assert isinstance(choice.backend, CopyBackend)
     assert choice.backend.kind == "copy"
     assert choice.reason == reason
     assert choice.fallback is fallback
+
+
+def test_every_backend_is_implemented() -> None:
+    assert sorted(IMPLEMENTED) == ["btrfs", "copy", "overlayfs"]
 
 
 @pytest.mark.parametrize(
@@ -113,7 +120,7 @@ def test_today_everything_falls_back_to_copy_with_a_reason(
          "snapshot backend copy (configured copy)", False),
     ],
 )  # fmt: skip
-def test_choice_once_other_backends_exist(
+def test_choice_follows_the_probes(
     tmp_path: Path,
     configured: str,
     probe_results: dict[str, str | None],
@@ -180,7 +187,31 @@ def test_probe_overlay_real_mount(tmp_path: Path) -> None:
         assert ".overlay-probe-" not in f.read()
 
 
-def test_select_with_real_probes_never_crashes(tmp_path: Path) -> None:
-    choice: BackendChoice = select_backend("auto", tmp_path)
-    assert choice.backend.kind == "copy"
-    assert choice.reason.startswith("snapshot backend copy (configured auto; ")
+def test_real_probes_on_this_filesystem_choose_overlay_as_root(tmp_path: Path) -> None:
+    """CI runs as root on ext4: auto and overlay pick overlayfs, saying why not btrfs."""
+    if os.geteuid() != 0:
+        pytest.skip("overlay mounts need root")
+    if statfs_type(tmp_path) == BTRFS_MAGIC:
+        pytest.skip("test dir is on btrfs; auto would pick btrfs")
+    choice = select_backend("auto", tmp_path / "root")
+    assert isinstance(choice.backend, OverlayBackend)
+    fs = fs_type_name(statfs_type(tmp_path))
+    assert choice.reason == (
+        f"snapshot backend overlayfs (configured auto; btrfs: store root is {fs}, not btrfs)"
+    )
+    assert select_backend("overlay", tmp_path).backend.kind == "overlayfs"
+    btrfs = select_backend("btrfs", tmp_path)
+    assert btrfs.backend.kind == "copy" and btrfs.fallback
+    assert btrfs.reason == (
+        f"snapshot backend copy (configured btrfs; btrfs: store root is {fs}, not btrfs)"
+    )
+
+
+def test_real_probes_on_btrfs_choose_btrfs(btrfs_dir: Path) -> None:
+    choice = select_backend("auto", btrfs_dir / "root")
+    assert isinstance(choice.backend, BtrfsBackend)
+    assert choice.reason == "snapshot backend btrfs (configured auto)"
+    assert choice.fallback is False
+    assert select_backend("copy", btrfs_dir).backend.kind == "copy"
+    overlay = select_backend("overlay", btrfs_dir)
+    assert overlay.backend.kind == "overlayfs", "overlay works on btrfs too (as root)"

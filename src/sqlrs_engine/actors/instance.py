@@ -3,23 +3,50 @@
 It is the only code that starts, stops or counts the connections of that server once the
 job that created it has handed it over. Messages are short (a status probe, a connection
 count) or are the server operations themselves; they are serialized per instance, which
-is exactly what makes "two concurrent runs against a stopped instance start it once" true.
+is exactly what makes "two concurrent runs against a stopped instance start it once" true:
+the second `ensure_running` is handled after the first has started the server, and finds it
+running.
+
+Client programs (a run's psql) are *not* run here: the caller gets the handle and the runtime
+and runs them on its own thread, so a long run never blocks this mailbox (rule 3).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from sqlrs_engine.cancel import NEVER_CANCELLED
+from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
 
+if TYPE_CHECKING:
+    from sqlrs_engine.actors.registry import RegistryProxy
+
 log = logging.getLogger(__name__)
+
+RESTARTING = "run: server not running - restarting"
+RESTORING = "run: restoring runtime"
+STARTED = "run: server started"
+"""Recovery log lines (SPEC §5 "missing container", adapted to the host runtime)."""
+
+RECORD_TIMEOUT = 30.0
+"""Seconds to wait for the Registry to store a new runtime_id (it never waits on us)."""
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    """The answer of `ensure_running`: what a caller needs to run a client program."""
+
+    handle: ServerHandle
+    runtime: Runtime
+    restarted: bool
+    """True when this call started the server (recovery), False when it was running."""
 
 
 class InstanceActor(pykka.ThreadingActor):
@@ -51,18 +78,47 @@ class InstanceActor(pykka.ThreadingActor):
     def is_running(self) -> bool:
         return self._handle is not None and self._runtime.is_running(self._handle)
 
-    def ensure_running(self, log_line: LogSink) -> tuple[ServerHandle, bool]:
-        """The running server, restarted from its data dir if it is gone; (handle, restarted)."""
-        if self._handle is not None and self._runtime.is_running(self._handle):
-            return self._handle, False
+    def ensure_running(
+        self, log_line: LogSink, registry: RegistryProxy | None = None
+    ) -> RunningServer:
+        """The running server, restarted from its data dir if it is gone (SPEC §5 recovery).
+
+        A restart logs `RESTARTING`, `RESTORING`, `STARTED` through `log_line` (called on this
+        actor's thread; it must not block) and, when `registry` is given, records the new
+        runtime_id there before returning. Raises `JobFailure` when the server cannot be
+        started (for example because the instance's data directory is gone).
+        """
+        previous = self._handle
+        if previous is not None and self._runtime.is_running(previous):
+            return RunningServer(previous, self._runtime, False)
         adopted = self._runtime.adopt(self._image_id, self._data_dir)
         if adopted is not None:
+            # Someone (a previous engine) started it; remember it, and its id if it changed.
             self._handle = adopted
-            return adopted, False
-        self._handle = self._runtime.start(
-            self._image_id, self._data_dir, log_line, NEVER_CANCELLED
+            if previous is None or previous.runtime_id != adopted.runtime_id:
+                self._record_runtime(registry, adopted)
+            return RunningServer(adopted, self._runtime, False)
+        log_line(RESTARTING)
+        if previous is not None:
+            # The dead server's leftovers: orphaned backends still attached to its shared
+            # memory (they would make the new postmaster refuse to start), its stale
+            # postmaster.pid, its port reservation and socket directory.
+            self._runtime.kill(previous)
+        if not self._data_dir.is_dir():
+            raise JobFailure(
+                "internal_error",
+                "instance runtime dir is missing",
+                f"{self._data_dir} does not exist; the instance cannot be restarted",
+            )
+        log_line(RESTORING)
+        handle = self._runtime.start(
+            self._image_id, self._data_dir, self._server_log, NEVER_CANCELLED
         )
-        return self._handle, True
+        self._handle = handle
+        log_line(STARTED)
+        log.info("instance %s: server restarted as %s", self.instance_id, handle.runtime_id)
+        self._record_runtime(registry, handle)
+        return RunningServer(handle, self._runtime, True)
 
     def connections(self) -> int:
         """Client connections right now (0 when the server is not running)."""
@@ -80,6 +136,24 @@ class InstanceActor(pykka.ThreadingActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("instance actor %s failed: %s", self.instance_id, exception_value)
 
+    def _server_log(self, line: str) -> None:
+        """pg_ctl's output during a restart goes to the engine log, not to the run's stream."""
+        log.info("instance %s: %s", self.instance_id, line)
+
+    def _record_runtime(self, registry: RegistryProxy | None, handle: ServerHandle) -> None:
+        """Store the new runtime_id (the Registry owns state.db); a failure is only logged:
+        the server runs either way, and the next restart records it again."""
+        if registry is None:
+            return
+        try:
+            registry.set_instance_runtime(self.instance_id, handle.runtime_id).get(
+                timeout=RECORD_TIMEOUT
+            )
+        except Exception:
+            log.exception(
+                "instance %s: cannot record runtime id %s", self.instance_id, handle.runtime_id
+            )
+
 
 class InstanceProxy(ActorMemberMixin, pykka.ActorProxy[InstanceActor]):
     handle = proxy_method(InstanceActor.handle)
@@ -87,3 +161,9 @@ class InstanceProxy(ActorMemberMixin, pykka.ActorProxy[InstanceActor]):
     ensure_running = proxy_method(InstanceActor.ensure_running)
     connections = proxy_method(InstanceActor.connections)
     stop_server = proxy_method(InstanceActor.stop_server)
+
+
+def instance_proxy(ref: pykka.ActorRef[Any]) -> InstanceProxy:
+    """The typed proxy of an Instance actor's ref (as the Registry hands it out)."""
+    proxy: InstanceProxy = ref.proxy()  # type: ignore[assignment]
+    return proxy

@@ -3,7 +3,13 @@
 Copying or mounting a data directory can take seconds, so the actor does not do it on its
 own thread (its mailbox must stay responsive): each operation runs on the actor's bounded
 worker pool and the caller waits on the returned future. The pool bounds how much heavy
-disk I/O runs at once; the actor also sweeps leftovers of interrupted removals at start.
+disk I/O runs at once.
+
+At start the actor cleans up after a previous engine: overlay mounts under the store root
+that nothing uses are unmounted *before* `start_snapshot_actor` returns (so before the
+Registry sets up instances, whose idle clones `mount_dir_of` mounts again), states made by
+another snapshot backend are reported, and leftovers of interrupted removals (`.stale-*`) are
+swept in the background.
 
 Jobs use `SnapshotClient`, which turns those futures back into plain blocking calls.
 """
@@ -44,8 +50,35 @@ class SnapshotActor(pykka.ThreadingActor):
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=self._workers, thread_name_prefix=f"snapshot-{self._store.backend.kind}"
         )
+        self._startup_cleanup()
         self._pool.submit(self._sweep)
         log.info("snapshot actor started backend=%s", self._store.backend.kind)
+
+    def _startup_cleanup(self) -> None:
+        """Stale mounts and foreign layouts; never fatal (the engine must still start)."""
+        try:
+            swept = self._store.sweep_mounts()
+            if swept.released:
+                log.info(
+                    "unmounted %d idle or leftover overlay mounts under the store: %s",
+                    len(swept.released),
+                    [str(p) for p in swept.released],
+                )
+            if swept.kept:
+                log.info("kept %d overlay mounts in use by running servers", len(swept.kept))
+        except Exception:
+            log.exception("cannot sweep stale mounts")
+        try:
+            foreign = self._store.foreign_states()
+            if foreign:
+                log.warning(
+                    "the state store holds states made by other snapshot backends (%s); this "
+                    "engine uses %s, so they are rebuilt with it when a prepare needs them",
+                    ", ".join(f"{kind}: {count}" for kind, count in sorted(foreign.items())),
+                    self._store.backend.kind,
+                )
+        except Exception:
+            log.exception("cannot check state layouts")
 
     def on_stop(self) -> None:
         if self._pool is not None:
@@ -149,12 +182,17 @@ class SnapshotClient:
         self._call(lambda store: store.remove_job_dir(job_id))
 
     def remove_path(self, path: Path) -> None:
-        self._call(lambda store: store.backend.remove(path))
+        self._call(lambda store: store.remove_path(path))
+
+
+STARTUP_TIMEOUT = 300.0
 
 
 def start_snapshot_actor(
     store: StateStore, workers: int = DEFAULT_WORKERS
 ) -> tuple[pykka.ActorRef[Any], SnapshotClient]:
+    """Start the actor and wait until its start-up cleanup is done (see the module doc)."""
     ref = SnapshotActor.start(store, workers)
     proxy: SnapshotProxy = ref.proxy()  # type: ignore[assignment]
+    proxy.backend_kind().get(timeout=STARTUP_TIMEOUT)  # answered only after on_start
     return ref, SnapshotClient(proxy, store)

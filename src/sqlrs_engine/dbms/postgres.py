@@ -115,6 +115,9 @@ def server_settings(major: int, port: int, socket_dir: Path) -> list[tuple[str, 
     - `recovery_init_sync_method=syncfs` (PostgreSQL 14+): a clone of a state that was not shut
       down cleanly starts with crash recovery, which first fsyncs every file of PGDATA one by
       one; syncfs does it with one call per filesystem.
+    - `client_connection_check_interval=1s` (PostgreSQL 14+): a backend whose client went
+      away (a cancelled job's psql, a run whose HTTP client disconnected) notices within a
+      second and ends its query, instead of running on and counting as a connection.
     - `fsync` stays **on** (the default): instances are ordinary databases that users write to
       and expect to survive a host crash, and snapshots are taken after a clean shutdown that
       checkpoints anyway. With fsync off a crash could silently corrupt an instance, which is
@@ -128,6 +131,7 @@ def server_settings(major: int, port: int, socket_dir: Path) -> list[tuple[str, 
     ]
     if major >= 14:
         settings.append(("recovery_init_sync_method", "syncfs"))
+        settings.append(("client_connection_check_interval", "1000"))
     return settings
 
 

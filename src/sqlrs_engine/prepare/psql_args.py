@@ -124,7 +124,8 @@ class _Option:
 _Item = _Option | PsqlInput
 
 
-def _is_connection_flag(arg: str) -> bool:
+def is_connection_flag(arg: str) -> bool:
+    """A psql connection flag of §2.2 (also the run conflict rule of §5)."""
     if arg in _CONNECTION_FLAGS or arg.startswith(_CONNECTION_PREFIXES):
         return True
     return len(arg) > 2 and arg.startswith(_SHORT_CONNECTION_PREFIXES)
@@ -175,7 +176,7 @@ def _scan(args: Sequence[str], stdin: str | None, check: bool) -> list[_Item]:
             if i < count:
                 raise invalid_argument("positional arguments are not allowed")
             continue
-        if _is_connection_flag(arg):
+        if is_connection_flag(arg):
             raise invalid_argument("connection flags are not allowed", arg)
         if arg in ("-X", "--no-psqlrc"):
             items.append(_Option((arg,), no_psqlrc=True))

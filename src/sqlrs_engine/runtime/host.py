@@ -45,7 +45,7 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
 from sqlrs_engine.runtime import procs
-from sqlrs_engine.runtime.base import LogSink, OutputSink, ServerHandle, pgdata_of
+from sqlrs_engine.runtime.base import LogSink, OutputSink, Runtime, ServerHandle, pgdata_of
 from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator
 from sqlrs_engine.runtime.users import (
     ServerUserError,
@@ -205,6 +205,8 @@ class HostRuntime:
         self.locale = locale
         self._lock = threading.Lock()
         self._installations: dict[int, Installation] | None = None
+        with contextlib.suppress(OSError):
+            self.remove_stale_run_dirs()
 
     # -- binaries ------------------------------------------------------------------------------
 
@@ -547,6 +549,38 @@ class HostRuntime:
 
     # -- extras (not in the protocol) ----------------------------------------------------------
 
+    def remove_stale_run_dirs(self, min_age: float = 60.0) -> list[Path]:
+        """Remove `<run_root>/sqlrs-pg-*` dirs that no live server uses any more.
+
+        A run dir leaks when its server is killed behind the engine's back (a test's cleanup,
+        an OOM kill, a reboot of a machine whose /tmp persists). It is in use while some live
+        process has `unix_socket_directories=<dir>` on its command line; younger than
+        `min_age` seconds it may belong to a start in progress (of another engine process).
+        Called once when the runtime is created.
+        """
+        candidates = [
+            d for d in self.run_root.glob(f"{RUN_DIR_PREFIX}*") if d.is_dir() and not d.is_symlink()
+        ]
+        if not candidates:
+            return []
+        in_use = set()
+        for pid in procs.all_pids():
+            for arg in procs.cmdline(pid):
+                if _SOCKET_SETTING in arg:
+                    for part in arg.split(_SOCKET_SETTING)[1:]:
+                        in_use.add(os.path.realpath(part.split()[0].split(",")[0]))
+        removed = []
+        now = time.time()
+        for d in candidates:
+            try:
+                age = now - d.stat().st_mtime
+            except OSError:
+                continue
+            if age >= min_age and os.path.realpath(d) not in in_use:
+                _remove_run_dir(d)
+                removed.append(d)
+        return removed
+
     def server_log(self, handle: ServerHandle) -> Path | None:
         """The server log file of a server started by this runtime (None if unknown)."""
         if handle.socket_dir is None:
@@ -763,8 +797,14 @@ class HostRuntime:
         verified = self._verified_postmaster(info, pgdata)
         if verified is not None:
             pids.add(verified)
-        if handle.pid is not None and _serves(handle.pid, pgdata):
-            pids.add(handle.pid)
+        known = _handle_pid(handle)
+        if known is not None and _serves(known, pgdata, allow_deleted=True):
+            pids.add(known)
+        socket_dir = handle.socket_dir or (
+            Path(info.socket_dir) if info is not None and info.socket_dir else None
+        )
+        if socket_dir is None:
+            socket_dir = next((d for d in map(_socket_dir_of, pids) if d is not None), None)
         for pid in pids:
             # Immediate shutdown: the postmaster takes its children down with it.
             procs.send(pid, signal.SIGQUIT)
@@ -772,13 +812,10 @@ class HostRuntime:
             for pid in pids:
                 procs.send(pid, signal.SIGKILL)
             procs.wait_dead(pids, 5.0)
-        groups = pids | {p for p in (info.pid if info else None, handle.pid) if p is not None}
+        groups = pids | {p for p in (info.pid if info else None, known) if p is not None}
         _sweep_data_dir(pgdata, groups)  # e.g. backends of a postmaster that was SIGKILLed
         if info is not None and not procs.is_alive(info.pid):
             _remove_stale_pid_file(pgdata, info.pid)
-        socket_dir = handle.socket_dir or (
-            Path(info.socket_dir) if info is not None and info.socket_dir else None
-        )
         if socket_dir is not None and _is_our_run_dir(socket_dir, self.run_root):
             self._kill_run_dir_processes(socket_dir, pgdata)
         self._release(handle, socket_dir)
@@ -840,17 +877,39 @@ def _probe_env() -> dict[str, str]:
     return env
 
 
-def _serves(pid: int, pgdata: Path) -> bool:
+def _handle_pid(handle: ServerHandle) -> int | None:
+    """The postmaster pid a handle names (`pid`, else from a `host:<pid>` runtime id)."""
+    return handle.pid if handle.pid is not None else pid_of_runtime_id(handle.runtime_id)
+
+
+def _socket_dir_of(pid: int) -> Path | None:
+    """`unix_socket_directories` from a postmaster's command line."""
+    for arg in procs.cmdline(pid):
+        if arg.startswith(_SOCKET_SETTING):
+            value = arg[len(_SOCKET_SETTING) :].split(",")[0].strip()
+            return Path(value) if value else None
+    return None
+
+
+_SOCKET_SETTING = "unix_socket_directories="
+
+
+def _serves(pid: int, pgdata: Path, *, allow_deleted: bool = False) -> bool:
     """Is `pid` a live postgres process whose data directory is `pgdata`?
 
     The postmaster changes into its data directory, so `/proc/<pid>/cwd` identifies it; when
     that link is unreadable (another user, non-root engine) the `-D` argument is compared.
+    `allow_deleted`: also accept a server whose data directory was removed under it (the
+    kernel then shows the cwd as `<path> (deleted)`) — for `kill` only.
     """
     if not procs.is_alive(pid):
         return False
     want = os.path.realpath(pgdata)
     where = procs.cwd(pid)
     if where is not None:
+        if allow_deleted and where == f"{want} (deleted)":
+            exe = procs.exe(pid) or ""
+            return os.path.basename(exe) in ("postgres", "postmaster")
         return where == want
     args = procs.cmdline(pid)
     if not args or os.path.basename(args[0]) not in ("postgres", "postmaster"):
@@ -869,10 +928,11 @@ def _sweep_data_dir(pgdata: Path, groups: set[int]) -> None:
     `groups`, so a user's shell that happens to sit in PGDATA is left alone.
     """
     want = os.path.realpath(pgdata)
+    wanted = (want, f"{want} (deleted)")
     for _round in range(3):
         victims = []
         for pid in procs.all_pids():
-            if procs.cwd(pid) != want or not procs.is_alive(pid):
+            if procs.cwd(pid) not in wanted or not procs.is_alive(pid):
                 continue
             exe = procs.exe(pid)
             if (exe and os.path.basename(exe) in ("postgres", "postmaster")) or (
@@ -908,6 +968,11 @@ def _last_line(text: str, containing: str) -> str:
         if containing.lower() in line.lower():
             return line.strip()
     return text.strip().splitlines()[-1] if text.strip() else ""
+
+
+def _conforms(runtime: HostRuntime) -> Runtime:
+    """Type-level proof that HostRuntime implements the Runtime protocol (checked by mypy)."""
+    return runtime
 
 
 __all__ = [

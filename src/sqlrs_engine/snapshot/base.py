@@ -4,12 +4,12 @@ A *data dir* is what a backend clones and snapshots; PostgreSQL's PGDATA is its 
 subdirectory (SPEC §9.1). A *state* is an immutable data dir of a cleanly stopped server; a
 *clone* is a writable, independent copy of a state (or of the base) that a server runs on.
 
-Three backends fit this protocol (SPEC §9.2, §0.6): `copy` (plain/reflink copies, implemented
-in `copy.py`), `overlayfs` (a clone is an overlay mount whose *mount dir* is `dst/merged`; a
-state may be stored as a layer on top of its parent) and `btrfs` (subvolume snapshots; markers
-and locks live in `states/.build/` because a read-only snapshot cannot hold them). Everything
-that differs between them is behind these methods, so the store and the jobs never branch on
-the kind.
+Three backends fit this protocol (SPEC §9.2, §0.6): `copy` (plain/reflink copies, `copy.py`),
+`overlayfs` (`overlay.py`: a clone is an overlay mount whose *mount dir* is `dst/merged`; a
+state is stored as a layer of what its step changed, on top of its parent's layers) and
+`btrfs` (`btrfs.py`: subvolume snapshots; markers and locks live in `states/.build/` because a
+read-only snapshot cannot hold them). Everything that differs between them is behind these
+methods, so the store and the jobs never branch on the kind.
 """
 
 from __future__ import annotations
@@ -155,7 +155,20 @@ class SnapshotBackend(Protocol):
         ...
 
     def mount_dir_of(self, dst: Path) -> Path:
-        """The data dir a server runs on for a clone made at `dst` (run recovery)."""
+        """The data dir a server runs on for a clone made at `dst` (run recovery).
+
+        Overlay remounts a clone whose mount is gone (a reboot, or the start-up sweep of idle
+        mounts), so the returned path is usable by a server; the others just compute it.
+        """
+        ...
+
+    def data_problem(self, path: Path, *, require_pg_version: bool = True) -> str | None:
+        """Why base/state dir `path` (in this backend's layout) cannot be cloned or committed.
+
+        `data_dir_problem` for backends whose states are plain data dirs; layered backends
+        look `PG_VERSION` and `postmaster.pid` up through the state's layers and also report
+        a missing or rebuilt parent layer.
+        """
         ...
 
 

@@ -119,6 +119,10 @@ class CopyBackend:
     def mount_dir_of(self, dst: Path) -> Path:
         return dst
 
+    def data_problem(self, path: Path, *, require_pg_version: bool = True) -> str | None:
+        """A copy state is a plain data dir."""
+        return data_dir_problem(path, require_pg_version=require_pg_version)
+
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod

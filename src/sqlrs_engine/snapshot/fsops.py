@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.process import ProcessError, run
-from sqlrs_engine.snapshot.base import SnapshotError
-from sqlrs_engine.snapshot.layout import STORE_METADATA_NAMES, stale_name
+from sqlrs_engine.snapshot.base import DIRTY_REASON, SnapshotError, data_dir_problem
+from sqlrs_engine.snapshot.layout import BUILD_LOCK, STORE_METADATA_NAMES, stale_name
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,33 @@ def write_marker(path: Path, content: str = "ok") -> None:
             os.close(dir_fd)
 
 
+def refuse_unclean_source(src: Path) -> None:
+    """Refuse to snapshot a data dir with `postmaster.pid` (dirty) or without `PG_VERSION`."""
+    problem = data_dir_problem(src, require_pg_version=True)
+    if problem == DIRTY_REASON:
+        raise SnapshotError(
+            "snapshot refused",
+            f"postmaster.pid present in {src}: the server was not stopped cleanly (a snapshot "
+            "would be a dirty state); stop it with pg_ctl stop -m fast first",
+        )
+    if problem is not None:
+        raise SnapshotError("snapshot refused", f"{problem} ({src})")
+
+
+def check_state_dst(dst: Path, what: str) -> None:
+    """A state dir to snapshot into must be absent or hold nothing but its build lock."""
+    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
+        raise SnapshotError(what, f"state dir {dst} exists and is not a directory")
+    if dst.exists():
+        leftovers = sorted(p.name for p in dst.iterdir() if p.name != BUILD_LOCK)
+        if leftovers:
+            raise SnapshotError(
+                what,
+                f"state dir {dst} is not empty ({', '.join(leftovers[:5])}); "
+                "reset it before taking a new snapshot",
+            )
+
+
 def os_error_to_snapshot(what: str, exc: OSError) -> SnapshotError:
     """Wrap an OSError, keeping the ENOSPC signal."""
     return SnapshotError(what, str(exc), no_space=exc.errno == errno.ENOSPC)
@@ -208,12 +235,14 @@ def os_error_to_snapshot(what: str, exc: OSError) -> SnapshotError:
 
 __all__ = [
     "check_no_overlap",
+    "check_state_dst",
     "clear_dir",
     "copy_dir_attrs",
     "copy_entries",
     "data_entries",
     "is_no_space",
     "os_error_to_snapshot",
+    "refuse_unclean_source",
     "remove_tree",
     "resolved",
     "run_tool",

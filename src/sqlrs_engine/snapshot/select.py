@@ -1,39 +1,35 @@
 """Choosing the snapshot backend at startup (SPEC §9.2), never silently (§0.1).
 
 `select_backend` returns the backend *and* a sentence for the engine log that says what was
-configured, what was chosen and why each preferred backend was not. Backends that exist are
-listed in `IMPLEMENTED`; adding overlay or btrfs later is one line there (their probes are
-already here).
+configured, what was chosen and why each preferred backend was not. `auto` prefers btrfs (the
+store root is on btrfs and the `btrfs` program exists: block-level copy-on-write, nothing is
+ever copied up), then overlayfs (a real probe mount with the options the backend uses
+succeeds: needs root), then copy (which still reflinks where the filesystem can).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlrs_engine.process import ProcessError, run
-from sqlrs_engine.snapshot.base import BackendKind, SnapshotBackend
+from sqlrs_engine.process import ProcessError
+from sqlrs_engine.snapshot.base import BackendKind, SnapshotBackend, SnapshotError
+from sqlrs_engine.snapshot.btrfs import BtrfsBackend
 from sqlrs_engine.snapshot.copy import CopyBackend
-
-BTRFS_MAGIC = 0x9123683E
-
-_FS_NAMES: dict[int, str] = {
-    0xEF53: "ext4",  # ext2/ext3/ext4 share the magic
-    0x9123683E: "btrfs",
-    0x58465342: "xfs",
-    0x01021994: "tmpfs",
-    0x794C7630: "overlayfs",
-    0x2FC12FC1: "zfs",
-    0x6969: "nfs",
-    0x65735546: "fuse",
-    0xF2F52010: "f2fs",
-}
+from sqlrs_engine.snapshot.fsinfo import (
+    BTRFS_MAGIC,
+    fs_type_name,
+    nearest_existing,
+    statfs_type,
+)
+from sqlrs_engine.snapshot.mounts import mount_overlay, unmount
+from sqlrs_engine.snapshot.overlay import OverlayBackend
 
 Probe = Callable[[Path], str | None]
 """Checks whether a backend can work for a store root: None = usable, else why not."""
@@ -43,8 +39,8 @@ Factory = Callable[[Path], SnapshotBackend]
 
 IMPLEMENTED: dict[BackendKind, Factory] = {
     "copy": lambda root: CopyBackend(),
-    # "overlayfs": OverlayBackend,  (one line each once they exist)
-    # "btrfs": BtrfsBackend,
+    "overlayfs": lambda root: OverlayBackend(root),
+    "btrfs": lambda root: BtrfsBackend(root),
 }
 
 CONFIG_VALUES = ("auto", "overlay", "btrfs", "copy")
@@ -121,28 +117,6 @@ def _reason(kind: str, notes: list[str]) -> str:
 # -- probes ------------------------------------------------------------------------------------
 
 
-def nearest_existing(path: Path) -> Path:
-    """`path` or its closest existing ancestor (the store root may not exist yet)."""
-    current = path.absolute()
-    while not current.exists() and current != current.parent:
-        current = current.parent
-    return current
-
-
-def statfs_type(path: Path) -> int:
-    """The statfs `f_type` magic of the filesystem holding `path` (or its nearest ancestor)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(256)  # larger than struct statfs on every Linux ABI
-    if libc.statfs(os.fsencode(nearest_existing(path)), buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(path))
-    return ctypes.c_long.from_buffer(buf, 0).value & 0xFFFFFFFF
-
-
-def fs_type_name(magic: int) -> str:
-    return _FS_NAMES.get(magic, f"filesystem 0x{magic:X}")
-
-
 def probe_btrfs(store_root: Path) -> str | None:
     """btrfs works when the store root is on btrfs and the `btrfs` program exists."""
     try:
@@ -157,9 +131,14 @@ def probe_btrfs(store_root: Path) -> str | None:
 
 
 def probe_overlay(store_root: Path) -> str | None:
-    """overlayfs works when a real probe overlay mount in a temp dir succeeds (needs root)."""
-    if shutil.which("mount") is None or shutil.which("umount") is None:
-        return "mount/umount programs not found"
+    """overlayfs works when a real probe mount in a temp dir succeeds (needs root).
+
+    The probe mounts the way clones are mounted (`mounts.mount_overlay`: two lower layers,
+    relative paths, the same options) and checks that a whiteout in the middle layer hides
+    a file of the bottom one and that a write stays in the upper layer.
+    """
+    if shutil.which("mount") is None:
+        return "mount program not found"
     if os.geteuid() != 0:
         return "overlay mounts need root"
     parent = nearest_existing(store_root)
@@ -169,30 +148,29 @@ def probe_overlay(store_root: Path) -> str | None:
     merged = tmp / "merged"
     mounted = False
     try:
-        for name in ("lower", "upper", "work", "merged"):
+        for name in ("bottom", "middle", "upper", "work", "merged"):
             (tmp / name).mkdir()
-        (tmp / "lower" / "probe").write_text("lower")
-        options = f"lowerdir={tmp / 'lower'},upperdir={tmp / 'upper'},workdir={tmp / 'work'}"
-        result = run(
-            ["mount", "-t", "overlay", "overlay", "-o", options, os.fspath(merged)], timeout=15
-        )
-        if result.exit_code != 0:
-            return f"overlay probe mount failed: {result.output.strip() or result.exit_code}"
+        (tmp / "bottom" / "hidden").write_text("bottom")
+        (tmp / "bottom" / "probe").write_text("bottom")
+        os.mknod(tmp / "middle" / "hidden", 0o600 | stat.S_IFCHR, os.makedev(0, 0))
+        mount_overlay([tmp / "middle", tmp / "bottom"], tmp / "upper", tmp / "work", merged)
         mounted = True
+        if (merged / "hidden").exists():
+            return "overlay probe: a whiteout in a lower layer did not hide the file below it"
         (merged / "probe").write_text("upper")
-        if (tmp / "lower" / "probe").read_text() != "lower":
+        if (tmp / "bottom" / "probe").read_text() != "bottom":
             return "overlay probe wrote through to the lower layer"
-        result = run(["umount", os.fspath(merged)], timeout=15)
-        if result.exit_code != 0:
-            return f"overlay probe umount failed: {result.output.strip() or result.exit_code}"
+        unmount(merged)
         mounted = False
         return None
+    except SnapshotError as exc:
+        return f"overlay probe mount failed: {exc.details or exc.message}"
     except (OSError, ProcessError) as exc:
         return f"overlay probe failed: {exc}"
     finally:
         if mounted:
-            with contextlib.suppress(OSError, ProcessError):
-                run(["umount", "-l", os.fspath(merged)], timeout=15)
+            with contextlib.suppress(OSError):
+                unmount(merged, lazy=True)
         if not os.path.ismount(merged):
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -201,6 +179,7 @@ PROBES: dict[BackendKind, Probe] = {"btrfs": probe_btrfs, "overlayfs": probe_ove
 
 
 __all__ = [
+    "BTRFS_MAGIC",
     "CONFIG_VALUES",
     "IMPLEMENTED",
     "PROBES",

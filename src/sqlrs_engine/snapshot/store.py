@@ -9,6 +9,13 @@ lock), so everything here is safe across threads and across engine processes sha
 Lock files are never deleted on purpose except together with their state dir while the lock
 is held; `FileLock` notices a replaced/removed lock file and retries on the new one, and the
 acquire loops below re-create a directory that vanished while they waited.
+
+**Layouts.** Each backend lays states and clones out its own way (a plain copy, an overlay
+layer with `layers.json`, a btrfs subvolume), and the backend is chosen again at every engine
+start. The store therefore recognizes what made a state dir (`detect_layout`): a state made by
+another backend is reported as unusable with that reason (the job logs it and rebuilds the
+state with the current backend), and removal of a state or clone always goes through the
+backend that made it (unmount, subvolume delete). Nothing silently mixes layouts.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,18 +34,33 @@ from sqlrs_engine.snapshot.base import (
     MISSING_DIR_REASON,
     PG_VERSION,
     POSTMASTER_PID,
+    BackendKind,
     SnapshotBackend,
     SnapshotError,
-    data_dir_problem,
     find_data_file,
 )
+from sqlrs_engine.snapshot.btrfs import BtrfsBackend
+from sqlrs_engine.snapshot.fsinfo import is_subvolume
 from sqlrs_engine.snapshot.fsops import (
     clear_dir,
     os_error_to_snapshot,
     resolved,
     write_marker,
 )
-from sqlrs_engine.snapshot.layout import INIT_LOCK, StoreLayout, is_stale_name
+from sqlrs_engine.snapshot.layout import (
+    INIT_LOCK,
+    SEPARATE_BUILD_DIR,
+    STORE_METADATA_NAMES,
+    StoreLayout,
+    is_stale_name,
+)
+from sqlrs_engine.snapshot.overlay import (
+    LAYER,
+    META,
+    MountSweep,
+    OverlayBackend,
+    sweep_mounts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +82,7 @@ class StateBuild:
         self.image_id = image_id
         self.state_id = state_id
         self.state_dir = store.layout.state_dir(image_id, state_id)
-        self.problem: str | None = store.backend.validate_state(self.state_dir)
+        self.problem: str | None = store._state_problem(self.state_dir)
         """Why the state dir was not a complete state when the lock was taken (None: it was)."""
         self.committed = False
         self._active = True
@@ -155,6 +178,7 @@ class StateStore:
         )
 
         def ensure() -> None:
+            self._drop_unlockable_state(state_dir)
             self.backend.ensure_state_dir(state_dir)
             lock_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -185,7 +209,7 @@ class StateStore:
             if marker.is_file():
                 return base
             if find_data_file(base, PG_VERSION) is None:
-                clear_dir(base, {INIT_LOCK}, self.backend.remove)
+                clear_dir(base, {INIT_LOCK}, self.remove_path)
                 cancel.raise_if_cancelled()
                 init(base)
                 if find_data_file(base, PG_VERSION) is None:
@@ -229,7 +253,7 @@ class StateStore:
     def commit_state(self, image_id: str, state_id: str) -> None:
         """Write `.build.ok` for a snapshotted state (caller holds its build lock)."""
         state_dir = self.layout.state_dir(image_id, state_id)
-        problem = data_dir_problem(state_dir, require_pg_version=True)
+        problem = self.backend.data_problem(state_dir, require_pg_version=True)
         if problem is not None:
             raise SnapshotError("cannot commit state", f"{problem} ({state_dir})")
         marker = self.layout.build_marker(
@@ -242,7 +266,17 @@ class StateStore:
 
     def validate_state(self, image_id: str, state_id: str) -> str | None:
         """None when the state dir is complete and clean, else why not (unlocked check)."""
-        return self.backend.validate_state(self.layout.state_dir(image_id, state_id))
+        return self._state_problem(self.layout.state_dir(image_id, state_id))
+
+    def _state_problem(self, state_dir: Path) -> str | None:
+        """The backend's verdict, after refusing a state laid out by another backend."""
+        found = detect_layout(state_dir)
+        if found is not None and found != self.backend.kind:
+            return (
+                f"state was made by the {found} snapshot backend, but this engine uses "
+                f"{self.backend.kind}"
+            )
+        return self.backend.validate_state(state_dir)
 
     def invalidate_state(
         self, image_id: str, state_id: str, cancel: CancelToken = NEVER_CANCELLED
@@ -260,7 +294,7 @@ class StateStore:
         if not state_dir.exists() and not marker.exists():
             return f"{MISSING_DIR_REASON}: {state_dir}"
         with self._build_lock(image_id, state_id, cancel, None):
-            problem = self.backend.validate_state(state_dir)
+            problem = self._state_problem(state_dir)
             if problem is None:
                 return None
             self._clear_state(image_id, state_id, keep_lock=False)
@@ -296,20 +330,42 @@ class StateStore:
         # Marker first: whatever happens next, the dir no longer claims to be complete.
         with contextlib.suppress(FileNotFoundError):
             marker.unlink()
+        # A marker a backend with the other placement left (the store changed backends).
+        other = self.layout.build_marker(image_id, state_id, separate=not separate)
+        with contextlib.suppress(OSError):
+            other.unlink()
         if separate or not keep_lock:
-            self.backend.remove(state_dir)
+            self.remove_path(state_dir)
             if separate and not keep_lock:
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
         elif state_dir.is_dir():
-            clear_dir(state_dir, {lock.name}, self.backend.remove)
+            clear_dir(state_dir, {lock.name}, self.remove_path)
+
+    def _drop_unlockable_state(self, state_dir: Path) -> None:
+        """Remove a read-only btrfs state when this backend keeps its lock *inside* the dir.
+
+        A lock file cannot be created in a read-only snapshot, so a store that moved from
+        btrfs to another backend could never lock (and so never rebuild) such a state.
+        """
+        if self.backend.separate_build_meta or not is_subvolume(state_dir):
+            return
+        if os.access(state_dir, os.W_OK):
+            return
+        log.warning(
+            "removing state %s: a read-only btrfs snapshot, but this engine uses the %s "
+            "snapshot backend; it is rebuilt when needed",
+            state_dir.name,
+            self.backend.kind,
+        )
+        self.remove_path(state_dir)
 
     # -- runtime clones (SPEC §2.10) -------------------------------------------------------------
 
     def new_runtime_dir(self, job_id: str) -> Path:
         """An empty `jobs/<job_id>/runtime`, removing (or renaming aside) a leftover one."""
         runtime = self.layout.job_runtime_dir(job_id)
-        self.backend.remove(runtime)
+        self.remove_path(runtime)
         try:
             runtime.mkdir(parents=True)
         except OSError as exc:
@@ -330,7 +386,7 @@ class StateStore:
         (`require_pg_version`), without PG_VERSION; so is the resulting mount dir. A runtime
         dir inside the source is refused before anything is touched.
         """
-        problem = data_dir_problem(source, require_pg_version=require_pg_version)
+        problem = self.backend.data_problem(source, require_pg_version=require_pg_version)
         if problem is not None:
             raise SnapshotError(problem, str(source))
         runtime = self.layout.job_runtime_dir(job_id)
@@ -341,7 +397,7 @@ class StateStore:
             )
         self.new_runtime_dir(job_id)
         mount = self.backend.clone(source, runtime, cancel=cancel)
-        problem = data_dir_problem(mount, require_pg_version=require_pg_version)
+        problem = self.backend.data_problem(mount, require_pg_version=require_pg_version)
         if problem is not None:
             self.backend.remove(runtime)
             raise SnapshotError(problem, f"clone {mount} of {source}")
@@ -349,16 +405,47 @@ class StateStore:
 
     def runtime_mount_dir(self, job_id: str) -> Path:
         """Where the server of a job's runtime clone keeps its data (run recovery)."""
-        return self.backend.mount_dir_of(self.layout.job_runtime_dir(job_id))
+        return self.mount_dir_of(self.layout.job_runtime_dir(job_id))
+
+    def mount_dir_of(self, runtime_dir: Path) -> Path:
+        """The data dir of the clone at `runtime_dir`, whichever backend made it.
+
+        Like `backend.mount_dir_of`, but an overlay clone left by an engine that used overlay
+        is found (and remounted) even when this engine uses another backend.
+        """
+        if detect_layout(runtime_dir) == "overlayfs" and self.backend.kind != "overlayfs":
+            return OverlayBackend(self.layout.root).mount_dir_of(runtime_dir)
+        return self.backend.mount_dir_of(runtime_dir)
 
     def remove_runtime_dir(self, job_id: str) -> None:
         """Remove a job's runtime clone (the caller ensures no instance still uses it)."""
-        self.backend.remove(self.layout.job_runtime_dir(job_id))
+        self.remove_path(self.layout.job_runtime_dir(job_id))
 
     def remove_job_dir(self, job_id: str) -> None:
         """Remove `jobs/<job_id>` entirely (runtime first, through the backend)."""
         self.remove_runtime_dir(job_id)
-        self.backend.remove(self.layout.job_dir(job_id))
+        self.remove_path(self.layout.job_dir(job_id))
+
+    def remove_path(self, path: Path) -> None:
+        """Remove a state, clone or leftover through the backend whose layout it has.
+
+        An overlay clone or layer needs unmounting and a btrfs snapshot a subvolume delete,
+        whichever backend this engine uses now; anything else goes to the current backend.
+        """
+        found = detect_layout(path)
+        if path.name == LAYER and (path.parent / META).is_file():
+            found = "overlayfs"  # a layer alone looks like a plain dir
+        if found in ("overlayfs", "btrfs") and found != self.backend.kind:
+            self._backend_for(found).remove(path)
+            return
+        self.backend.remove(path)
+
+    def _backend_for(self, kind: BackendKind) -> SnapshotBackend:
+        if kind == "overlayfs":
+            return OverlayBackend(self.layout.root)
+        if kind == "btrfs":
+            return BtrfsBackend()
+        return self.backend
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -384,12 +471,34 @@ class StateStore:
                     continue
                 path = directory / name
                 try:
-                    self.backend.remove(path)
+                    self.remove_path(path)
                 except SnapshotError as exc:
                     log.warning("cannot sweep %s: %s", path, exc)
                     continue
                 removed.append(path)
         return removed
+
+    def sweep_mounts(self) -> MountSweep:
+        """Unmount overlay mounts under the root that nothing uses (engine start).
+
+        See `overlay.sweep_mounts`: mounts of running servers stay, idle clones are
+        unmounted (an instance's is remounted by `mount_dir_of`), leftovers are detached.
+        Runs for every backend, so a store that moved away from overlay is cleaned too.
+        """
+        return sweep_mounts(self.layout.root)
+
+    def foreign_states(self) -> dict[str, int]:
+        """How many state dirs each *other* backend made (kind → count), for the start log."""
+        counts: dict[str, int] = {}
+        for engine in _subdirs(self.layout.engines_dir):
+            for version in _subdirs(engine):
+                for state in _subdirs(version / "states"):
+                    if state.name == SEPARATE_BUILD_DIR or is_stale_name(state.name):
+                        continue
+                    found = detect_layout(state)
+                    if found is not None and found != self.backend.kind:
+                        counts[found] = counts.get(found, 0) + 1
+        return counts
 
     @staticmethod
     def _write_marker(marker: Path, what: str) -> None:
@@ -397,6 +506,29 @@ class StateStore:
             write_marker(marker)
         except OSError as exc:
             raise os_error_to_snapshot(what, exc) from exc
+
+
+def detect_layout(path: Path) -> BackendKind | None:
+    """Which backend made the state or clone dir `path`, judged from what is on disk.
+
+    `overlayfs`: an overlay layer record (`layers.json`) or a `layer/` dir; `btrfs`: a btrfs
+    subvolume; `copy`: a plain dir with data; None: absent, or nothing but store metadata.
+    """
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    if (path / META).is_file() or (path / LAYER).is_dir():
+        return "overlayfs"
+    if is_subvolume(path):
+        return "btrfs"
+    try:
+        with os.scandir(path) as it:
+            has_data = any(entry.name not in STORE_METADATA_NAMES for entry in it)
+    except OSError:
+        return None
+    return "copy" if has_data else None
 
 
 def _subdirs(directory: Path) -> list[Path]:
@@ -407,4 +539,4 @@ def _subdirs(directory: Path) -> list[Path]:
         return []
 
 
-__all__ = ["BaseInit", "StateBuild", "StateStore"]
+__all__ = ["BaseInit", "StateBuild", "StateStore", "detect_layout"]

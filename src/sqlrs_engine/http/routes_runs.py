@@ -1,0 +1,68 @@
+"""`POST /v1/runs` (SPEC §5): validate, then stream the run's events as NDJSON.
+
+Everything that can fail before the program starts is an HTTP error (400/404/409, or a 500
+when the instance has no live actor); once validation has passed the answer is a 200 stream
+and later failures are `error` events (SPEC §0.1). Bottle sends a generator response with
+chunked encoding, one chunk per event, flushed as it is produced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import bottle
+
+from sqlrs_engine.actors.instance import instance_proxy
+from sqlrs_engine.errors import internal_error
+from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
+from sqlrs_engine.http.jsonio import NDJSON, json_line
+from sqlrs_engine.http.params import decode_json_object, read_body
+from sqlrs_engine.http.streams import client_gone
+from sqlrs_engine.runs.executor import RUN_FAILED, RunExecution
+from sqlrs_engine.runs.requests import FoundInstance, validate_run_request
+from sqlrs_engine.runtime.base import LogSink
+
+ENSURE_RUNNING_TIMEOUT = 180.0
+"""Seconds a run waits for its instance's server (a restart runs pg_ctl start -w, ≤ 60 s)."""
+
+
+def register(app: bottle.Bottle, ctx: ApiContext) -> None:
+    registry = ctx.registry
+
+    def lookup(instance_ref: str) -> FoundInstance | None:
+        entry, _by_name = registry.find_instance(instance_ref, True).get(timeout=ASK_TIMEOUT)
+        if entry is None:
+            return None
+        return FoundInstance(str(entry["instance_id"]), entry.get("runtime_id"))
+
+    @app.post("/v1/runs")
+    def run() -> Any:
+        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        plan = validate_run_request(body, lookup)
+        ref = registry.instance_actor(plan.instance_id).get(timeout=ASK_TIMEOUT)
+        if ref is None:
+            raise internal_error(
+                RUN_FAILED,
+                f"instance {plan.instance_id} has no live instance actor; restart the engine",
+            )
+        instance = instance_proxy(ref)
+
+        def ensure_running(log_line: LogSink) -> Any:
+            return instance.ensure_running(log_line, registry).get(timeout=ENSURE_RUNNING_TIMEOUT)
+
+        execution = RunExecution(plan, ensure_running)
+        environ = bottle.request.environ
+        bottle.response.content_type = NDJSON
+        bottle.response.set_header("Cache-Control", "no-store")
+        return _ndjson(execution, environ)
+
+
+def _ndjson(execution: RunExecution, environ: dict[str, Any]) -> Iterator[bytes]:
+    """The events as NDJSON lines; closing this generator closes (cancels) the run."""
+    events = execution.stream(lambda: client_gone(environ))
+    try:
+        for event in events:
+            yield json_line(event)
+    finally:
+        events.close()

@@ -1,0 +1,246 @@
+"""prepare end to end on every snapshot backend: copy, overlay (real mounts) and btrfs (a real
+btrfs on a loop device), through the real engine process and real PostgreSQL.
+
+Each backend gets one engine (module-scoped, parametrized) whose store is configured before
+start with `<store>/config.json` (`snapshot.backend`); for btrfs `SQLRS_STATE_STORE` points
+into the loop-mounted filesystem. The restart test runs last for each backend: it replaces
+the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sqlrs_engine.snapshot.btrfs import subvolumes_below
+from sqlrs_engine.snapshot.fsinfo import is_subvolume
+from sqlrs_engine.snapshot.fsops import tree_size
+from sqlrs_engine.snapshot.mounts import is_mount_point, mounts_under
+from sqlrs_engine.snapshot.overlay import OverlayBackend
+from tests.snapshot import btrfs_loop
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
+from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.prepare import JobOutcome, prepare, psql_body, query, submit, wait
+
+pytestmark = pytest.mark.e2e
+
+KINDS = {"copy": "copy", "overlay": "overlayfs", "btrfs": "btrfs"}
+"""config value → backend kind."""
+
+TWO_STEPS = (
+    "-c",
+    "create table t(a int, note text);"
+    " insert into t select g, 'base' from generate_series(1, 1000) g",
+    "-c",
+    "create table gone(x int); insert into gone values (1)",
+)
+CHILD_STEP = ("-c", "drop table gone; insert into t values (0, 'child')")
+
+
+@dataclass
+class Env:
+    config: str
+    kind: str
+    workdir: Path
+    store: Path
+    engine: EngineProcess
+
+    @property
+    def jobs(self) -> Path:
+        return self.store / "jobs"
+
+    def data_dir(self, job_id: str) -> Path:
+        """The data dir of the instance a job created (runtime dir, or its overlay mount)."""
+        runtime = self.jobs / job_id / "runtime"
+        return runtime / "merged" if self.kind == "overlayfs" else runtime
+
+    def state_dir(self, state_id: str) -> Path:
+        (found,) = self.store.glob(f"engines/postgres/*/states/{state_id}")
+        return found
+
+    def start(self) -> None:
+        self.engine = start_engine(self.workdir, state_store=self.store)
+
+
+@pytest.fixture(scope="module", params=list(KINDS))
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    config: str = request.param
+    fs = None
+    if config == "btrfs":
+        reason = btrfs_loop.unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+    if config == "overlay" and os.geteuid() != 0:
+        pytest.skip("overlay mounts need root")
+    workdir = make_scratch_dir()
+    try:
+        if config == "btrfs":
+            fs = btrfs_loop.make_loop_btrfs("2G")
+            store = fs.mount_point / "store"
+        else:
+            store = workdir / "store"
+        store.mkdir()
+        (store / "config.json").write_text(json.dumps({"snapshot": {"backend": config}}))
+        env = Env(config, KINDS[config], workdir, store, start_engine(workdir, state_store=store))
+        try:
+            yield env
+        finally:
+            env.engine.stop()
+    finally:
+        if fs is not None:
+            btrfs_loop.remove_loop_btrfs(fs)
+        remove_scratch_dir(workdir)
+
+
+def succeeded(outcome: JobOutcome) -> JobOutcome:
+    assert outcome.status["status"] == "succeeded", outcome.status
+    return outcome
+
+
+def test_the_configured_backend_is_used_and_logged(env: Env) -> None:
+    log = env.engine.stderr_text()
+    assert f"snapshot backend {env.kind} (configured {env.config})" in log
+
+
+def test_prepare_cache_hit_and_isolation(env: Env) -> None:
+    first = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    state_id = first.result["state_id"]
+    state = env.state_dir(state_id)
+    if env.kind == "overlayfs":
+        assert (state / "layers.json").is_file() and (state / "layer").is_dir()
+    elif env.kind == "btrfs":
+        assert is_subvolume(state) and not os.access(state, os.W_OK)
+    else:
+        assert (state / "pgdata" / "PG_VERSION").is_file()
+
+    size = env.engine.get(f"/v1/states/{state_id}").json()["size_bytes"]
+    full = tree_size(env.data_dir(first.job_id))
+    if env.kind == "copy":
+        assert size > 0.9 * full
+    else:
+        assert 0 < size < 0.75 * full, (size, full)  # only what the step changed
+
+    second = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    assert [t["cached"] for t in second.status["tasks"] if t["type"] == "state_execute"] == [
+        True,
+        True,
+    ]
+    assert second.result["state_id"] == state_id
+    query(second.dsn, "update t set note = 'changed'; delete from t where a > 500; drop table gone")
+    assert query(first.dsn, "select count(*), min(note) from t") == "1000|base"
+    assert query(first.dsn, "select count(*) from gone") == "1"
+    third = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    assert query(third.dsn, "select count(*), min(note) from t") == "1000|base"
+    assert query(third.dsn, "select count(*) from gone") == "1", "a clone's write reached the state"
+
+    child = succeeded(prepare(env.engine, psql_body(*TWO_STEPS, *CHILD_STEP)))
+    child_state = env.engine.get(f"/v1/states/{child.result['state_id']}").json()
+    assert child_state["parent_state_id"] == state_id
+    assert query(child.dsn, "select count(*) from t") == "1001"
+    assert query(child.dsn, "select count(*) from pg_tables where tablename = 'gone'") == "0"
+    query(child.dsn, "insert into t values (-1, 'child instance')")
+    fourth = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    assert query(fourth.dsn, "select count(*) from gone") == "1", "a child changed its parent"
+    assert query(fourth.dsn, "select count(*) from t") == "1000"
+    again = succeeded(prepare(env.engine, psql_body(*TWO_STEPS, *CHILD_STEP)))
+    assert query(again.dsn, "select count(*) from t") == "1001"
+
+
+def test_servers_start_without_crash_recovery(env: Env) -> None:
+    """States are taken after a clean shutdown: a clone starts like a stopped server."""
+    hit = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    pid_file = (env.data_dir(hit.job_id) / "pgdata" / "postmaster.pid").read_text().splitlines()
+    log = (Path(pid_file[4]) / "postgres.log").read_text()
+    assert "database system was shut down at" in log
+    assert "not properly shut down" not in log
+    assert "automatic recovery in progress" not in log
+
+
+def test_failed_and_cancelled_jobs_leave_no_clone_behind(env: Env) -> None:
+    failed = prepare(env.engine, psql_body("-c", "create table ok(a int)", "-c", "select 1/0"))
+    assert failed.status["status"] == "failed"
+    job_id = submit(env.engine, psql_body("-c", "select pg_sleep(60)"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        tasks = env.engine.get("/v1/tasks", params={"job": job_id}).json()
+        if any(t["task_id"] == "execute-0" and t["status"] == "running" for t in tasks):
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)  # psql is running on the clone's server
+    assert env.engine.post(f"/v1/prepare-jobs/{job_id}/cancel").status_code == 202
+    cancelled = wait(env.engine, job_id)
+    assert cancelled.status["error"]["code"] == "cancelled"
+    for job in (failed.job_id, job_id):
+        job_dir = env.jobs / job
+        assert not (job_dir / "runtime").exists()
+        assert servers_under(job_dir) == []
+        if job_dir.exists():
+            assert mounts_under(job_dir) == []
+            assert subvolumes_below(job_dir) == []
+
+
+def test_restart_keeps_instances_and_cleans_stale_mounts(env: Env) -> None:
+    running = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    stopped = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    stopped_dir = env.data_dir(stopped.job_id)
+    postmaster = int((stopped_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGQUIT)  # its server dies behind the engine's back
+    _wait_gone(postmaster)
+    env.engine.stop()
+
+    leftovers: list[Path] = []
+    if env.kind == "overlayfs":
+        # What a crashed engine can leave: the clone of a job that never became an instance,
+        # and a runtime that was renamed aside while its removal failed.
+        (base,) = env.store.glob("engines/postgres/*/base")
+        backend = OverlayBackend(env.store)
+        leftovers.append(backend.clone(base, env.jobs / ("e" * 32) / "runtime"))
+        stale = env.jobs / ("f" * 32) / "runtime.stale-1"
+        leftovers.append(backend.clone(base, stale))
+        assert all(is_mount_point(p) for p in leftovers)
+
+    env.start()
+    assert query(running.dsn, "select count(*) from t") == "1000", "a running instance survives"
+    instances = {i["instance_id"] for i in env.engine.get("/v1/instances").json()}
+    assert {running.result["instance_id"], stopped.result["instance_id"]} <= instances
+    for leftover in leftovers:
+        assert not is_mount_point(leftover), f"stale mount {leftover} survived the start"
+    if env.kind == "overlayfs":
+        assert is_mount_point(env.data_dir(running.job_id))
+        # The stopped instance's clone is mounted again, ready for its server to restart.
+        assert is_mount_point(stopped_dir)
+        assert (stopped_dir / "pgdata" / "PG_VERSION").is_file()
+        assert "unmounted" in env.engine.stderr_text()
+    # Its data dir still works: a server starts on it (crash recovery: it was killed).
+    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl"]
+    pgdata = str(stopped_dir / "pgdata")
+    sockets = Path(tempfile.mkdtemp(prefix="sqlrs-sock-"))
+    shutil.chown(sockets, "postgres", "postgres")
+    no_listeners = f"-c listen_addresses= -c unix_socket_directories={sockets}"
+    started = subprocess.run(
+        [*pg_ctl, "start", "-w", "-D", pgdata, "-l", f"{sockets}/log", "-o", no_listeners],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 0, started.stdout + (sockets / "log").read_text()
+    subprocess.run(
+        [*pg_ctl, "stop", "-w", "-m", "fast", "-D", pgdata], capture_output=True, timeout=60
+    )
+    shutil.rmtree(sockets, ignore_errors=True)
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

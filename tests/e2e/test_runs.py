@@ -1,0 +1,379 @@
+"""run:psql and run:pgbench end to end: real engine, real PostgreSQL (SPEC §5, §0.1)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqlrs_engine.runtime import procs
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
+from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.prepare import JobOutcome, prepare, psql_body, query
+
+SCHEMA = "create table items(id int primary key, name text); insert into items values (1, 'one')"
+
+
+@dataclass
+class RunResult:
+    status: int
+    events: list[dict[str, Any]]
+    arrivals: list[float]
+    """Seconds since the request was sent at which each event arrived."""
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def text(self, kind: str) -> str:
+        return "".join(e["data"] for e in self.of(kind))
+
+    @property
+    def exit_code(self) -> int:
+        assert self.events[-1]["type"] == "exit", self.events
+        return int(self.events[-1]["exit_code"])
+
+
+def run(engine: EngineProcess, body: dict[str, Any]) -> RunResult:
+    """POST /v1/runs and read the NDJSON stream to its end (or the error body)."""
+    started = time.monotonic()
+    with engine.post("/v1/runs", json=body, stream=True, timeout=120) as response:
+        if response.status_code != 200:
+            return RunResult(response.status_code, [response.json()], [])
+        assert response.headers["Content-Type"] == "application/x-ndjson"
+        events, arrivals = [], []
+        for line in response.iter_lines():
+            if line:
+                events.append(json.loads(line))
+                arrivals.append(time.monotonic() - started)
+        return RunResult(200, events, arrivals)
+
+
+def psql(ref: str, *args: str, stdin: str | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"instance_ref": ref, "kind": "psql", "args": list(args), **extra}
+    if stdin is not None:
+        body["stdin"] = stdin
+    return body
+
+
+def pgbench(ref: str, *args: str) -> dict[str, Any]:
+    return {"instance_ref": ref, "kind": "pgbench", "args": list(args)}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[EngineProcess]:
+    workdir = make_scratch_dir()
+    running = start_engine(workdir)
+    try:
+        yield running
+    finally:
+        running.stop()
+        remove_scratch_dir(workdir)
+
+
+def new_instance(engine: EngineProcess) -> JobOutcome:
+    """An instance of the schema state (a cache hit after the first one)."""
+    outcome = prepare(engine, psql_body("-c", SCHEMA))
+    assert outcome.status["status"] == "succeeded", outcome.status
+    return outcome
+
+
+@pytest.fixture(scope="module")
+def instance(engine: EngineProcess) -> JobOutcome:
+    return new_instance(engine)
+
+
+@pytest.fixture
+def fresh_instance(engine: EngineProcess) -> JobOutcome:
+    """An instance of its own, for tests that break or change it."""
+    return new_instance(engine)
+
+
+def write_db(engine: EngineProcess, sql: str, *params: Any) -> None:
+    """Change state.db behind the engine (there is no API that creates names)."""
+    with sqlite3.connect(engine.state_store / "state.db", timeout=10) as db:
+        db.execute(sql, params)
+
+
+def test_select_output_streams_on_stdout_with_exit_0(
+    engine: EngineProcess, instance: JobOutcome
+) -> None:
+    instance_id = instance.result["instance_id"]
+    result = run(engine, psql(instance_id, "-X", "-At", "-c", "select name from items"))
+    assert result.status == 200
+    assert [e["type"] for e in result.events] == ["start", "stdout", "exit"]
+    assert result.events[0]["instance_id"] == instance_id
+    assert result.text("stdout") == "one\n"
+    assert result.exit_code == 0
+    assert all("ts" in e for e in result.events)
+
+
+def test_output_is_streamed_as_it_is_produced(engine: EngineProcess, instance: JobOutcome) -> None:
+    result = run(
+        engine,
+        psql(
+            instance.result["instance_id"],
+            "-At",
+            "-c",
+            "select 'before'",
+            "-c",
+            "select pg_sleep(1.5)",
+            "-c",
+            "select 'after'",
+        ),
+    )
+    first = next(i for i, e in enumerate(result.events) if e.get("data") == "before\n")
+    assert result.exit_code == 0
+    assert result.arrivals[-1] - result.arrivals[first] >= 1.0, "output was held back until exit"
+
+
+def test_sql_error_is_on_stderr_with_a_non_zero_exit_and_http_200(
+    engine: EngineProcess, instance: JobOutcome
+) -> None:
+    result = run(
+        engine,
+        psql(instance.result["instance_id"], "-v", "ON_ERROR_STOP=1", "-c", "select * from nope"),
+    )
+    assert result.status == 200
+    assert 'relation "nope" does not exist' in result.text("stderr")
+    assert result.of("stdout") == []
+    assert result.exit_code == 1
+
+
+def test_file_dash_reads_stdin(engine: EngineProcess, instance: JobOutcome) -> None:
+    script = "select 40 + 2;\nselect name from items where id = 1;\n"
+    result = run(engine, psql(instance.result["instance_id"], "-At", "-f", "-", stdin=script))
+    assert result.text("stdout") == "42\none\n"
+    assert result.exit_code == 0
+
+
+def test_steps_run_in_order_and_stop_at_the_first_failing_step(
+    engine: EngineProcess, fresh_instance: JobOutcome
+) -> None:
+    body = psql(
+        fresh_instance.result["instance_id"],
+        steps=[
+            {"args": ["-c", "create table log(n int)"]},
+            {"args": ["-At", "-f", "-"], "stdin": "insert into log values (2); select 'two';"},
+            {"args": ["-v", "ON_ERROR_STOP=1", "-f", "-"], "stdin": "select 1/0;"},
+            {"args": ["-c", "insert into log values (4)"]},
+        ],
+    )
+    result = run(engine, body)
+    assert result.text("stdout").startswith("CREATE TABLE\n")
+    assert "INSERT 0 1\ntwo\n" in result.text("stdout")
+    assert "division by zero" in result.text("stderr")
+    assert result.exit_code == 3  # psql's own code for "a script failed with ON_ERROR_STOP"
+    assert query(fresh_instance.dsn, "select string_agg(n::text, ',') from log") == "2"
+
+
+def test_pgbench_initializes_then_runs_for_two_seconds(
+    engine: EngineProcess, fresh_instance: JobOutcome
+) -> None:
+    ref = fresh_instance.result["instance_id"]
+    init = run(engine, pgbench(ref, "-i", "-s", "1", "-q"))
+    assert init.exit_code == 0, init.events
+    assert "done in" in init.text("stderr")
+    bench = run(engine, pgbench(ref, "-T", "2", "-c", "2", "-j", "2"))
+    assert bench.exit_code == 0, bench.events
+    output = bench.text("stdout")
+    assert "number of clients: 2" in output
+    assert "number of transactions actually processed" in output
+    assert bench.arrivals[-1] >= 2.0
+    assert query(fresh_instance.dsn, "select count(*) from pgbench_branches") == "1"
+
+
+def test_instance_ref_resolves_by_id_then_by_name_without_redirect(
+    engine: EngineProcess, instance: JobOutcome, fresh_instance: JobOutcome
+) -> None:
+    target = instance.result["instance_id"]
+    other = fresh_instance.result["instance_id"]
+    state_id = instance.result["state_id"]
+    for name in ("run-by-name", other):  # a name that looks like (and is) another id
+        write_db(
+            engine,
+            "INSERT INTO names (name, instance_id, state_id, state_fingerprint, image_id) "
+            "VALUES (?, ?, ?, ?, ?)",
+            name,
+            target,
+            state_id,
+            state_id,
+            instance.result["image_id"],
+        )
+    by_name = run(engine, psql("run-by-name", "-c", "select 1"))
+    assert by_name.status == 200 and by_name.events[0]["instance_id"] == target
+    by_id = run(engine, psql(other, "-c", "select 1"))
+    assert by_id.events[0]["instance_id"] == other
+
+
+def test_validation_errors_answer_before_anything_runs(
+    engine: EngineProcess, instance: JobOutcome, fresh_instance: JobOutcome
+) -> None:
+    ref = instance.result["instance_id"]
+    no_runtime = fresh_instance.result["instance_id"]
+    write_db(engine, "UPDATE instances SET runtime_id = NULL WHERE instance_id = ?", no_runtime)
+    cases: list[tuple[Any, int, str, str]] = [
+        (b"{not json", 400, "invalid_argument", "invalid json payload"),
+        (b"", 400, "invalid_argument", "invalid json payload"),
+        ({"instance_ref": ref, "kind": "psql", "args": "select"}, 400, "invalid_argument",
+         "invalid json payload"),
+        ({"instance_ref": "  ", "kind": "psql", "args": []}, 400, "invalid_argument",
+         "instance_ref is required"),
+        ({"instance_ref": ref, "kind": "bash", "args": []}, 400, "invalid_argument",
+         "unknown run kind"),
+        ({"instance_ref": "f" * 32, "kind": "psql", "args": []}, 404, "not_found",
+         "instance not found"),
+        ({"instance_ref": "no-such-name", "kind": "psql", "args": []}, 404, "not_found",
+         "instance not found"),
+        ({"instance_ref": no_runtime, "kind": "psql", "args": []}, 409, "conflict",
+         "instance runtime id is missing"),
+        (psql(ref, "-h", "elsewhere", "-c", "select 1"), 409, "conflict",
+         "conflicting psql connection arguments"),
+        (psql(ref, "-c", "select 1", "postgres://sqlrs@127.0.0.1:1/postgres"), 409, "conflict",
+         "conflicting psql connection arguments"),
+        (pgbench(ref, "-T", "1", "-p5432"), 409, "conflict",
+         "conflicting pgbench connection arguments"),
+        ({"instance_ref": ref, "kind": "pgbench", "args": [], "steps": [{"args": ["-i"]}]},
+         400, "invalid_argument", "steps are only supported for run:psql"),
+        (psql(ref, "-c", "select 1", steps=[{"args": ["-c", "select 2"]}]), 400,
+         "invalid_argument", "steps cannot be combined with args"),
+        (psql(ref, stdin="select 1;", steps=[{"args": ["-f", "-"]}]), 400, "invalid_argument",
+         "steps cannot be combined with stdin"),
+        (psql(ref, steps=[{"args": ["-c", "select 1"]}, {"args": ["--port=1"]}]), 409,
+         "conflict", "conflicting psql connection arguments"),
+        (psql(ref, "-c", "select 1", command="/bin/sh"), 400, "invalid_argument",
+         "unsupported run command"),
+    ]  # fmt: skip
+    for payload, status, code, message in cases:
+        if isinstance(payload, bytes):
+            response = engine.post("/v1/runs", data=payload)
+        else:
+            response = engine.post("/v1/runs", json=payload)
+        assert response.status_code == status, (payload, response.text)
+        assert response.headers["Content-Type"] == "application/json"
+        error = response.json()
+        assert (error["code"], error["message"]) == (code, message), payload
+    assert engine.post("/v1/runs", json=psql(ref), auth=False).status_code == 401
+    assert engine.get("/v1/runs").status_code == 405
+
+
+def test_killed_server_is_restarted_once_for_two_concurrent_runs(
+    engine: EngineProcess, fresh_instance: JobOutcome
+) -> None:
+    instance_id = fresh_instance.result["instance_id"]
+    old = engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"]
+    old_pid = int(old.removeprefix("host:"))
+    os.kill(old_pid, signal.SIGKILL)
+    assert procs.wait_dead([old_pid], 10)
+
+    body = psql(instance_id, "-At", "-c", "select name from items")
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: run(engine, body), range(2)))
+
+    restarted = [r for r in results if r.of("log")]
+    assert len(restarted) == 1, [r.events for r in results]
+    assert [e["data"] for e in restarted[0].of("log")] == [
+        "run: server not running - restarting",
+        "run: restoring runtime",
+        "run: server started",
+    ]
+    assert [e["type"] for e in restarted[0].events] == ["log"] * 3 + ["start", "stdout", "exit"]
+    for result in results:
+        assert result.text("stdout") == "one\n" and result.exit_code == 0
+    new = engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"]
+    assert new != old
+    new_pid = int(new.removeprefix("host:"))
+    assert procs.is_alive(new_pid)
+    data_dirs = engine.state_store / "jobs" / fresh_instance.job_id
+    assert servers_under(data_dirs) == [new_pid]
+
+
+def client_processes(marker: str) -> list[int]:
+    """Live processes (psql clients) whose command line contains `marker`."""
+    return [pid for pid in procs.all_pids() if any(marker in a for a in procs.cmdline(pid))]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_client_that_disconnects_kills_the_command_and_its_query(
+    engine: EngineProcess, instance: JobOutcome
+) -> None:
+    marker = "select pg_sleep(41.5)"
+    with engine.post(
+        "/v1/runs", json=psql(instance.result["instance_id"], "-c", marker), stream=True
+    ) as response:
+        lines = response.iter_lines()
+        assert json.loads(next(lines))["type"] == "start"
+        assert wait_for(lambda: len(client_processes(marker)) == 1, 10)
+    # The response is closed: the engine notices, kills psql, and the server ends the query.
+    assert wait_for(lambda: client_processes(marker) == [], 10), client_processes(marker)
+    running_query = f"select count(*) from pg_stat_activity where query = '{marker}'"
+    assert wait_for(lambda: query(instance.dsn, running_query) == "0", 10)
+
+
+def engine_peak_rss_kib(engine: EngineProcess) -> int:
+    for line in Path(f"/proc/{engine.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_large_output_is_streamed_in_chunks_with_bounded_memory(
+    engine: EngineProcess, instance: JobOutcome
+) -> None:
+    rows, width = 16_000, 1000  # 16 MB of output
+    before = engine_peak_rss_kib(engine)
+    result = run(
+        engine,
+        psql(
+            instance.result["instance_id"],
+            "-At",
+            "-c",
+            f"select repeat('x', {width}) from generate_series(1, {rows})",
+        ),
+    )
+    assert result.exit_code == 0
+    stdout = result.of("stdout")
+    assert sum(len(e["data"]) for e in stdout) == rows * (width + 1)
+    assert len(stdout) > 100 and max(len(e["data"]) for e in stdout) <= 64 * 1024
+    growth = engine_peak_rss_kib(engine) - before
+    assert growth < 8 * 1024, f"engine peak memory grew by {growth} KiB for 16 MB of output"
+
+
+def test_eight_concurrent_runs_on_one_instance_and_on_different_instances(
+    engine: EngineProcess, instance: JobOutcome
+) -> None:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        others = list(pool.map(lambda _: new_instance(engine), range(7)))
+    refs = [instance.result["instance_id"]] + [o.result["instance_id"] for o in others]
+    for targets in ([refs[0]] * 8, refs):
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            results = list(
+                pool.map(
+                    lambda item: run(
+                        engine, psql(item[1], "-At", "-c", f"select {item[0]}, pg_sleep(0.5)")
+                    ),
+                    enumerate(targets),
+                )
+            )
+        elapsed = time.monotonic() - started
+        for n, (target, result) in enumerate(zip(targets, results, strict=True)):
+            assert result.events[0]["instance_id"] == target
+            assert result.text("stdout") == f"{n}|\n" and result.exit_code == 0
+        assert elapsed < 3.0, f"8 runs of 0.5 s took {elapsed:.1f} s: not concurrent"

@@ -22,10 +22,10 @@ import pytest
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import ServerHandle
+from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.layout import StoreLayout
 from sqlrs_engine.snapshot.store import StateStore
-from sqlrs_engine.runtime.host import HostRuntime
 
 
 def kill_servers_under(root: Path) -> None:

@@ -21,11 +21,6 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.errors import ApiError, JobFailure
 from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import ServerHandle, pgdata_of
-from sqlrs_engine.snapshot.copy import CopyBackend
-from sqlrs_engine.snapshot.layout import StoreLayout
-from sqlrs_engine.snapshot.store import StateStore
-
-INIT_MARKER = ".init.ok"
 from sqlrs_engine.runtime.host import (
     HostRuntime,
     parse_image,
@@ -34,8 +29,12 @@ from sqlrs_engine.runtime.host import (
     version_of_resolved,
 )
 from sqlrs_engine.runtime.ports import PortAllocator
+from sqlrs_engine.snapshot.copy import CopyBackend
+from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.store import StateStore
 
 AS_ROOT = os.geteuid() == 0
+INIT_MARKER = ".init.ok"
 
 
 def _psql(dsn: str, sql: str) -> str:

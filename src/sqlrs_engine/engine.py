@@ -24,6 +24,7 @@ from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_
 from sqlrs_engine.actors.snapshot import start_snapshot_actor
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
+from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.discovery import EngineInfo, remove_engine_json, write_engine_json
 from sqlrs_engine.http.activity import ActivityTracker
 from sqlrs_engine.http.app import build_app
@@ -70,6 +71,7 @@ class Engine:
         self._environ = dict(os.environ)
         self._cwd = Path.cwd()
         self._snapshot_ref: pykka.ActorRef[Any] | None = None
+        self._deletion: DeletionService | None = None
         self._stopped = threading.Event()
         self._registry_ref: pykka.ActorRef[Any] | None = None
         self._registry: RegistryProxy | None = None
@@ -111,7 +113,9 @@ class Engine:
         version = self.options.version
 
         def start_job(job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
-            services = JobServices(registry, runtime, snapshots, version, self._cwd)
+            services = JobServices(
+                registry, runtime, snapshots, version, self._cwd, trim_jobs=self._trim_jobs
+            )
             return PrepareJobActor.start(job_id, services)
 
         def start_instance(row: Row, handle: ServerHandle | None) -> pykka.ActorRef[Any]:
@@ -129,6 +133,7 @@ class Engine:
                 children=(snapshot_ref,),
             )
         )
+        self._deletion = DeletionService(self._registry, snapshots)
         ctx = ApiContext(
             registry=self._registry,
             auth_token=self.options.auth_token,
@@ -136,6 +141,8 @@ class Engine:
             instance_id=self.instance_id,
             pid=os.getpid(),
             cwd=self._cwd,
+            runtime=runtime,
+            deletion=self._deletion,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()
@@ -159,6 +166,10 @@ class Engine:
             threads,
         )
         return self._info
+
+    def _trim_jobs(self, signature: str) -> None:
+        if self._deletion is not None:
+            self._deletion.trim_jobs(signature)
 
     def wait(self, stop_requested: threading.Event, poll: float = 1.0) -> str:
         """Block until a stop is requested or the idle timeout expires; returns why."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import pwd
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +13,14 @@ import pytest
 
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
 from tests.support.engine_process import EngineProcess, start_engine
-from tests.support.prepare import prepare, psql_body, query, submit, wait
+from tests.support.prepare import (
+    postgres_processes,
+    prepare,
+    psql_body,
+    query,
+    submit,
+    wait,
+)
 
 
 @pytest.fixture(scope="module")
@@ -243,3 +252,62 @@ def test_eight_concurrent_jobs_mixing_same_and_different_states(engine: EnginePr
     assert len({o.result["instance_id"] for o in outcomes}) == 8
     builds = [o for o in outcomes if "psql: start" in o.log_lines()]
     assert len(builds) == 3, "each state is built exactly once"
+
+
+def test_cache_explain_reports_miss_then_hit(engine: EngineProcess) -> None:
+    body = psql_body("-c", "create table explained(a int)")
+    miss = engine.post("/v1/cache/explain/prepare", json=body)
+    assert miss.status_code == 200
+    assert miss.json()["decision"] == "miss"
+    assert miss.json()["reason_code"] == "no_matching_state"
+    assert miss.json()["resolved_image_id"] == "postgres@host-15.18"
+    assert "matched_state_id" not in miss.json()
+    outcome = prepare(engine, body)
+    hit = engine.post("/v1/cache/explain/prepare", json=body).json()
+    assert hit["decision"] == "hit"
+    assert hit["matched_state_id"] == outcome.result["state_id"]
+    jobs = engine.get("/v1/prepare-jobs").json()
+    assert hit["signature"] == next(j for j in jobs if j["job_id"] == outcome.job_id)["signature"]
+    bad = engine.post("/v1/cache/explain/prepare", json={"prepare_kind": "psql"})
+    assert bad.status_code == 400
+    assert len(engine.get("/v1/prepare-jobs").json()) == len(jobs), "explain creates no job"
+
+
+def test_missing_include_fails_the_job_with_invalid_argument(
+    engine: EngineProcess, scratch_dir: Path
+) -> None:
+    script = scratch_dir / "main.sql"
+    script.write_text("\\i missing.sql\n")
+    outcome = prepare(engine, psql_body("-f", str(script)))
+    assert outcome.status["status"] == "failed"
+    assert outcome.status["error"]["code"] == "invalid_argument"
+    assert outcome.status["error"]["message"] == "cannot compute psql content hash"
+    assert "missing.sql" in outcome.status["error"]["details"]
+
+
+def test_dirty_cached_state_is_invalidated_and_rebuilt(engine: EngineProcess) -> None:
+    body = psql_body("-c", "create table dirty_me(a int); insert into dirty_me values (7)")
+    first = prepare(engine, body)
+    state_id = first.result["state_id"]
+    state_dir = next((engine.state_store / "engines").glob(f"*/*/states/{state_id}"))
+    # Layered backends pin a state while an instance mounts it: free it first.
+    assert engine.delete(f"/v1/instances/{first.result['instance_id']}").status_code == 200
+    (state_dir / ".build.ok").unlink()  # an interrupted build leaves no marker (§0.1)
+    second = prepare(engine, body)
+    assert second.status["status"] == "succeeded", second.status
+    assert any("unusable" in line and state_id in line for line in second.log_lines())
+    assert "psql: start" in second.log_lines(), "the state was rebuilt"
+    assert query(second.dsn, "select a from dirty_me") == "7"
+    assert (state_dir / ".build.ok").is_file()
+
+
+def test_servers_run_as_the_unprivileged_user(engine: EngineProcess) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the engine runs servers as itself when it is not root")
+    outcome = prepare(engine, psql_body("-c", "select 'whoami'"))
+    owners = {line.split()[1] for line in postgres_processes() if str(engine.state_store) in line}
+    assert owners == {"postgres"}
+    data = Path(query(outcome.dsn, "show data_directory"))
+    assert data.is_relative_to(engine.state_store / "jobs" / outcome.job_id)
+    assert data.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+    assert query(outcome.dsn, "select current_setting('is_superuser')") == "on"

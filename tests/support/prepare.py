@@ -77,5 +77,7 @@ def query(dsn: str, sql: str) -> str:
 
 def postgres_processes() -> list[str]:
     """Command lines of every running postgres server process on the machine."""
-    out = subprocess.run(["ps", "-eo", "pid,user,args"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-eww", "-o", "pid,user,args"], capture_output=True, text=True
+    ).stdout
     return [line for line in out.splitlines() if "postgres -D" in line or "bin/postgres" in line]

@@ -220,6 +220,50 @@ class RegistryActor(pykka.ThreadingActor):
         if factory is not None:
             self._instance_refs[row["instance_id"]] = factory(row, handle)
 
+    # -- deletion (SPEC §6, §4.7, §4.11) ---------------------------------------------------
+
+    def state_subtree(self, state_id: str) -> Row | None:
+        """`{"row", "instances", "children"}` for a state and, recursively, its child states."""
+        row = self._metadata.state_row(state_id)
+        if row is None:
+            return None
+        children = [self.state_subtree(child) for child in self._metadata.child_state_ids(state_id)]
+        return {
+            "row": row,
+            "instances": self._metadata.instance_rows_of_state(state_id),
+            "children": [child for child in children if child is not None],
+        }
+
+    def delete_metadata(self, instance_ids: list[str], state_ids: list[str]) -> None:
+        """Rows of removed instances and states go in one transaction; their actors stop."""
+        self._metadata.delete_many(instance_ids, state_ids)
+        for instance_id in instance_ids:
+            ref = self._instance_refs.pop(instance_id, None)
+            if ref is not None:
+                ref.stop(block=False)
+
+    def instance_runtime_dirs(self) -> set[str]:
+        return self._metadata.runtime_dirs()
+
+    def has_running_task(self, job_id: str) -> bool:
+        return self._jobs.has_running_task(job_id)
+
+    def delete_job_rows(self, job_ids: list[str]) -> None:
+        """Delete jobs (their tasks and events cascade) and end any stream still open."""
+        for job_id in job_ids:
+            self._jobs.delete_job(job_id)
+            self._hub.close(job_id)
+            self._job_refs.pop(job_id, None)
+            self._event_counts.pop(job_id, None)
+
+    def retention_victims(self, signature: str) -> list[str]:
+        """Terminal jobs with this signature beyond `orchestrator.jobs.maxIdentical` (§4.11)."""
+        limit = self._config.max_identical()
+        if limit <= 0:
+            return []
+        jobs = self._jobs.terminal_jobs_with_signature(signature)
+        return [row["job_id"] for row in jobs[limit:]]
+
     def instance_actor(self, instance_id: str) -> pykka.ActorRef[Any] | None:
         ref = self._instance_refs.get(instance_id)
         return ref if ref is not None and ref.is_alive() else None
@@ -379,6 +423,12 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     finish_job = proxy_method(RegistryActor.finish_job)
     job_actor = proxy_method(RegistryActor.job_actor)
     cancel_job = proxy_method(RegistryActor.cancel_job)
+    state_subtree = proxy_method(RegistryActor.state_subtree)
+    delete_metadata = proxy_method(RegistryActor.delete_metadata)
+    instance_runtime_dirs = proxy_method(RegistryActor.instance_runtime_dirs)
+    has_running_task = proxy_method(RegistryActor.has_running_task)
+    delete_job_rows = proxy_method(RegistryActor.delete_job_rows)
+    retention_victims = proxy_method(RegistryActor.retention_victims)
     active_job_count = proxy_method(RegistryActor.active_job_count)
     subscribe_events = proxy_method(RegistryActor.subscribe_events)
     unsubscribe_events = proxy_method(RegistryActor.unsubscribe_events)

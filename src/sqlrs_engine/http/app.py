@@ -18,7 +18,13 @@ import bottle
 import pykka
 
 from sqlrs_engine.errors import ApiError, internal_error
-from sqlrs_engine.http import routes_jobs, routes_registry, routes_runs, routes_system
+from sqlrs_engine.http import (
+    routes_delete,
+    routes_jobs,
+    routes_registry,
+    routes_runs,
+    routes_system,
+)
 from sqlrs_engine.http.auth import is_authorized
 from sqlrs_engine.http.context import ApiContext
 from sqlrs_engine.http.responses import PLAIN_TEXT, error_response, plain_not_found
@@ -39,6 +45,7 @@ def build_app(ctx: ApiContext) -> WsgiApp:
     routes_system.register(app, ctx)
     routes_registry.register(app, ctx)
     routes_jobs.register(app, ctx)
+    routes_delete.register(app, ctx)
     routes_runs.register(app, ctx)
     return _access_log(_authenticate(app, ctx.auth_token))
 

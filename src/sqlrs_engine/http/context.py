@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlrs_engine.actors.registry import RegistryProxy
+from sqlrs_engine.deletion.service import DeletionService
+from sqlrs_engine.runtime.base import Runtime
 
 ASK_TIMEOUT = 30.0
 """Seconds a route waits for an actor's answer before giving up with a 503."""
@@ -22,3 +24,7 @@ class ApiContext:
     pid: int
     cwd: Path = field(default_factory=Path.cwd)
     """The engine's working directory: the psql work dir fallback (SPEC §2.2)."""
+    runtime: Runtime | None = None
+    """The container runtime, for routes that plan without a job (cache explain)."""
+    deletion: DeletionService | None = None
+    """Carries out DELETEs (instances, states, jobs)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import bottle
 
-from sqlrs_engine.errors import ApiError, not_found
+from sqlrs_engine.errors import ApiError, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON
 from sqlrs_engine.http.params import decode_json_object, optional_text, read_body
@@ -17,7 +17,9 @@ from sqlrs_engine.http.streams import (
     parse_events_range,
     range_unsatisfiable,
 )
-from sqlrs_engine.http.submission import validate_submission
+from sqlrs_engine.http.submission import normalized_args, validate_submission
+from sqlrs_engine.jobs.explain import explain_prepare
+from sqlrs_engine.prepare.job_request import parse_prepare_request
 
 
 def register(app: bottle.Bottle, ctx: ApiContext) -> None:
@@ -29,6 +31,22 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
         record = validate_submission(body, ctx.cwd)
         accepted = registry.submit_job(record).get(timeout=ASK_TIMEOUT)
         return json_response(accepted, status=201, headers={"Location": accepted["status_url"]})
+
+    @app.post("/v1/cache/explain/prepare")
+    def explain() -> Any:
+        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        request = parse_prepare_request(body)
+        normalized_args(request, ctx.cwd)
+        if ctx.runtime is None:
+            raise internal_error(details="no runtime configured")
+        answer = explain_prepare(
+            request,
+            registry=registry,
+            runtime=ctx.runtime,
+            engine_version=ctx.version,
+            cwd=ctx.cwd,
+        )
+        return json_response(answer)
 
     @app.post("/v1/prepare-jobs/<job_id>/cancel")
     def cancel_job(job_id: str) -> Any:

@@ -14,30 +14,27 @@ from typing import Any
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
-from sqlrs_engine.errors import ApiError, JobFailure
+from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.ids import new_instance_id
 from sqlrs_engine.jobs.event_log import JobEventLog
+from sqlrs_engine.jobs.planning import plan_psql
 from sqlrs_engine.jobs.runtime_session import RuntimeSession
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.persistence.metadata import InstanceRecord, StateRecord
 from sqlrs_engine.prepare.digest import (
     ContentLocks,
-    signature_task_hash,
     step_digest,
-    step_task_hashes,
 )
-from sqlrs_engine.prepare.hashing import psql_job_signature, psql_task_hash, state_id
-from sqlrs_engine.prepare.images import has_digest
+from sqlrs_engine.prepare.hashing import psql_task_hash, state_id
 from sqlrs_engine.prepare.job_request import PrepareRequest
 from sqlrs_engine.prepare.plan import (
     TASK_PREPARE_INSTANCE,
     TASK_RESOLVE_IMAGE,
     TASK_STATE_EXECUTE,
     PlanTask,
-    build_psql_plan,
 )
-from sqlrs_engine.prepare.psql_args import PsqlPlanInput, PsqlStep, parse_psql_args
+from sqlrs_engine.prepare.psql_args import PsqlPlanInput, PsqlStep
 from sqlrs_engine.process import LineBuffer
 from sqlrs_engine.runtime.base import ServerHandle
 
@@ -74,37 +71,21 @@ class PsqlJob:
 
     # -- planning --------------------------------------------------------------------------
 
-    def parse_args(self) -> PsqlPlanInput:
-        """Re-validate the stored request (it was validated at submit; files may have gone)."""
-        try:
-            self._args = parse_psql_args(
-                self.request.psql_args, self.request.stdin, self.services.cwd
-            )
-        except ApiError as error:
-            raise JobFailure(error.code, error.message, error.details) from None
-        return self._args
-
     def make_plan(self) -> list[PlanTask]:
-        """Resolve the image, hash every step, chain state ids, persist the tasks (§2.8)."""
-        args = self.parse_args()
-        if not has_digest(self.request.image_id):
-            self.effective_image = self.services.runtime.resolve_image(
-                self.request.image_id, self.events.log, self.cancel
-            )
-        hashes = step_task_hashes(args, self.services.engine_version)
-        summaries = [step.args_summary for step in args.steps]
-        self.plan = build_psql_plan(
-            requested_image_id=self.request.image_id,
-            effective_image_id=self.effective_image,
-            step_task_hashes=hashes,
+        """Plan (jobs/planning.py) and persist the tasks and the signature (§2.8)."""
+        planned = plan_psql(
+            self.request,
+            runtime=self.services.runtime,
+            engine_version=self.services.engine_version,
             state_exists=self._state_exists,
-            args_summaries=summaries,
+            cwd=self.services.cwd,
+            log=self.events.log,
+            cancel=self.cancel,
         )
-        self.signature = psql_job_signature(
-            signature_task_hash(args, self.services.engine_version),
-            self.effective_image,
-            self.request.plan_only,
-        )
+        self._args = planned.args
+        self.effective_image = planned.effective_image
+        self.plan = planned.tasks
+        self.signature = planned.signature
         rows = []
         for position, task in enumerate(self.plan):
             row = task.to_task_row(self.job_id, position)

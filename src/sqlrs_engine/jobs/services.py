@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,3 +25,5 @@ class JobServices:
     engine_version: str
     cwd: Path = field(default_factory=Path.cwd)
     heartbeat: float = DEFAULT_HEARTBEAT
+    trim_jobs: Callable[[str], object] = lambda _signature: None
+    """Retention by signature (SPEC §4.11), run when a job is planned and when it ends."""

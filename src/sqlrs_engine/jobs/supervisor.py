@@ -100,6 +100,7 @@ class JobSupervisor:
             self.tasks.start("plan")  # its row is written by planning itself
         job.make_plan()
         self.tasks.succeed("plan")
+        self._trim(job.signature)
         if request.plan_only:
             for task in job.plan[1:]:
                 self.tasks.succeed(task.task_id)
@@ -139,3 +140,13 @@ class JobSupervisor:
             self.services.registry.finish_job(self.job_id).get(timeout=ASK_TIMEOUT)
         except Exception:
             log.exception("job %s: cannot report its end to the registry", self.job_id)
+        if not self.shutting_down.is_set() and self._job is not None:
+            self._trim(self._job.signature)
+
+    def _trim(self, signature: str | None) -> None:
+        if signature is None:
+            return
+        try:
+            self.services.trim_jobs(signature)
+        except Exception:
+            log.exception("job %s: retention failed", self.job_id)

@@ -176,6 +176,19 @@ class MetadataQueries:
     def delete_instance(self, instance_id: str) -> None:
         self._db.query("DELETE FROM instances WHERE instance_id = :id", id=instance_id)
 
+    def delete_many(self, instance_ids: list[str], state_ids: list[str]) -> None:
+        """Delete instance rows, then state rows (children first), in one transaction."""
+        with self._db as tx:
+            for instance_id in instance_ids:
+                tx.query("DELETE FROM instances WHERE instance_id = :id", id=instance_id)
+            for state_id in state_ids:
+                tx.query("DELETE FROM states WHERE state_id = :id", id=state_id)
+
+    def runtime_dirs(self) -> set[str]:
+        """Data directories that instances live in (never removed with a job, §0.1)."""
+        rows = self._db.query("SELECT runtime_dir FROM instances WHERE runtime_dir IS NOT NULL")
+        return {str(row["runtime_dir"]) for row in rows}
+
     def list_instances(
         self, *, state: str | None = None, image: str | None = None, id_prefix: str | None = None
     ) -> list[Row]:

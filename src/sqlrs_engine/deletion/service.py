@@ -1,0 +1,208 @@
+"""Carrying out deletions: build the tree, count connections, remove files, then rows.
+
+Runs on the HTTP thread that asked. It talks to the Registry (rows), to Instance actors
+(connections, stopping servers) and to the Snapshot actor (removing directories). Order is
+what keeps the store consistent:
+
+1. the whole tree is built and checked first; a blocked tree changes nothing;
+2. nodes are removed children first: an instance's server is stopped, then its data
+   directory removed; a state's directory is removed under its build lock;
+3. the rows of every node whose files are gone are deleted in one transaction.
+
+If removing a directory fails (a busy mount, say), the rows of the nodes already removed are
+still deleted, the failing node keeps both its row and its files, and the request answers
+500 with what failed: never a row pointing nowhere, never files without a row.
+
+Deletions are serialized by one lock: they are rare, and serializing them makes concurrent
+DELETEs of the same object answer "deleted" once and 404 afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pykka
+
+from sqlrs_engine.actors.registry import RegistryProxy
+from sqlrs_engine.actors.snapshot import SnapshotClient
+from sqlrs_engine.cancel import NEVER_CANCELLED
+from sqlrs_engine.deletion.tree import (
+    DeleteNode,
+    instance_node,
+    job_node,
+    result,
+    state_node,
+)
+from sqlrs_engine.errors import ApiError, JobFailure, not_found
+
+log = logging.getLogger(__name__)
+
+ASK_TIMEOUT = 60.0
+JOB_STOP_TIMEOUT = 60.0
+
+DeleteResult = tuple[int, dict[str, Any]]
+
+
+class DeletionService:
+    """DELETE of instances, states and jobs; also trims jobs by signature (retention)."""
+
+    def __init__(self, registry: RegistryProxy, snapshots: SnapshotClient) -> None:
+        self._registry = registry
+        self._snapshots = snapshots
+        self._lock = threading.Lock()
+
+    # -- instances -------------------------------------------------------------------------
+
+    def delete_instance(self, instance_id: str, force: bool, dry_run: bool) -> DeleteResult:
+        with self._lock:
+            row = self._registry.instance_row(instance_id).get(timeout=ASK_TIMEOUT)
+            if row is None:
+                raise not_found("instance not found")
+            root = instance_node(row, self._connections(instance_id), force)
+            return self._finish(root, dry_run, "delete instance failed")
+
+    # -- states ----------------------------------------------------------------------------
+
+    def delete_state(
+        self, state_id: str, recurse: bool, force: bool, dry_run: bool
+    ) -> DeleteResult:
+        with self._lock:
+            subtree = self._registry.state_subtree(state_id).get(timeout=ASK_TIMEOUT)
+            if subtree is None:
+                raise not_found("state not found")
+            root = self._state_tree(subtree, recurse, force)
+            return self._finish(root, dry_run, "delete state failed")
+
+    def _state_tree(self, subtree: dict[str, Any], recurse: bool, force: bool) -> DeleteNode:
+        children: list[DeleteNode] = [
+            instance_node(row, self._connections(row["instance_id"]) if recurse else 0, force)
+            for row in subtree["instances"]
+        ]
+        children += [self._state_tree(child, recurse, force) for child in subtree["children"]]
+        return state_node(subtree["row"], children, recurse)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def delete_job(self, job_id: str, force: bool, dry_run: bool) -> DeleteResult:
+        row = self._registry.job_row(job_id).get(timeout=ASK_TIMEOUT)
+        if row is None:
+            raise not_found("job not found")
+        running = self._registry.has_running_task(job_id).get(timeout=ASK_TIMEOUT)
+        root = job_node(row, running, force)
+        status, body = result(root, dry_run)
+        if dry_run or root.is_blocked:
+            return status, body
+        # Not under the lock: the job's own last act (retention) takes it too.
+        self._stop_job(job_id)
+        with self._lock:
+            if self._registry.job_row(job_id).get(timeout=ASK_TIMEOUT) is None:
+                raise not_found("job not found")
+            try:
+                self._remove_job_dir(job_id)
+            except JobFailure as failure:
+                raise ApiError(500, "internal_error", "delete job failed", _why(failure)) from None
+            self._registry.delete_job_rows([job_id]).get(timeout=ASK_TIMEOUT)
+            return status, body
+
+    def trim_jobs(self, signature: str) -> list[str]:
+        """Retention (§4.11): remove terminal jobs with `signature` beyond the configured N."""
+        with self._lock:
+            victims: list[str] = self._registry.retention_victims(signature).get(
+                timeout=ASK_TIMEOUT
+            )
+            removed = []
+            for job_id in victims:
+                try:
+                    self._remove_job_dir(job_id)
+                except JobFailure as failure:
+                    log.warning("retention: cannot remove job %s: %s", job_id, _why(failure))
+                    continue
+                removed.append(job_id)
+            if removed:
+                self._registry.delete_job_rows(removed).get(timeout=ASK_TIMEOUT)
+                log.info("retention removed %d job(s) with signature %s", len(removed), signature)
+            return removed
+
+    def _stop_job(self, job_id: str) -> None:
+        """Force on an active job: cancel it and wait until its actor has stopped."""
+        ref: pykka.ActorRef[Any] | None = self._registry.job_actor(job_id).get(timeout=ASK_TIMEOUT)
+        if ref is None:
+            return
+        try:
+            ref.proxy().cancel().get(timeout=ASK_TIMEOUT)
+        except pykka.ActorDeadError:
+            return
+        deadline = time.monotonic() + JOB_STOP_TIMEOUT
+        while ref.is_alive():
+            if time.monotonic() > deadline:
+                raise ApiError(500, "internal_error", "delete job failed", "job did not stop")
+            time.sleep(0.05)
+
+    def _remove_job_dir(self, job_id: str) -> None:
+        """Remove `jobs/<id>`, keeping the data directory of an instance that lives there."""
+        keep = self._registry.instance_runtime_dirs().get(timeout=ASK_TIMEOUT)
+        job_dir = self._snapshots.layout.job_dir(job_id)
+        if not job_dir.exists():
+            return
+        for entry in sorted(job_dir.iterdir()):
+            if str(entry) not in keep:
+                self._snapshots.remove_path(entry)
+        if not any(job_dir.iterdir()):
+            job_dir.rmdir()
+
+    # -- common ----------------------------------------------------------------------------
+
+    def _connections(self, instance_id: str) -> int:
+        ref = self._registry.instance_actor(instance_id).get(timeout=ASK_TIMEOUT)
+        if ref is None:
+            return 0
+        try:
+            count: int = ref.proxy().connections().get(timeout=ASK_TIMEOUT)
+        except pykka.ActorDeadError:
+            return 0
+        return count
+
+    def _finish(self, root: DeleteNode, dry_run: bool, failure_message: str) -> DeleteResult:
+        status, body = result(root, dry_run)
+        if dry_run or root.is_blocked:
+            return status, body
+        instances: list[str] = []
+        states: list[str] = []
+        try:
+            for node in root.post_order():
+                if node.kind == "instance":
+                    self._remove_instance(node.row)
+                    instances.append(node.id)
+                elif node.kind == "state":
+                    self._snapshots.remove_state(node.row["image_id"], node.id, NEVER_CANCELLED)
+                    states.append(node.id)
+        except (JobFailure, OSError) as failure:
+            log.error("%s at %s: %s", failure_message, node.kind, failure)
+            raise ApiError(500, "internal_error", failure_message, _why(failure)) from None
+        finally:
+            if instances or states:
+                self._registry.delete_metadata(instances, states).get(timeout=ASK_TIMEOUT)
+        return status, body
+
+    def _remove_instance(self, row: dict[str, Any]) -> None:
+        ref = self._registry.instance_actor(row["instance_id"]).get(timeout=ASK_TIMEOUT)
+        if ref is not None:
+            with contextlib.suppress(pykka.ActorDeadError):
+                ref.proxy().stop_server().get(timeout=ASK_TIMEOUT)
+        if row.get("runtime_dir"):
+            runtime_dir = Path(row["runtime_dir"])
+            self._snapshots.remove_path(runtime_dir)
+            job_dir = runtime_dir.parent
+            if job_dir.is_dir() and not any(job_dir.iterdir()):
+                job_dir.rmdir()
+
+
+def _why(failure: Exception) -> str:
+    if isinstance(failure, JobFailure):
+        return failure.message + (f": {failure.details}" if failure.details else "")
+    return str(failure)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
 from tests.support.engine_process import EngineProcess, start_engine
-from tests.support.prepare import PSQL, JobOutcome, prepare, psql_body, query, submit, wait
+from tests.support.prepare import PSQL, JobOutcome, prepare, psql_body, query, submit
 
 
 @pytest.fixture(scope="module")

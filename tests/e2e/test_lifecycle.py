@@ -1,0 +1,97 @@
+"""Engine lifecycle with work in flight: recovery, idle timeout, many open streams."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from pathlib import Path
+
+import requests
+
+from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.prepare import prepare, psql_body, query, submit, wait
+
+
+def wait_for_task_running(engine: EngineProcess, job_id: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = engine.get("/v1/tasks", params={"job": job_id}).json()
+        if any(t["type"] == "state_execute" and t["status"] == "running" for t in tasks):
+            return
+        time.sleep(0.1)
+    raise AssertionError("step never started")
+
+
+def test_restart_resumes_an_interrupted_job(scratch_dir: Path) -> None:
+    first = start_engine(scratch_dir)
+    job_id = submit(first, psql_body("-c", "select pg_sleep(2); create table resumed(a int)"))
+    wait_for_task_running(first, job_id)
+    assert first.stop() == 0, "a running job does not prevent a clean shutdown"
+    second = start_engine(scratch_dir)
+    try:
+        outcome = wait(second, job_id)
+        assert outcome.status["status"] == "succeeded", outcome.status
+        assert "engine restarted: resuming job" in outcome.log_lines()
+        assert query(outcome.dsn, "select count(*) from resumed") == "0"
+    finally:
+        second.stop()
+
+
+def test_instances_survive_an_engine_restart(scratch_dir: Path) -> None:
+    first = start_engine(scratch_dir)
+    outcome = prepare(
+        first, psql_body("-c", "create table survives(a int); insert into survives values (9)")
+    )
+    runtime_id = first.get(f"/v1/instances/{outcome.result['instance_id']}").json()["runtime_id"]
+    first.stop()
+    assert query(outcome.dsn, "select a from survives") == "9", "servers outlive the engine"
+    second = start_engine(scratch_dir)
+    try:
+        instance = second.get(f"/v1/instances/{outcome.result['instance_id']}").json()
+        assert instance["runtime_id"] == runtime_id
+        deleted = second.delete(f"/v1/instances/{outcome.result['instance_id']}")
+        assert deleted.status_code == 200, "the restarted engine adopted and stopped the server"
+    finally:
+        second.stop()
+
+
+def test_idle_timeout_waits_for_running_jobs(scratch_dir: Path) -> None:
+    engine = start_engine(scratch_dir, idle_timeout="1s")
+    job_id = submit(engine, psql_body("-c", "select pg_sleep(4)"))
+    started = time.monotonic()
+    code = engine.process.wait(timeout=60)
+    assert code == 0
+    assert time.monotonic() - started > 3.5, "it did not shut down while the job ran"
+    second = start_engine(scratch_dir)
+    try:
+        assert second.get(f"/v1/prepare-jobs/{job_id}").json()["status"] == "succeeded"
+    finally:
+        second.stop()
+
+
+def test_open_streams_do_not_starve_short_requests(scratch_dir: Path) -> None:
+    engine = start_engine(scratch_dir, "--http-threads", "16")
+    try:
+        job_id = submit(engine, psql_body("-c", "select pg_sleep(5)"))
+        streams = [engine.get(f"/v1/prepare-jobs/{job_id}/events", stream=True) for _ in range(10)]
+        try:
+            started = time.monotonic()
+            with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+                codes = list(
+                    pool.map(
+                        lambda _: (
+                            requests.get(
+                                engine.base_url + "/v1/states", headers=engine.auth, timeout=10
+                            ).status_code
+                        ),
+                        range(20),
+                    )
+                )
+            assert codes == [200] * 20
+            assert time.monotonic() - started < 5
+        finally:
+            for stream in streams:
+                stream.close()
+        assert wait(engine, job_id).status["status"] == "succeeded"
+    finally:
+        engine.stop()

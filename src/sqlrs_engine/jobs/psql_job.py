@@ -255,8 +255,10 @@ class PsqlJob:
                 self.events.log("snapshot: start")
                 size = snapshots.snapshot(build, data_dir, self.session.source, self.cancel)
                 self.events.log("snapshot: complete")
-            finally:
-                self.session.restart()
+            except BaseException:
+                self.session.restart_after_failure()
+                raise
+            self.session.restart()
             self._store_state(task, size)
             build.commit()
             # The running server now holds exactly this state: the next step's parent.

@@ -58,9 +58,10 @@ class RuntimeSession:
                 source, self.job_id, require_pg_version=is_state, cancel=self._cancel
             )
         except JobFailure as failure:
-            raise JobFailure(
-                "internal_error", "cannot clone state", failure.details or failure.message
-            ) from None
+            if failure.code == "cancelled":
+                raise
+            details = failure.details or failure.message
+            raise JobFailure("internal_error", "cannot clone state", details) from None
         self.source = source
         self._runtime.prepare_data_dir(self.mount_dir)
         self.handle = self._runtime.start(self.image_id, self.mount_dir, self._log, self._cancel)
@@ -89,6 +90,13 @@ class RuntimeSession:
                 raise
             raise JobFailure("internal_error", "snapshot resume failed", failure.details) from None
         return self.handle
+
+    def restart_after_failure(self) -> None:
+        """Best effort after a failed snapshot: the original error is what gets reported."""
+        try:
+            self.restart()
+        except Exception as error:
+            log.warning("job %s: restart after a failed snapshot failed: %s", self.job_id, error)
 
     def hand_over(self) -> tuple[ServerHandle, Path]:
         """Give the running server and its clone to an instance; the session forgets them."""

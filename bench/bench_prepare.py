@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 from common import engine_in_scratch, median, rss_bytes, save, timed  # type: ignore[import-not-found]
-
 from tests.support.prepare import PSQL, prepare, psql_body, query
 
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -50,18 +49,56 @@ def raw_baseline(script: Path) -> float:
     port = "54999"
 
     def run() -> None:
-        subprocess.run([*as_user, str(BIN / "initdb"), "-D", str(pgdata), "--username=sqlrs",
-                        "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C.UTF-8"],
-                       check=True, capture_output=True)
-        subprocess.run([*as_user, str(BIN / "pg_ctl"), "-D", str(pgdata), "-w", "-l",
-                        str(work / "log"), "-o", f"-c listen_addresses=127.0.0.1 -p {port} "
-                        f"-c unix_socket_directories={work}", "start"],
-                       check=True, capture_output=True)
-        subprocess.run([PSQL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script),
-                        f"postgres://sqlrs@127.0.0.1:{port}/postgres"], check=True,
-                       capture_output=True)
-        subprocess.run([*as_user, str(BIN / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w",
-                        "stop"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                *as_user,
+                str(BIN / "initdb"),
+                "-D",
+                str(pgdata),
+                "--username=sqlrs",
+                "--auth=trust",
+                "--no-sync",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *as_user,
+                str(BIN / "pg_ctl"),
+                "-D",
+                str(pgdata),
+                "-w",
+                "-l",
+                str(work / "log"),
+                "-o",
+                f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={work}",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                PSQL,
+                "-X",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                str(script),
+                f"postgres://sqlrs@127.0.0.1:{port}/postgres",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*as_user, str(BIN / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+            check=True,
+            capture_output=True,
+        )
 
     try:
         return timed(run)
@@ -74,6 +111,7 @@ def main() -> None:
     parser.add_argument("--cold", type=int, default=5)
     parser.add_argument("--hits", type=int, default=10)
     parser.add_argument("--raw", type=int, default=5)
+    parser.add_argument("--backend", default="copy", help="snapshot.backend for the engine")
     args = parser.parse_args()
     scripts = Path(tempfile.mkdtemp(prefix="sqlrs-bench-scripts-", dir="/var/tmp"))
     scripts.chmod(0o755)
@@ -85,7 +123,7 @@ def main() -> None:
     cold: list[float] = []
     db_size = ""
     for _ in range(args.cold):
-        with engine_in_scratch() as engine:  # a fresh store each time: nothing cached
+        with engine_in_scratch(args.backend) as engine:  # a fresh store: nothing cached
             holder: dict[str, object] = {}
             cold.append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
             outcome = holder["o"]
@@ -93,7 +131,7 @@ def main() -> None:
             db_size = query(outcome.dsn, "select pg_size_pretty(pg_database_size('postgres'))")  # type: ignore[attr-defined]
 
     hits: list[float] = []
-    with engine_in_scratch() as engine:
+    with engine_in_scratch(args.backend) as engine:
         prepare(engine, body)
         for _ in range(args.hits):
             holder = {}
@@ -103,6 +141,7 @@ def main() -> None:
 
     shutil.rmtree(scripts, ignore_errors=True)
     figures = {
+        "backend": args.backend,
         "database_size": db_size,
         "raw_baseline_s": median(raw),
         "cold_prepare_s": median(cold),
@@ -113,12 +152,16 @@ def main() -> None:
         "samples": {"raw": raw, "cold": cold, "hits": hits},
     }
     path = save("prepare", figures)
-    print(f"database size (pg_database_size): {db_size}")
+    print(f"snapshot backend: {args.backend}; database size (pg_database_size): {db_size}")
     print(f"raw baseline (initdb+start+psql -f+stop): median {median(raw):.3f}s over {len(raw)}")
-    print(f"cold prepare through HTTP:                median {median(cold):.3f}s over {len(cold)}"
-          f"  → {figures['cold_vs_raw_ratio']:.2f}x the raw baseline")
-    print(f"cache-hit prepare (POST → DSN):           median {median(hits):.3f}s over {len(hits)}"
-          f"  → {figures['cache_hit_speedup_vs_raw']:.1f}x faster than the raw baseline")
+    print(
+        f"cold prepare through HTTP:                median {median(cold):.3f}s over {len(cold)}"
+        f"  → {figures['cold_vs_raw_ratio']:.2f}x the raw baseline"
+    )
+    print(
+        f"cache-hit prepare (POST → DSN):           median {median(hits):.3f}s over {len(hits)}"
+        f"  → {figures['cache_hit_speedup_vs_raw']:.1f}x faster than the raw baseline"
+    )
     print(f"engine RSS after the runs: {figures['engine_rss_mib']:.1f} MiB")
     print(f"raw numbers: {path}")
 

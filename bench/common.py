@@ -39,8 +39,13 @@ def median(values: list[float]) -> float:
 
 
 @contextmanager
-def engine_in_scratch(**kwargs: Any) -> Iterator[EngineProcess]:
+def engine_in_scratch(backend: str | None = None, **kwargs: Any) -> Iterator[EngineProcess]:
+    """An engine with a fresh store; `backend` sets `snapshot.backend` before it starts."""
     workdir = make_scratch_dir("sqlrs-bench-")
+    if backend is not None:
+        store = workdir / "state-store"
+        store.mkdir(mode=0o700)
+        (store / "config.json").write_text(json.dumps({"snapshot": {"backend": backend}}))
     engine = start_engine(workdir, **kwargs)
     try:
         yield engine
@@ -62,7 +67,8 @@ def machine() -> dict[str, Any]:
     ).stdout.strip()
     dirty = subprocess.run(
         ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return {
         "commit": commit + ("+dirty" if dirty else ""),

@@ -6,13 +6,12 @@ import concurrent.futures
 import os
 import pwd
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
-from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.dirs import servers_under
+from tests.support.engine_process import EngineProcess
 from tests.support.prepare import (
     postgres_processes,
     prepare,
@@ -23,15 +22,10 @@ from tests.support.prepare import (
 )
 
 
-@pytest.fixture(scope="module")
-def engine() -> Iterator[EngineProcess]:
-    workdir = make_scratch_dir()
-    running = start_engine(workdir)
-    try:
-        yield running
-    finally:
-        running.stop()
-        remove_scratch_dir(workdir)
+@pytest.fixture
+def engine(shared_engine: EngineProcess) -> EngineProcess:
+    """One engine for the module: the tests use distinct scripts, so they don't interfere."""
+    return shared_engine
 
 
 def test_single_command_step_builds_a_state_and_an_instance(engine: EngineProcess) -> None:

@@ -14,6 +14,7 @@ import dataset
 from sqlalchemy import event
 
 from sqlrs_engine.persistence.schema import MIGRATIONS
+from sqlrs_engine.persistence.sql import execute, fetch_one
 
 
 class SchemaTooNewError(RuntimeError):
@@ -44,8 +45,8 @@ def open_database(path: Path) -> dataset.Database:
 
 def schema_version(db: dataset.Database) -> int:
     """Number of migrations applied (0 for a new database)."""
-    db.query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    row = next(iter(db.query("SELECT MAX(version) AS v FROM schema_version")), None)
+    execute(db, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = fetch_one(db, "SELECT MAX(version) AS v FROM schema_version")
     return int(row["v"]) if row and row["v"] is not None else 0
 
 

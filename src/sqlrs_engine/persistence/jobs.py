@@ -8,7 +8,8 @@ from typing import Any
 
 import dataset
 
-from sqlrs_engine.persistence.rows import Row, as_dicts, compact, dump_json, like_prefix, load_json
+from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
+from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
 
@@ -89,8 +90,7 @@ class JobQueries:
         )
 
     def job_row(self, job_id: str) -> Row | None:
-        found = self._db["prepare_jobs"].find_one(job_id=job_id)
-        return dict(found) if found else None
+        return fetch_one(self._db, "SELECT * FROM prepare_jobs WHERE job_id = :id", id=job_id)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         """Update columns of a job; `result`/`error` values are stored as JSON."""
@@ -103,25 +103,23 @@ class JobQueries:
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job; its tasks and events go with it (ON DELETE CASCADE)."""
-        self._db.query("DELETE FROM prepare_jobs WHERE job_id = :id", id=job_id)
+        execute(self._db, "DELETE FROM prepare_jobs WHERE job_id = :id", id=job_id)
 
     def unfinished_job_rows(self) -> list[Row]:
-        return as_dicts(
-            self._db.query(
-                """SELECT * FROM prepare_jobs WHERE status IN ('queued', 'running')
-                   ORDER BY created_at, rowid"""
-            )
+        return fetch(
+            self._db,
+            """SELECT * FROM prepare_jobs WHERE status IN ('queued', 'running')
+                   ORDER BY created_at, rowid""",
         )
 
     def terminal_jobs_with_signature(self, signature: str) -> list[Row]:
         """Terminal jobs sharing a signature, newest first (SPEC §4.11 ordering)."""
-        return as_dicts(
-            self._db.query(
-                """SELECT * FROM prepare_jobs
+        return fetch(
+            self._db,
+            """SELECT * FROM prepare_jobs
                    WHERE signature = :sig AND status IN ('succeeded', 'failed')
                    ORDER BY COALESCE(finished_at, created_at) DESC, rowid DESC""",
-                sig=signature,
-            )
+            sig=signature,
         )
 
     def list_jobs(self, job_prefix: str | None = None) -> list[Row]:
@@ -131,7 +129,8 @@ class JobQueries:
         if job_prefix:
             where = "WHERE lower(j.job_id) LIKE :prefix ESCAPE '\\'"
             params["prefix"] = like_prefix(job_prefix.lower())
-        rows = self._db.query(
+        rows = fetch(
+            self._db,
             f"""SELECT j.*, (SELECT t.resolved_image_id FROM prepare_tasks t
                     WHERE t.job_id = j.job_id AND t.type = 'resolve_image') AS resolved_image_id
                 FROM prepare_jobs j {where} ORDER BY j.created_at, j.rowid""",
@@ -190,14 +189,13 @@ class JobQueries:
         self._db["prepare_tasks"].update(values, ["job_id", "task_id"])
 
     def task_rows(self, job_id: str) -> list[Row]:
-        return as_dicts(
-            self._db.query(
-                "SELECT * FROM prepare_tasks WHERE job_id = :id ORDER BY position", id=job_id
-            )
+        return fetch(
+            self._db, "SELECT * FROM prepare_tasks WHERE job_id = :id ORDER BY position", id=job_id
         )
 
     def has_running_task(self, job_id: str) -> bool:
-        rows = self._db.query(
+        rows = fetch(
+            self._db,
             """SELECT 1 FROM prepare_tasks WHERE job_id = :id AND status = 'running'
                LIMIT 1""",
             id=job_id,
@@ -207,7 +205,8 @@ class JobQueries:
     def list_tasks(self, job_id: str | None = None) -> list[Row]:
         """Task entries (SPEC §4.9), `job_id` an exact filter."""
         where = "WHERE job_id = :id" if job_id else ""
-        rows = self._db.query(
+        rows = fetch(
+            self._db,
             f"SELECT * FROM prepare_tasks {where} ORDER BY job_id, position",
             **({"id": job_id} if job_id else {}),
         )
@@ -231,19 +230,16 @@ class JobQueries:
         )
 
     def event_count(self, job_id: str) -> int:
-        row = next(
-            iter(
-                self._db.query(
-                    "SELECT COUNT(*) AS n FROM prepare_events WHERE job_id = :id", id=job_id
-                )
-            )
+        row = fetch_one(
+            self._db, "SELECT COUNT(*) AS n FROM prepare_events WHERE job_id = :id", id=job_id
         )
-        return int(row["n"])
+        return int(row["n"]) if row else 0
 
     def events(self, job_id: str, start: int = 0, stop: int | None = None) -> list[Row]:
         """Events with index in [start, stop) in order."""
         limit = -1 if stop is None else max(0, stop - start)
-        rows = self._db.query(
+        rows = fetch(
+            self._db,
             """SELECT * FROM prepare_events WHERE job_id = :id ORDER BY seq
                LIMIT :limit OFFSET :offset""",
             id=job_id,

@@ -13,7 +13,8 @@ from typing import Any
 import dataset
 
 from sqlrs_engine.clock import format_rfc3339, parse_rfc3339, utcnow
-from sqlrs_engine.persistence.rows import Row, as_dicts, compact
+from sqlrs_engine.persistence.rows import Row, compact
+from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class MetadataQueries:
 
     def insert_state(self, record: StateRecord) -> bool:
         """INSERT OR IGNORE a state; True when this call created it."""
-        cursor = self._db.query(
+        changed = execute(
+            self._db,
             """INSERT OR IGNORE INTO states (state_id, parent_state_id, state_fingerprint,
                    image_id, prepare_kind, prepare_args_normalized, created_at, size_bytes,
                    last_used_at, use_count, snapshot_backend)
@@ -74,28 +76,28 @@ class MetadataQueries:
             size_bytes=record.size_bytes,
             backend=record.snapshot_backend,
         )
-        result = cursor.result_proxy
-        return bool(result is not None and result.rowcount)
+        return changed > 0
 
     def state_row(self, state_id: str) -> Row | None:
-        found = self._db["states"].find_one(state_id=state_id)
-        return dict(found) if found else None
+        return fetch_one(self._db, "SELECT * FROM states WHERE state_id = :id", id=state_id)
 
     def state_exists(self, state_id: str) -> bool:
         return self.state_row(state_id) is not None
 
     def set_state_size(self, state_id: str, size_bytes: int) -> None:
-        self._db.query(
+        execute(
+            self._db,
             "UPDATE states SET size_bytes = :size WHERE state_id = :id",
             size=size_bytes,
             id=state_id,
         )
 
     def delete_state(self, state_id: str) -> None:
-        self._db.query("DELETE FROM states WHERE state_id = :id", id=state_id)
+        execute(self._db, "DELETE FROM states WHERE state_id = :id", id=state_id)
 
     def child_state_ids(self, state_id: str) -> list[str]:
-        rows = self._db.query(
+        rows = fetch(
+            self._db,
             "SELECT state_id FROM states WHERE parent_state_id = :id ORDER BY created_at, rowid",
             id=state_id,
         )
@@ -117,13 +119,12 @@ class MetadataQueries:
         return _state_entry(rows[0]) if rows else None
 
     def _state_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
-        yield from as_dicts(
-            self._db.query(
-                f"""SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
+        yield from fetch(
+            self._db,
+            f"""SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
                        AS refcount
                     FROM states s {where} ORDER BY s.rowid""",
-                **params,
-            )
+            **params,
         )
 
     # -- instances -------------------------------------------------------------------------
@@ -152,29 +153,30 @@ class MetadataQueries:
             )
 
     def instance_row(self, instance_id: str) -> Row | None:
-        found = self._db["instances"].find_one(instance_id=instance_id)
-        return dict(found) if found else None
+        return fetch_one(
+            self._db, "SELECT * FROM instances WHERE instance_id = :id", id=instance_id
+        )
 
     def all_instance_rows(self) -> list[Row]:
-        return as_dicts(self._db.query("SELECT * FROM instances ORDER BY rowid"))
+        return fetch(self._db, "SELECT * FROM instances ORDER BY rowid")
 
     def instance_rows_of_state(self, state_id: str) -> list[Row]:
-        return as_dicts(
-            self._db.query(
-                "SELECT * FROM instances WHERE state_id = :id ORDER BY created_at, rowid",
-                id=state_id,
-            )
+        return fetch(
+            self._db,
+            "SELECT * FROM instances WHERE state_id = :id ORDER BY created_at, rowid",
+            id=state_id,
         )
 
     def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> None:
-        self._db.query(
+        execute(
+            self._db,
             "UPDATE instances SET runtime_id = :rid WHERE instance_id = :id",
             rid=runtime_id,
             id=instance_id,
         )
 
     def delete_instance(self, instance_id: str) -> None:
-        self._db.query("DELETE FROM instances WHERE instance_id = :id", id=instance_id)
+        execute(self._db, "DELETE FROM instances WHERE instance_id = :id", id=instance_id)
 
     def delete_many(self, instance_ids: list[str], state_ids: list[str]) -> None:
         """Delete instance rows, then state rows (children first), in one transaction."""
@@ -186,7 +188,7 @@ class MetadataQueries:
 
     def runtime_dirs(self) -> set[str]:
         """Data directories that instances live in (never removed with a job, §0.1)."""
-        rows = self._db.query("SELECT runtime_dir FROM instances WHERE runtime_dir IS NOT NULL")
+        rows = fetch(self._db, "SELECT runtime_dir FROM instances WHERE runtime_dir IS NOT NULL")
         return {str(row["runtime_dir"]) for row in rows}
 
     def list_instances(
@@ -204,20 +206,19 @@ class MetadataQueries:
         return _instance_entry(rows[0]) if rows else None
 
     def instance_id_by_name(self, name: str) -> str | None:
-        row = self._db["names"].find_one(name=name)
+        row = fetch_one(self._db, "SELECT instance_id FROM names WHERE name = :name", name=name)
         return str(row["instance_id"]) if row and row["instance_id"] else None
 
     def _instance_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
-        yield from as_dicts(
-            self._db.query(
-                f"""SELECT i.*,
+        yield from fetch(
+            self._db,
+            f"""SELECT i.*,
                        (SELECT n.name FROM names n WHERE n.instance_id = i.instance_id
                         ORDER BY n.is_primary DESC, n.name LIMIT 1) AS primary_name,
                        (SELECT COUNT(*) FROM names n WHERE n.instance_id = i.instance_id)
                         AS name_count
                     FROM instances i {where} ORDER BY i.rowid""",
-                **params,
-            )
+            **params,
         )
 
     # -- names -----------------------------------------------------------------------------
@@ -241,13 +242,12 @@ class MetadataQueries:
         return _name_entry(rows[0]) if rows else None
 
     def _name_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
-        yield from as_dicts(
-            self._db.query(
-                f"""SELECT n.*, i.instance_id AS live_instance_id, i.expires_at AS expires_at
+        yield from fetch(
+            self._db,
+            f"""SELECT n.*, i.instance_id AS live_instance_id, i.expires_at AS expires_at
                     FROM names n LEFT JOIN instances i ON i.instance_id = n.instance_id
                     {where} ORDER BY n.rowid""",
-                **params,
-            )
+            **params,
         )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ujson
@@ -13,10 +13,6 @@ Row = dict[str, Any]
 def compact(entry: Mapping[str, Any]) -> Row:
     """Drop absent values (None, empty string): Go `omitempty` for the API's optional fields."""
     return {key: value for key, value in entry.items() if value is not None and value != ""}
-
-
-def as_dicts(rows: Iterable[Mapping[str, Any]]) -> list[Row]:
-    return [dict(row) for row in rows]
 
 
 def like_prefix(prefix: str) -> str:

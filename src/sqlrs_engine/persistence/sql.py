@@ -1,0 +1,43 @@
+"""Running SQL through `dataset` with explicit transaction ends.
+
+SQLAlchemy 2 "autobegins" a transaction on first use of a connection, and `dataset` commits
+it only after its own table operations. A raw statement run through `Database.query` would
+therefore stay uncommitted (holding SQLite's write lock, invisible to other connections,
+lost on a crash) until some later table write. Every raw statement goes through these two
+functions instead: writes are committed at once, and reads end their implicit transaction so
+no read snapshot is held open. Inside an explicit `with db:` block, nothing is committed
+early; the block's end commits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dataset
+
+Row = dict[str, Any]
+
+
+def _end_implicit_transaction(db: dataset.Database) -> None:
+    if not db.in_transaction and db.executable.in_transaction():
+        db.executable.commit()
+
+
+def fetch(db: dataset.Database, sql: str, **params: Any) -> list[Row]:
+    """All rows of a SELECT, as plain dicts."""
+    rows = [dict(row) for row in db.query(sql, **params)]
+    _end_implicit_transaction(db)
+    return rows
+
+
+def fetch_one(db: dataset.Database, sql: str, **params: Any) -> Row | None:
+    rows = fetch(db, sql, **params)
+    return rows[0] if rows else None
+
+
+def execute(db: dataset.Database, sql: str, **params: Any) -> int:
+    """Run a write statement and commit it; returns the number of rows it changed."""
+    result = db.query(sql, **params).result_proxy
+    count = result.rowcount if result is not None else 0
+    _end_implicit_transaction(db)
+    return int(count)

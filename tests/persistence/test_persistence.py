@@ -1,0 +1,182 @@
+"""The persistence layer against a real SQLite file: schema, commits, queries."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sqlrs_engine.persistence.database import SchemaTooNewError, open_database, schema_version
+from sqlrs_engine.persistence.jobs import JobQueries, JobRecord
+from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
+from sqlrs_engine.persistence.schema import SCHEMA_VERSION
+
+STATE = "s" * 64
+JOB = "j" * 32
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[MetadataQueries, JobQueries, Path]]:
+    db = open_database(tmp_path / "state.db")
+    try:
+        yield MetadataQueries(db), JobQueries(db), tmp_path / "state.db"
+    finally:
+        db.close()
+
+
+def other_connection_can_write(path: Path) -> bool:
+    """Another process-like connection gets the write lock at once: nothing is left open."""
+    connection = sqlite3.connect(path, timeout=0)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        connection.close()
+
+
+def seed_state(metadata: MetadataQueries) -> None:
+    metadata.insert_state(
+        StateRecord(STATE, None, "img@x", "psql", "-c x", "2026-01-01T00:00:00Z", 5)
+    )
+
+
+def seed_job(jobs: JobQueries) -> None:
+    jobs.insert_job(
+        JobRecord(JOB, "psql", "postgres:15", False, "-c x", "{}", "2026-01-01T00:00:00Z")
+    )
+
+
+WRITES: list[tuple[str, Callable[[MetadataQueries, JobQueries], object]]] = [
+    ("insert_state", lambda m, j: seed_state(m)),
+    ("set_state_size", lambda m, j: (seed_state(m), m.set_state_size(STATE, 9))),
+    ("delete_state", lambda m, j: (seed_state(m), m.delete_state(STATE))),
+    (
+        "insert_instance",
+        lambda m, j: (
+            seed_state(m),
+            m.insert_instance(
+                InstanceRecord("i" * 32, STATE, "img@x", "2026-01-01T00:00:00Z", "host:1", "/x")
+            ),
+        ),
+    ),
+    ("set_instance_runtime", lambda m, j: m.set_instance_runtime("i" * 32, "host:2")),
+    ("delete_many", lambda m, j: m.delete_many(["i" * 32], [STATE])),
+    ("insert_job", lambda m, j: seed_job(j)),
+    ("update_job", lambda m, j: (seed_job(j), j.update_job(JOB, status="running"))),
+    (
+        "replace_tasks",
+        lambda m, j: (
+            seed_job(j),
+            j.replace_tasks(
+                JOB, [{"task_id": "plan", "position": 0, "type": "plan", "status": "queued"}]
+            ),
+        ),
+    ),
+    ("append_event", lambda m, j: (seed_job(j), j.append_event(JOB, {"type": "log", "ts": "t"}))),
+    ("delete_job", lambda m, j: (seed_job(j), j.delete_job(JOB))),
+]
+
+
+@pytest.mark.parametrize(("name", "write"), WRITES, ids=[name for name, _ in WRITES])
+def test_every_write_is_committed_at_once(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+    name: str,
+    write: Callable[[MetadataQueries, JobQueries], object],
+) -> None:
+    metadata, jobs, path = stores
+    write(metadata, jobs)
+    assert other_connection_can_write(path), f"{name} left a transaction open"
+
+
+@pytest.mark.parametrize(
+    "read",
+    [
+        lambda m, j: m.list_states(),
+        lambda m, j: m.state_row(STATE),
+        lambda m, j: j.list_jobs(),
+        lambda m, j: j.job_status(JOB),
+        lambda m, j: j.events(JOB),
+        lambda m, j: m.list_names(),
+    ],
+)
+def test_reads_leave_no_transaction_open(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+    read: Callable[[MetadataQueries, JobQueries], object],
+) -> None:
+    metadata, jobs, path = stores
+    seed_state(metadata)
+    read(metadata, jobs)
+    connection = sqlite3.connect(path)
+    connection.execute("INSERT INTO schema_version (version) VALUES (99)")
+    connection.commit()
+    connection.execute("DELETE FROM schema_version WHERE version = 99")
+    connection.commit()
+    connection.close()
+    assert metadata.state_exists(STATE)
+
+
+def test_committed_data_is_visible_to_another_connection(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    metadata, jobs, path = stores
+    seed_state(metadata)
+    seed_job(jobs)
+    jobs.delete_job(JOB)
+    connection = sqlite3.connect(path)
+    assert connection.execute("SELECT COUNT(*) FROM states").fetchone() == (1,)
+    assert connection.execute("SELECT COUNT(*) FROM prepare_jobs").fetchone() == (0,)
+    connection.close()
+
+
+def test_foreign_keys_and_cascades(stores: tuple[MetadataQueries, JobQueries, Path]) -> None:
+    metadata, jobs, _ = stores
+    seed_job(jobs)
+    jobs.append_event(JOB, {"type": "status", "ts": "t", "status": "queued"})
+    jobs.replace_tasks(
+        JOB, [{"task_id": "plan", "position": 0, "type": "plan", "status": "queued"}]
+    )
+    jobs.delete_job(JOB)
+    assert jobs.event_count(JOB) == 0
+    assert jobs.task_rows(JOB) == []
+    with pytest.raises(Exception, match="FOREIGN KEY"):
+        metadata.insert_instance(
+            InstanceRecord("i" * 32, "missing", "img", "2026-01-01T00:00:00Z", None, None)
+        )
+
+
+def test_schema_version_and_a_newer_database(tmp_path: Path) -> None:
+    db = open_database(tmp_path / "state.db")
+    assert schema_version(db) == SCHEMA_VERSION
+    db.close()
+    connection = sqlite3.connect(tmp_path / "state.db")
+    connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION + 5,))
+    connection.commit()
+    connection.close()
+    with pytest.raises(SchemaTooNewError, match="upgrade sqlrs-engine"):
+        open_database(tmp_path / "state.db")
+
+
+def test_reopen_is_idempotent(tmp_path: Path) -> None:
+    first = open_database(tmp_path / "state.db")
+    MetadataQueries(first).insert_state(
+        StateRecord(STATE, None, "img", "psql", "-c x", "2026-01-01T00:00:00Z", 1)
+    )
+    first.close()
+    second = open_database(tmp_path / "state.db")
+    assert MetadataQueries(second).state_exists(STATE)
+    second.close()
+
+
+def test_job_prefix_filter_escapes_like_wildcards(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    _, jobs, _ = stores
+    seed_job(jobs)
+    assert [j["job_id"] for j in jobs.list_jobs("JJ")] == [JOB]
+    assert jobs.list_jobs("_") == []
+    assert jobs.list_jobs("%") == []

@@ -131,7 +131,7 @@ def start_actor(
     data_dir: Path,
     handle: ServerHandle | None,
 ) -> InstanceProxy:
-    ref = InstanceActor.start(INSTANCE, image, handle, data_dir, runtime)  # type: ignore[arg-type]
+    ref = InstanceActor.start(INSTANCE, image, handle, data_dir, runtime)
     actors.append(ref)
     return instance_proxy(ref)
 

@@ -179,7 +179,8 @@ def test_pgbench_initializes_then_runs_for_two_seconds(
     engine: EngineProcess, fresh_instance: JobOutcome
 ) -> None:
     ref = fresh_instance.result["instance_id"]
-    init = run(engine, pgbench(ref, "-i", "-s", "1", "-q"))
+    # §5 lets long forms through; the engine's own -h/-p/-U come later and win.
+    init = run(engine, pgbench(ref, "--host=203.0.113.1", "--port=1", "-i", "-s", "1", "-q"))
     assert init.exit_code == 0, init.events
     assert "done in" in init.text("stderr")
     bench = run(engine, pgbench(ref, "-T", "2", "-c", "2", "-j", "2"))

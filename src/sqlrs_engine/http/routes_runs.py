@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import bottle
+import pykka
 
-from sqlrs_engine.actors.instance import instance_proxy
-from sqlrs_engine.errors import internal_error
+from sqlrs_engine.actors.instance import RunningServer, instance_proxy
+from sqlrs_engine.errors import JobFailure, internal_error
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON, json_line
 from sqlrs_engine.http.params import decode_json_object, read_body
@@ -48,8 +49,23 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
             )
         instance = instance_proxy(ref)
 
-        def ensure_running(log_line: LogSink) -> Any:
-            return instance.ensure_running(log_line, registry).get(timeout=ENSURE_RUNNING_TIMEOUT)
+        def ensure_running(log_line: LogSink) -> RunningServer:
+            try:
+                return instance.ensure_running(log_line, registry).get(
+                    timeout=ENSURE_RUNNING_TIMEOUT
+                )
+            except pykka.ActorDeadError:
+                raise JobFailure(
+                    "internal_error",
+                    "instance is gone",
+                    "the instance was deleted or the engine is stopping",
+                ) from None
+            except pykka.Timeout:
+                raise JobFailure(
+                    "internal_error",
+                    "instance did not answer",
+                    f"its server was not running after {ENSURE_RUNNING_TIMEOUT:g} s",
+                ) from None
 
         execution = RunExecution(plan, ensure_running)
         environ = bottle.request.environ

@@ -45,11 +45,18 @@ class CountingRuntime:
         self.release = threading.Event()
         self.release.set()
 
-    def start(self, image: str, data_dir: Path, log: LogSink, cancel: CancelToken) -> ServerHandle:
+    def start(
+        self,
+        image: str,
+        data_dir: Path,
+        log: LogSink,
+        cancel: CancelToken,
+        preferred_port: int | None = None,
+    ) -> ServerHandle:
         self.starts += 1
         self.entered.set()
         assert self.release.wait(TIMEOUT)
-        return self.real.start(image, data_dir, log, cancel)
+        return self.real.start(image, data_dir, log, cancel, preferred_port)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)

@@ -280,3 +280,20 @@ def test_log_tail(tmp_path: Path) -> None:
     with log.open("a") as fh:
         fh.write("new 1\nnew 2\n")
     assert pg.log_tail(log, start=size) == "new 1\nnew 2\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "port"),
+    [
+        (
+            '/usr/lib/postgresql/15/bin/postgres "-D" "/d" "-c" "listen_addresses=127.0.0.1" '
+            '"-c" "port=35941" "-c" "logging_collector=off"\n',
+            35941,
+        ),
+        ('/usr/lib/postgresql/15/bin/postgres "-D" "/d" "-p" "5433"\n', 5433),
+        ('/usr/lib/postgresql/15/bin/postgres "-D" "/d"\n', None),
+        ("", None),
+    ],
+)
+def test_parse_postmaster_opts_port(text: str, port: int | None) -> None:
+    assert pg.parse_postmaster_opts_port(text) == port

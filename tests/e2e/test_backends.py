@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,6 +98,32 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
         if fs is not None:
             btrfs_loop.remove_loop_btrfs(fs)
         remove_scratch_dir(workdir)
+
+
+@dataclass
+class RunOutcome:
+    events: list[dict[str, Any]]
+
+    @property
+    def stdout(self) -> str:
+        return "".join(e["data"] for e in self.events if e["type"] == "stdout")
+
+    @property
+    def logs(self) -> list[str]:
+        return [e["data"] for e in self.events if e["type"] == "log"]
+
+    @property
+    def exit_code(self) -> int | None:
+        last = self.events[-1] if self.events else {}
+        return last.get("exit_code") if last.get("type") == "exit" else None
+
+
+def run_psql(engine: EngineProcess, instance_id: str, sql: str) -> RunOutcome:
+    """`POST /v1/runs` (run:psql) and read its NDJSON stream to the end."""
+    body = {"instance_ref": instance_id, "kind": "psql", "args": ["-At", "-c", sql]}
+    with engine.post("/v1/runs", json=body, stream=True, timeout=120) as response:
+        assert response.status_code == 200, response.text
+        return RunOutcome([json.loads(line) for line in response.iter_lines() if line])
 
 
 def succeeded(outcome: JobOutcome) -> JobOutcome:
@@ -189,6 +213,42 @@ def test_failed_and_cancelled_jobs_leave_no_clone_behind(env: Env) -> None:
             assert subvolumes_below(job_dir) == []
 
 
+def test_run_and_delete(env: Env) -> None:
+    """Runs (including the restart of a killed server) and deletions on each backend leave
+    no clone, mount, subvolume or layer behind."""
+    steps = ("-c", "create table l1(a int)", "-c", "create table l2(a int)")
+    chain = succeeded(prepare(env.engine, psql_body(*steps, "-c", "insert into l2 values (7)")))
+    middle = succeeded(prepare(env.engine, psql_body(*steps)))
+    ids = [t["output_state_id"] for t in chain.status["tasks"] if t["type"] == "state_execute"]
+    instance_id = chain.result["instance_id"]
+    first = run_psql(env.engine, instance_id, "select a from l2")
+    assert (first.stdout, first.exit_code) == ("7\n", 0), first.events
+    pid = int(env.engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"][5:])
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    again = run_psql(env.engine, instance_id, "insert into l2 values (8); select count(*) from l2")
+    assert (again.stdout, again.exit_code) == ("INSERT 0 1\n2\n", 0), again.events
+    assert "run: server not running - restarting" in again.logs
+
+    middle_dir = env.data_dir(middle.job_id)
+    deleted = env.engine.delete(f"/v1/instances/{middle.result['instance_id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert not middle_dir.exists() and mounts_under(env.jobs / middle.job_id) == []
+
+    state_dirs = [env.state_dir(state_id) for state_id in ids]
+    removed = env.engine.delete(f"/v1/states/{ids[0]}", params={"recurse": "true"})
+    assert removed.status_code == 200 and removed.json()["outcome"] == "deleted", removed.text
+    for state_dir in state_dirs:
+        assert not state_dir.exists()
+        assert not state_dir.parent.joinpath(".build", f"{state_dir.name}.ok").exists()
+    for outcome in (chain, middle):
+        assert env.engine.delete(f"/v1/prepare-jobs/{outcome.job_id}").status_code == 200
+        job_dir = env.jobs / outcome.job_id
+        assert not job_dir.exists() and servers_under(job_dir) == []
+    left = [str(m.mount_point) for m in mounts_under(env.store)]
+    assert not [m for m in left if chain.job_id in m or middle.job_id in m], left
+
+
 def test_restart_keeps_instances_and_cleans_stale_mounts(env: Env) -> None:
     running = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
     stopped = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
@@ -221,23 +281,10 @@ def test_restart_keeps_instances_and_cleans_stale_mounts(env: Env) -> None:
         assert is_mount_point(stopped_dir)
         assert (stopped_dir / "pgdata" / "PG_VERSION").is_file()
         assert "unmounted" in env.engine.stderr_text()
-    # Its data dir still works: a server starts on it (crash recovery: it was killed).
-    pg_ctl = ["runuser", "-u", "postgres", "--", "/usr/lib/postgresql/15/bin/pg_ctl"]
-    pgdata = str(stopped_dir / "pgdata")
-    sockets = Path(tempfile.mkdtemp(prefix="sqlrs-sock-"))
-    shutil.chown(sockets, "postgres", "postgres")
-    no_listeners = f"-c listen_addresses= -c unix_socket_directories={sockets}"
-    started = subprocess.run(
-        [*pg_ctl, "start", "-w", "-D", pgdata, "-l", f"{sockets}/log", "-o", no_listeners],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert started.returncode == 0, started.stdout + (sockets / "log").read_text()
-    subprocess.run(
-        [*pg_ctl, "stop", "-w", "-m", "fast", "-D", pgdata], capture_output=True, timeout=60
-    )
-    shutil.rmtree(sockets, ignore_errors=True)
+    # `run` restarts the stopped instance's server on its (remounted) data dir.
+    restarted = run_psql(env.engine, stopped.result["instance_id"], "select count(*) from t")
+    assert restarted.stdout == "1000\n" and restarted.exit_code == 0, restarted.events
+    assert "run: server not running - restarting" in restarted.logs
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:

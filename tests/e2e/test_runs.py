@@ -295,6 +295,7 @@ def test_killed_server_is_restarted_once_for_two_concurrent_runs(
     assert procs.is_alive(new_pid)
     data_dirs = engine.state_store / "jobs" / fresh_instance.job_id
     assert servers_under(data_dirs) == [new_pid]
+    assert query(fresh_instance.dsn, "select count(*) from items") == "1", "same DSN as before"
 
 
 def client_processes(marker: str) -> list[int]:

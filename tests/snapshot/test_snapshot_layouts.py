@@ -122,6 +122,8 @@ def test_actor_start_sweeps_mounts_before_returning(
     try:
         assert not is_mount_point(idle), "the sweep ran before start_snapshot_actor returned"
         assert client.kind == "overlayfs"
+        assert client.mount_dir_of(idle.parent) == idle  # run recovery mounts it again
+        assert is_mount_point(idle) and (idle / "pgdata" / "PG_VERSION").is_file()
     finally:
         ref.stop()
     messages = [r.getMessage() for r in caplog.records]

@@ -59,12 +59,17 @@ class FakeRuntime:
         return None
 
     def start(
-        self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
+        self,
+        resolved_image_id: str,
+        data_dir: Path,
+        log: LogSink,
+        cancel: CancelToken,
+        preferred_port: int | None = None,
     ) -> ServerHandle:
         cancel.raise_if_cancelled()
         with self._lock:
             self.running.add(data_dir)
-            port = next(self._ports)
+            port = preferred_port or next(self._ports)
         return ServerHandle(f"fake:{port}", data_dir, "127.0.0.1", port)
 
     def stop(self, handle: ServerHandle, log: LogSink) -> None:

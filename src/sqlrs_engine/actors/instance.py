@@ -22,8 +22,9 @@ import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from sqlrs_engine.cancel import NEVER_CANCELLED
+from sqlrs_engine.dbms.postgres import last_port
 from sqlrs_engine.errors import JobFailure
-from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
+from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle, pgdata_of
 
 if TYPE_CHECKING:
     from sqlrs_engine.actors.registry import RegistryProxy
@@ -111,8 +112,10 @@ class InstanceActor(pykka.ThreadingActor):
                 f"{self._data_dir} does not exist; the instance cannot be restarted",
             )
         log_line(RESTORING)
+        # Keep the instance's DSN: listen on the port it had, when that port is free.
+        port = previous.port if previous is not None else last_port(pgdata_of(self._data_dir))
         handle = self._runtime.start(
-            self._image_id, self._data_dir, self._server_log, NEVER_CANCELLED
+            self._image_id, self._data_dir, self._server_log, NEVER_CANCELLED, port
         )
         self._handle = handle
         log_line(STARTED)

@@ -184,6 +184,12 @@ class SnapshotClient:
     def remove_path(self, path: Path) -> None:
         self._call(lambda store: store.remove_path(path))
 
+    def mount_dir_of(self, runtime_dir: Path) -> Path:
+        """The data dir of the clone at `runtime_dir`, whatever backend made it; an overlay
+        clone whose mount is gone (reboot, start sweep, an admin's umount) is mounted again.
+        For run recovery: call it before restarting an instance's server."""
+        return self._call(lambda store: store.mount_dir_of(runtime_dir))
+
 
 STARTUP_TIMEOUT = 300.0
 

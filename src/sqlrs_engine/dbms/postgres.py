@@ -295,6 +295,24 @@ def read_postmaster_pid(pgdata: Path) -> PostmasterPid | None:
     return parse_postmaster_pid(text)
 
 
+_OPTS_PORT = re.compile(r'"(?:port=|-p" ")(\d+)"')
+
+
+def parse_postmaster_opts_port(text: str) -> int | None:
+    """The port in `postmaster.opts` (the options the server last started with), if any."""
+    ports = _OPTS_PORT.findall(text)
+    return int(ports[-1]) if ports else None
+
+
+def last_port(pgdata: Path) -> int | None:
+    """The port the server of `pgdata` last listened on: a restart can keep its DSN."""
+    try:
+        text = (pgdata / "postmaster.opts").read_text(errors="replace")
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return None
+    return parse_postmaster_opts_port(text)
+
+
 @dataclass(frozen=True)
 class PgCtlStatus:
     running: bool

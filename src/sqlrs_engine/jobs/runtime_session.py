@@ -81,9 +81,10 @@ class RuntimeSession:
         """Start the server again on the same data dir after a snapshot."""
         assert self.mount_dir is not None
         self._log("pg_ctl: start after snapshot")
+        port = self.handle.port if self.handle is not None else None
         try:
             self.handle = self._runtime.start(
-                self.image_id, self.mount_dir, self._log, self._cancel
+                self.image_id, self.mount_dir, self._log, self._cancel, port
             )
         except JobFailure as failure:
             if failure.code == "cancelled":

@@ -78,9 +78,17 @@ class Runtime(Protocol):
         ...
 
     def start(
-        self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
+        self,
+        resolved_image_id: str,
+        data_dir: Path,
+        log: LogSink,
+        cancel: CancelToken,
+        preferred_port: int | None = None,
     ) -> ServerHandle:
-        """Start a server on `data_dir`; returns once it accepts connections."""
+        """Start a server on `data_dir`; returns once it accepts connections.
+
+        `preferred_port` is tried first when it is free (a restarted instance keeps its DSN).
+        """
         ...
 
     def stop(self, handle: ServerHandle, log: LogSink) -> None:

@@ -46,7 +46,7 @@ from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
 from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import LogSink, OutputSink, Runtime, ServerHandle, pgdata_of
-from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator
+from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator, port_is_free
 from sqlrs_engine.runtime.users import (
     ServerUserError,
     check_traversable,
@@ -377,7 +377,12 @@ class HostRuntime:
             os.chmod(pgdata, 0o700)
 
     def start(
-        self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
+        self,
+        resolved_image_id: str,
+        data_dir: Path,
+        log: LogSink,
+        cancel: CancelToken,
+        preferred_port: int | None = None,
     ) -> ServerHandle:
         message = "cannot start runtime"
         cancel.raise_if_cancelled()
@@ -391,8 +396,8 @@ class HostRuntime:
             raise JobFailure("internal_error", message, f"cannot create run dir: {exc}") from None
         bind_failures: list[str] = []
         try:
-            for _attempt in range(self.start_attempts):
-                port = self.ports.allocate()
+            for attempt in range(self.start_attempts):
+                port = self._choose_port(preferred_port if attempt == 0 else None)
                 try:
                     return self._start_once(install, data_dir, run_dir, port, log, cancel)
                 except _BindFailure as exc:
@@ -412,6 +417,12 @@ class HostRuntime:
             self._kill_run_dir_processes(run_dir, pgdata)
             _remove_run_dir(run_dir)
             raise
+
+    def _choose_port(self, preferred: int | None) -> int:
+        """The preferred port when it is free and not ours already, else any free port."""
+        if preferred is not None and port_is_free(preferred) and self.ports.reserve(preferred):
+            return preferred
+        return self.ports.allocate()
 
     def stop(self, handle: ServerHandle, log: LogSink) -> None:
         pgdata = pgdata_of(handle.data_dir)

@@ -5,11 +5,11 @@
   directory or an open file is inside) from "not mounted", which `umount`'s exit status does
   not. `release_mount()` falls back to a lazy detach for a busy mount, so a removal can always
   free the name (like `rm -rf` under a running server does for the copy backend).
-- `mount_overlay()` runs `mount -t overlay` in a child whose working directory is the common
-  ancestor of the lower layers, so the options carry short *relative* paths: mount(2) copies at
-  most one page of option text (4095 bytes plus the NUL), and absolute paths of a deep chain
-  would not fit. The child's cwd is set by `process.run` after fork, so the engine's own
-  (process-wide) working directory is never changed.
+- `mount_overlay()` calls mount(2) directly when the options fit in one page with absolute
+  paths; for deeper chains it runs `mount -t overlay` in a child whose working directory is the
+  common ancestor of the lower layers, so the options carry short *relative* paths: mount(2)
+  copies at most one page of option text (4095 bytes plus the NUL). The child's cwd is set by
+  `process.run` after fork, so the engine's own (process-wide) working directory never changes.
 """
 
 from __future__ import annotations
@@ -211,6 +211,27 @@ def overlay_limit_problem(layer_count: int, options: str) -> str | None:
     return None
 
 
+def absolute_overlay_options(
+    lowers: Sequence[Path],
+    upper: Path,
+    work: Path,
+    extra: Sequence[str] = OVERLAY_EXTRA_OPTIONS,
+) -> str | None:
+    """Options with absolute paths, or None when a path cannot be carried in them."""
+    paths = [os.path.realpath(p) for p in (*lowers, upper, work)]
+    if any(_FORBIDDEN_IN_OPTIONS.search(p) for p in paths):
+        return None
+    *lower_paths, real_upper, real_work = paths
+    return ",".join(
+        [
+            f"lowerdir={':'.join(lower_paths)}",
+            f"upperdir={real_upper}",
+            f"workdir={real_work}",
+            *extra,
+        ]
+    )
+
+
 def mount_overlay(
     lowers: Sequence[Path],
     upper: Path,
@@ -218,7 +239,26 @@ def mount_overlay(
     target: Path,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> None:
-    """Mount an overlay of `lowers` (top first) with `upper`/`work` at `target`."""
+    """Mount an overlay of `lowers` (top first) with `upper`/`work` at `target`.
+
+    When the options fit in a page with absolute paths (shallow chains: the common case) the
+    engine calls mount(2) itself, which saves a `mount` process (~6 ms of a cache hit);
+    otherwise `mount` runs in the layers' common directory with relative paths.
+    """
+    if len(lowers) > OVERLAY_MAX_LAYERS:
+        problem = overlay_limit_problem(len(lowers), "")
+        raise SnapshotError("overlay mount failed", f"cannot mount {target}: {problem}")
+    absolute = absolute_overlay_options(lowers, upper, work)
+    if absolute is not None and len(absolute.encode()) <= MOUNT_DATA_LIMIT:
+        cancel.raise_if_cancelled()
+        if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, absolute.encode()) == 0:
+            return
+        err = ctypes.get_errno()
+        raise SnapshotError(
+            "overlay mount failed",
+            f"mount(2) of {target}: {os.strerror(err)} ({len(lowers)} lower layers, "
+            f"options: {absolute[:300]})",
+        )
     cwd, options = overlay_options(lowers, upper, work)
     problem = overlay_limit_problem(len(lowers), options)
     if problem is not None:
@@ -241,6 +281,7 @@ __all__ = [
     "OVERLAY_EXTRA_OPTIONS",
     "OVERLAY_MAX_LAYERS",
     "MountEntry",
+    "absolute_overlay_options",
     "is_mount_point",
     "mount_overlay",
     "mount_table",

@@ -498,12 +498,18 @@ class OverlayBackend:
             _write_meta(dst, meta)
             return
         try:
-            os.rename(upper, layer)
-        except OSError as exc:
-            if exc.errno != errno.EXDEV:
-                raise
-            _copy_tree(upper, layer)
-            remove_tree(upper)
+            try:
+                os.rename(upper, layer)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                _copy_tree(upper, layer)
+                remove_tree(upper)
+        except BaseException:
+            if upper.is_dir():  # nothing moved: put the clone back as it was
+                with contextlib.suppress(OSError, SnapshotError):
+                    mount_overlay([lw.path for lw in lowers], upper, runtime / WORK, merged)
+            raise
         _write_meta(dst, meta)
         self._rebase_clone(runtime, [Layer(layer, state_id), *lowers], unmounted=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -243,6 +244,17 @@ def test_concurrent_deletes_of_the_same_instance(engine: EngineProcess) -> None:
 def test_full_cycle_leaves_nothing_behind(engine: EngineProcess) -> None:
     body = psql_body("-c", "create table cycle(a int)", "-c", "insert into cycle values (1)")
     first, second = prepare(engine, body), prepare(engine, body)
+    for outcome in (first, second):
+        run = engine.post(
+            "/v1/runs",
+            json={
+                "instance_ref": outcome.result["instance_id"],
+                "kind": "psql",
+                "args": ["-c", "insert into cycle values (2)"],
+            },
+        )
+        events = [json.loads(line) for line in run.text.splitlines()]
+        assert events[-1] == {"type": "exit", "ts": events[-1]["ts"], "exit_code": 0}
     root = first.status["tasks"][2]["output_state_id"]
     assert (
         engine.delete(f"/v1/states/{root}", params={"recurse": "1", "force": "1"}).status_code
@@ -256,3 +268,6 @@ def test_full_cycle_leaves_nothing_behind(engine: EngineProcess) -> None:
     assert root not in states
     leftovers = [p for p in (engine.state_store / "engines").glob(f"*/*/states/{root}*")]
     assert leftovers == []
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(engine.state_store / "jobs" / first.job_id) not in mounts
+    assert str(engine.state_store / "jobs" / second.job_id) not in mounts

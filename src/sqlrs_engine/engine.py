@@ -119,7 +119,8 @@ class Engine:
             return PrepareJobActor.start(job_id, services)
 
         def start_instance(row: Row, handle: ServerHandle | None) -> pykka.ActorRef[Any]:
-            data_dir = store.backend.mount_dir_of(Path(row["runtime_dir"] or root / "missing"))
+            # Through the store: it also finds (and remounts) clones made by another backend.
+            data_dir = snapshots.mount_dir_of(Path(row["runtime_dir"] or root / "missing"))
             return InstanceActor.start(
                 row["instance_id"], row["image_id"], handle, data_dir, runtime
             )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import signal
 import time
 from pathlib import Path
 
 import requests
 
+from tests.support.dirs import servers_under
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, psql_body, query, submit, wait
 
@@ -95,3 +97,25 @@ def test_open_streams_do_not_starve_short_requests(scratch_dir: Path) -> None:
         assert wait(engine, job_id).status["status"] == "succeeded"
     finally:
         engine.stop()
+
+
+def test_a_crashed_engine_leaves_no_orphan_server_after_recovery(scratch_dir: Path) -> None:
+    first = start_engine(scratch_dir)
+    job_id = submit(first, psql_body("-c", "select pg_sleep(3); create table after_crash(a int)"))
+    wait_for_task_running(first, job_id)
+    deadline = time.monotonic() + 30
+    while not servers_under(first.state_store / "jobs" / job_id):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    orphans = servers_under(first.state_store / "jobs" / job_id)
+    first.stop(signal.SIGKILL)
+    second = start_engine(scratch_dir)
+    try:
+        outcome = wait(second, job_id)
+        assert outcome.status["status"] == "succeeded", outcome.status
+        assert any("left by an interrupted run" in line for line in outcome.log_lines())
+        live = servers_under(second.state_store / "jobs" / job_id)
+        assert len(live) == 1 and not set(live) & set(orphans)
+        assert query(outcome.dsn, "select count(*) from after_crash") == "0"
+    finally:
+        second.stop()

@@ -52,6 +52,8 @@ class RuntimeSession:
 
     def start_from(self, source: Path, is_state: bool) -> ServerHandle:
         """Clone `source` (base or state dir) into the runtime dir and start a server on it."""
+        if self.handle is None:
+            self._stop_leftover_server()
         self.release()
         try:
             self.mount_dir = self._snapshots.clone_to_runtime(
@@ -66,6 +68,20 @@ class RuntimeSession:
         self._runtime.prepare_data_dir(self.mount_dir)
         self.handle = self._runtime.start(self.image_id, self.mount_dir, self._log, self._cancel)
         return self.handle
+
+    def _stop_leftover_server(self) -> None:
+        """A job resumed after an engine crash may find its old server still running."""
+        if not self.runtime_dir.exists():
+            return
+        try:
+            data_dir = self._snapshots.mount_dir_of(self.runtime_dir)
+            leftover = self._runtime.adopt(self.image_id, data_dir)
+        except Exception as error:
+            log.warning("job %s: cannot inspect old runtime: %s", self.job_id, error)
+            return
+        if leftover is not None:
+            self._log(f"stopping server {leftover.runtime_id} left by an interrupted run")
+            self._runtime.kill(leftover)
 
     def stop_for_snapshot(self) -> Path:
         """Cleanly stop the server (checkpoint; no crash recovery later); returns the data dir."""

@@ -95,6 +95,8 @@ def test_events_reach_live_subscribers_in_order(tmp_path: Path) -> None:
         ranged = registry.subscribe_events("a" * 32, 1, 2).get()
         assert [e["message"] for e in ranged.backlog] == ["one"]
     finally:
+        for job_actor in idle_job_actor.started:  # finish_job made the registry forget it
+            job_actor.stop()
         ref.stop()
 
 

@@ -32,6 +32,7 @@ from sqlrs_engine.http.context import ApiContext
 from sqlrs_engine.http.server import HttpServer
 from sqlrs_engine.ids import new_auth_token, new_engine_instance_id
 from sqlrs_engine.jobs.services import JobServices
+from sqlrs_engine.logsetup import apply_log_level
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import Runtime, ServerHandle
 from sqlrs_engine.runtime.select import RuntimeSelectionError, select_runtime
@@ -99,6 +100,7 @@ class Engine:
         root = self.options.state_store
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = ConfigStore.in_root(root)
+        apply_log_level(config.log_level())
         choice = select_runtime(
             config.container_runtime(), config.host_user(), config.host_bin_dirs(), self._environ
         )

@@ -17,6 +17,19 @@ class _UtcFormatter(logging.Formatter):
         return f"{stamp}.{int(record.msecs):03d}Z"
 
 
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def apply_log_level(level: str) -> None:
+    """Config `log.level` (read at start-up): debug, info, warn or error."""
+    logging.getLogger().setLevel(_LEVELS.get(level.lower(), logging.DEBUG))
+
+
 def configure_logging(log_dir: Path, level: str = "DEBUG") -> Path:
     """Log to `log_dir/engine.log` (0600, dir 0700) and to stderr when it is a terminal."""
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

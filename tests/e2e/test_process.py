@@ -170,3 +170,17 @@ def test_listen_port_in_use_exits_1(scratch_dir: Path) -> None:
         assert "address" in result.stderr.lower() or "in use" in result.stderr.lower()
     finally:
         first.stop()
+
+
+def test_log_level_from_config_is_applied_at_start(scratch_dir: Path) -> None:
+    store = scratch_dir / "state-store"
+    store.mkdir()
+    (store / "config.json").write_text('{"log": {"level": "warn"}}')
+    engine = start_engine(scratch_dir)
+    try:
+        assert engine.get("/v1/states").status_code == 200
+    finally:
+        engine.stop()
+    log = engine.stderr_text()
+    assert "http request" not in log, "info lines are dropped at level warn"
+    assert "sqlrs-engine version=" in log, "the first line is written before config is read"

@@ -122,9 +122,15 @@ class Engine:
 
         def start_instance(row: Row, handle: ServerHandle | None) -> pykka.ActorRef[Any]:
             # Through the store: it also finds (and remounts) clones made by another backend.
-            data_dir = snapshots.mount_dir_of(Path(row["runtime_dir"] or root / "missing"))
+            runtime_dir = Path(row["runtime_dir"] or root / "missing")
+            data_dir = snapshots.mount_dir_of(runtime_dir)
             return InstanceActor.start(
-                row["instance_id"], row["image_id"], handle, data_dir, runtime
+                row["instance_id"],
+                row["image_id"],
+                handle,
+                data_dir,
+                runtime,
+                lambda: snapshots.mount_dir_of(runtime_dir),
             )
 
         self._registry_ref, self._registry = start_registry(

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -296,6 +297,23 @@ def test_killed_server_is_restarted_once_for_two_concurrent_runs(
     data_dirs = engine.state_store / "jobs" / fresh_instance.job_id
     assert servers_under(data_dirs) == [new_pid]
     assert query(fresh_instance.dsn, "select count(*) from items") == "1", "same DSN as before"
+
+
+def test_a_killed_server_whose_clone_was_unmounted_is_remounted_and_restarted(
+    engine: EngineProcess, fresh_instance: JobOutcome
+) -> None:
+    instance_id = fresh_instance.result["instance_id"]
+    runtime_dir = engine.state_store / "jobs" / fresh_instance.job_id / "runtime"
+    merged = runtime_dir / "merged"
+    if str(merged) not in Path("/proc/self/mounts").read_text():
+        pytest.skip("the instance's clone is not an overlay mount (copy/btrfs backend)")
+    pid = int(engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"].removeprefix("host:"))
+    os.kill(pid, signal.SIGKILL)
+    assert procs.wait_dead([pid], 10)
+    assert wait_for(lambda: subprocess.run(["umount", str(merged)]).returncode == 0, 10)
+    result = run(engine, psql(instance_id, "-At", "-c", "select name from items"))
+    assert result.text("stdout") == "one\n" and result.exit_code == 0
+    assert str(merged) in Path("/proc/self/mounts").read_text(), "the clone was mounted again"
 
 
 def client_processes(marker: str) -> list[int]:

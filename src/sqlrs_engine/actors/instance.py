@@ -14,6 +14,7 @@ and runs them on its own thread, so a long run never blocks this mailbox (rule 3
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ class InstanceActor(pykka.ThreadingActor):
         handle: ServerHandle | None,
         data_dir: Path,
         runtime: Runtime,
+        locate_data_dir: Callable[[], Path] | None = None,
     ) -> None:
         super().__init__()
         self.instance_id = instance_id
@@ -67,6 +69,8 @@ class InstanceActor(pykka.ThreadingActor):
         self._handle = handle
         self._data_dir = data_dir
         self._runtime = runtime
+        self._locate_data_dir = locate_data_dir
+        """Finds (and, for a layered clone whose mount is gone, remounts) the data dir."""
 
     def on_start(self) -> None:
         if self._handle is None:
@@ -105,6 +109,8 @@ class InstanceActor(pykka.ThreadingActor):
             # memory (they would make the new postmaster refuse to start), its stale
             # postmaster.pid, its port reservation and socket directory.
             self._runtime.kill(previous)
+        if self._locate_data_dir is not None:
+            self._data_dir = self._locate_data_dir()
         if not self._data_dir.is_dir():
             raise JobFailure(
                 "internal_error",

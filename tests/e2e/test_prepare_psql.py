@@ -305,3 +305,32 @@ def test_servers_run_as_the_unprivileged_user(engine: EngineProcess) -> None:
     assert data.is_relative_to(engine.state_store / "jobs" / outcome.job_id)
     assert data.stat().st_uid == pwd.getpwnam("postgres").pw_uid
     assert query(outcome.dsn, "select current_setting('is_superuser')") == "on"
+
+
+def test_a_file_changed_between_planning_and_its_step_is_re_hashed(
+    engine: EngineProcess, scratch_dir: Path
+) -> None:
+    first, second = scratch_dir / "first.sql", scratch_dir / "second.sql"
+    first.write_text("select pg_sleep(1.5);\ncreate table replanned(a int);\n")
+    second.write_text("insert into replanned values (1);\n")
+    job_id = submit(engine, psql_body("-f", str(first), "-f", str(second)))
+    deadline = time.monotonic() + 60
+    while not any(
+        t["task_id"] == "execute-0" and t["status"] == "running"
+        for t in engine.get("/v1/tasks", params={"job": job_id}).json()
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    planned = next(
+        t
+        for t in engine.get("/v1/tasks", params={"job": job_id}).json()
+        if t["task_id"] == "execute-1"
+    )
+    second.write_text("insert into replanned values (2);\n")  # step 1's file changes meanwhile
+    outcome = wait(engine, job_id)
+    assert outcome.status["status"] == "succeeded", outcome.status
+    assert query(outcome.dsn, "select a from replanned") == "2"
+    final = next(t for t in outcome.status["tasks"] if t["task_id"] == "execute-1")
+    assert final["task_hash"] != planned["task_hash"]
+    assert outcome.result["state_id"] == final["output_state_id"]
+    assert any("changed since planning" in line for line in outcome.log_lines())

@@ -115,7 +115,8 @@ class PsqlJob:
             self.cancel,
         )
         steps = self._args.steps
-        for task in self.plan:
+        for position in range(len(self.plan)):
+            task = self.plan[position]  # re-read: a step may re-plan the tasks after it
             if task.type == TASK_RESOLVE_IMAGE:
                 self.tasks.succeed(task.task_id)
             elif task.type == TASK_STATE_EXECUTE:

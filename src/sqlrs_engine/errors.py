@@ -7,6 +7,8 @@ in `prepare/` reaches the user unchanged, whichever path reported it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -68,3 +70,15 @@ class JobFailure(Exception):
 
 def cancelled(message: str = "task cancelled") -> JobFailure:
     return JobFailure("cancelled", message)
+
+
+@contextmanager
+def failures_reported_as(message: str) -> Iterator[None]:
+    """Report a collaborator's `JobFailure` as this step's (`internal_error` / `message`),
+    keeping its reason in the details; a cancellation stays a cancellation."""
+    try:
+        yield
+    except JobFailure as failure:
+        if failure.code == "cancelled":
+            raise
+        raise JobFailure("internal_error", message, failure.details or failure.message) from None

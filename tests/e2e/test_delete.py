@@ -12,10 +12,18 @@ import pytest
 
 from tests.support.dirs import servers_under
 from tests.support.engine_process import EngineProcess
-from tests.support.prepare import PSQL, JobOutcome, prepare, psql_body, query, submit
+from tests.support.prepare import (
+    PSQL,
+    JobOutcome,
+    prepare,
+    psql_body,
+    query,
+    submit,
+    wait_for_running_step,
+)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine(shared_engine: EngineProcess) -> EngineProcess:
     """One engine for the module: the tests use distinct scripts, so they don't interfere."""
     return shared_engine
@@ -170,13 +178,7 @@ def test_bad_flag_is_400(engine: EngineProcess) -> None:
 
 def test_delete_running_job_blocked_then_forced(engine: EngineProcess) -> None:
     job_id = submit(engine, psql_body("-c", "select pg_sleep(60)"))
-    deadline = time.monotonic() + 60
-    while not any(
-        t["status"] == "running" and t["type"] == "state_execute"
-        for t in engine.get("/v1/tasks", params={"job": job_id}).json()
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    wait_for_running_step(engine, job_id)
     blocked = engine.delete(f"/v1/prepare-jobs/{job_id}")
     assert blocked.status_code == 409
     assert blocked.json() == {

@@ -10,24 +10,14 @@ from pathlib import Path
 import requests
 
 from tests.support.dirs import servers_under
-from tests.support.engine_process import EngineProcess, start_engine
-from tests.support.prepare import prepare, psql_body, query, submit, wait
-
-
-def wait_for_task_running(engine: EngineProcess, job_id: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tasks = engine.get("/v1/tasks", params={"job": job_id}).json()
-        if any(t["type"] == "state_execute" and t["status"] == "running" for t in tasks):
-            return
-        time.sleep(0.1)
-    raise AssertionError("step never started")
+from tests.support.engine_process import start_engine
+from tests.support.prepare import prepare, psql_body, query, submit, wait, wait_for_running_step
 
 
 def test_restart_resumes_an_interrupted_job(scratch_dir: Path) -> None:
     first = start_engine(scratch_dir)
     job_id = submit(first, psql_body("-c", "select pg_sleep(2); create table resumed(a int)"))
-    wait_for_task_running(first, job_id)
+    wait_for_running_step(first, job_id)
     assert first.stop() == 0, "a running job does not prevent a clean shutdown"
     second = start_engine(scratch_dir)
     try:
@@ -102,7 +92,7 @@ def test_open_streams_do_not_starve_short_requests(scratch_dir: Path) -> None:
 def test_a_crashed_engine_leaves_no_orphan_server_after_recovery(scratch_dir: Path) -> None:
     first = start_engine(scratch_dir)
     job_id = submit(first, psql_body("-c", "select pg_sleep(3); create table after_crash(a int)"))
-    wait_for_task_running(first, job_id)
+    wait_for_running_step(first, job_id)
     deadline = time.monotonic() + 30
     while not servers_under(first.state_store / "jobs" / job_id):
         assert time.monotonic() < deadline

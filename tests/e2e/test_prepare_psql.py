@@ -19,10 +19,11 @@ from tests.support.prepare import (
     query,
     submit,
     wait,
+    wait_for_running_step,
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def engine(shared_engine: EngineProcess) -> EngineProcess:
     """One engine for the module: the tests use distinct scripts, so they don't interfere."""
     return shared_engine
@@ -140,12 +141,7 @@ def test_on_error_stop_is_enforced_on_every_step(engine: EngineProcess) -> None:
 
 def test_cancel_kills_a_long_step_quickly(engine: EngineProcess) -> None:
     job_id = submit(engine, psql_body("-c", "select pg_sleep(60)"))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        tasks = engine.get("/v1/tasks", params={"job": job_id}).json()
-        if any(t["task_id"] == "execute-0" and t["status"] == "running" for t in tasks):
-            break
-        time.sleep(0.1)
+    wait_for_running_step(engine, job_id)
     events = engine.get(f"/v1/prepare-jobs/{job_id}/events", stream=True)
     time.sleep(1.0)
     started = time.monotonic()
@@ -314,13 +310,7 @@ def test_a_file_changed_between_planning_and_its_step_is_re_hashed(
     first.write_text("select pg_sleep(1.5);\ncreate table replanned(a int);\n")
     second.write_text("insert into replanned values (1);\n")
     job_id = submit(engine, psql_body("-f", str(first), "-f", str(second)))
-    deadline = time.monotonic() + 60
-    while not any(
-        t["task_id"] == "execute-0" and t["status"] == "running"
-        for t in engine.get("/v1/tasks", params={"job": job_id}).json()
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for_running_step(engine, job_id)
     planned = next(
         t
         for t in engine.get("/v1/tasks", params={"job": job_id}).json()

@@ -9,7 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from sqlrs_engine.runtime import procs
-from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
-from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.dirs import servers_under
+from tests.support.engine_process import EngineProcess
 from tests.support.prepare import JobOutcome, prepare, psql_body, query
 
 SCHEMA = "create table items(id int primary key, name text); insert into items values (1, 'one')"
@@ -70,14 +70,9 @@ def pgbench(ref: str, *args: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[EngineProcess]:
-    workdir = make_scratch_dir()
-    running = start_engine(workdir)
-    try:
-        yield running
-    finally:
-        running.stop()
-        remove_scratch_dir(workdir)
+def engine(shared_engine: EngineProcess) -> EngineProcess:
+    """One engine for the module (e2e/conftest.py)."""
+    return shared_engine
 
 
 def new_instance(engine: EngineProcess) -> JobOutcome:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -20,26 +19,12 @@ from pathlib import Path
 import pytest
 
 from sqlrs_engine.cancel import CancelToken
-from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import ServerHandle
 from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.layout import StoreLayout
 from sqlrs_engine.snapshot.store import StateStore
-
-
-def kill_servers_under(root: Path) -> None:
-    """SIGKILL every process whose cwd or command line is under `root` (and its group)."""
-    prefix = os.path.realpath(root) + os.sep
-    for pid in procs.all_pids():
-        if pid == os.getpid():
-            continue
-        where = procs.cwd(pid) or ""
-        args = procs.cmdline(pid)
-        if where.startswith(prefix) or any(prefix in arg for arg in args):
-            procs.send(pid, signal.SIGKILL)
-            if procs.process_group(pid) == pid:
-                procs.kill_group_members(pid)
+from tests.support.dirs import kill_servers_under
 
 
 @pytest.fixture(scope="session")

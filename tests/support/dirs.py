@@ -6,14 +6,14 @@ CI), and PostgreSQL running as `postgres` could not reach a data directory there
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from sqlrs_engine.runtime import procs
 
 SCRATCH_PARENT = Path(os.environ.get("SQLRS_TEST_SCRATCH", "/var/tmp"))
 
@@ -42,18 +42,25 @@ def servers_under(path: Path) -> list[int]:
 
 
 def kill_servers_under(path: Path, timeout: float = 10.0) -> None:
-    """Immediate shutdown of servers a test left running (instances outlive the engine)."""
-    pids = servers_under(path)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGQUIT)
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
-        time.sleep(0.05)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    """Stop what a test left running under `path` (instances outlive the engine).
+
+    Postmasters get an immediate shutdown (SIGQUIT) first; then anything still working there
+    (a backend orphaned by a killed postmaster, a client) is killed with its process group.
+    Liveness comes from `procs`, which does not mistake a zombie for a live process.
+    """
+    postmasters = servers_under(path)
+    for pid in postmasters:
+        procs.send(pid, signal.SIGQUIT)
+    procs.wait_dead(postmasters, timeout)
+    prefix = os.path.realpath(path) + os.sep
+    for pid in procs.all_pids():
+        if pid == os.getpid():
+            continue
+        working_dir = procs.cwd(pid) or ""
+        if working_dir.startswith(prefix) or any(prefix in arg for arg in procs.cmdline(pid)):
+            procs.send(pid, signal.SIGKILL)
+            if procs.process_group(pid) == pid:
+                procs.kill_group_members(pid)
 
 
 def remove_scratch_dir(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,17 @@ def wait(engine: EngineProcess, job_id: str) -> JobOutcome:
 
 def prepare(engine: EngineProcess, body: dict[str, Any]) -> JobOutcome:
     return wait(engine, submit(engine, body))
+
+
+def wait_for_running_step(engine: EngineProcess, job_id: str, timeout: float = 60.0) -> None:
+    """Block until one of the job's `state_execute` tasks is running (its psql has a server)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        tasks = engine.get("/v1/tasks", params={"job": job_id}).json()
+        if any(t["type"] == "state_execute" and t["status"] == "running" for t in tasks):
+            return
+        assert time.monotonic() < deadline, f"no step of job {job_id} started in {timeout}s"
+        time.sleep(0.05)
 
 
 def query(dsn: str, sql: str) -> str:

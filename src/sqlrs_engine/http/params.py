@@ -66,3 +66,8 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
             "invalid json payload", f"expected a JSON object, got {type(value).__name__}"
         )
     return value
+
+
+def json_object_body(request: Any) -> dict[str, Any]:
+    """The request's body as a JSON object, size-limited; every 4xx of the two steps above."""
+    return decode_json_object(read_body(request.body, request.content_length))

@@ -9,7 +9,7 @@ import bottle
 from sqlrs_engine.errors import ApiError, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON
-from sqlrs_engine.http.params import decode_json_object, optional_text, read_body
+from sqlrs_engine.http.params import json_object_body, optional_text
 from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
 from sqlrs_engine.http.streams import (
     content_range,
@@ -27,14 +27,14 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.post("/v1/prepare-jobs")
     def submit_job() -> Any:
-        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        body = json_object_body(bottle.request)
         record = validate_submission(body, ctx.cwd)
         accepted = registry.submit_job(record).get(timeout=ASK_TIMEOUT)
         return json_response(accepted, status=201, headers={"Location": accepted["status_url"]})
 
     @app.post("/v1/cache/explain/prepare")
     def explain() -> Any:
-        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        body = json_object_body(bottle.request)
         request = parse_prepare_request(body)
         normalized_args(request, ctx.cwd)
         if ctx.runtime is None:

@@ -18,7 +18,7 @@ from sqlrs_engine.actors.instance import RunningServer, instance_proxy
 from sqlrs_engine.errors import JobFailure, internal_error
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON, json_line
-from sqlrs_engine.http.params import decode_json_object, read_body
+from sqlrs_engine.http.params import json_object_body
 from sqlrs_engine.http.streams import client_gone
 from sqlrs_engine.runs.executor import RUN_FAILED, RunExecution
 from sqlrs_engine.runs.requests import FoundInstance, validate_run_request
@@ -39,7 +39,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.post("/v1/runs")
     def run() -> Any:
-        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        body = json_object_body(bottle.request)
         plan = validate_run_request(body, lookup)
         ref = registry.instance_actor(plan.instance_id).get(timeout=ASK_TIMEOUT)
         if ref is None:

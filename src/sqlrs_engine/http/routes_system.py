@@ -9,7 +9,7 @@ import bottle
 from sqlrs_engine.config.schema import config_schema
 from sqlrs_engine.errors import invalid_argument
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
-from sqlrs_engine.http.params import decode_json_object, parse_bool, read_body
+from sqlrs_engine.http.params import json_object_body, parse_bool
 from sqlrs_engine.http.responses import json_response
 
 
@@ -36,7 +36,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.route("/v1/config", method="PATCH")
     def patch_config() -> Any:
-        body = decode_json_object(read_body(bottle.request.body, bottle.request.content_length))
+        body = json_object_body(bottle.request)
         path = body.get("path")
         if path is not None and not isinstance(path, str):
             raise invalid_argument("invalid config value", "config path is invalid")

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
-from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.errors import JobFailure, failures_reported_as
 from sqlrs_engine.ids import new_instance_id
 from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.planning import plan_psql
@@ -218,16 +218,10 @@ class PsqlJob:
 
     def _init_base(self, base_dir: Path) -> None:
         self.events.log(f"host: init base {self.effective_image}")
-        try:
+        with failures_reported_as("cannot initialize base state"):
             self.services.runtime.init_base(
                 self.effective_image, base_dir, self.events.log, self.cancel
             )
-        except JobFailure as failure:
-            if failure.code == "cancelled":
-                raise
-            raise JobFailure(
-                "internal_error", "cannot initialize base state", failure.details
-            ) from None
 
     def _ensure_runtime(self, task: PlanTask) -> ServerHandle:
         assert self.session is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlrs_engine.actors.snapshot import SnapshotClient
 from sqlrs_engine.cancel import CancelToken
-from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.errors import failures_reported_as
 from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
 
 log = logging.getLogger(__name__)
@@ -55,15 +55,10 @@ class RuntimeSession:
         if self.handle is None:
             self._stop_leftover_server()
         self.release()
-        try:
+        with failures_reported_as("cannot clone state"):
             self.mount_dir = self._snapshots.clone_to_runtime(
                 source, self.job_id, require_pg_version=is_state, cancel=self._cancel
             )
-        except JobFailure as failure:
-            if failure.code == "cancelled":
-                raise
-            details = failure.details or failure.message
-            raise JobFailure("internal_error", "cannot clone state", details) from None
         self.source = source
         self._runtime.prepare_data_dir(self.mount_dir)
         self.handle = self._runtime.start(self.image_id, self.mount_dir, self._log, self._cancel)
@@ -87,10 +82,8 @@ class RuntimeSession:
         """Cleanly stop the server (checkpoint; no crash recovery later); returns the data dir."""
         assert self.handle is not None and self.mount_dir is not None
         self._log("pg_ctl: stop for snapshot")
-        try:
+        with failures_reported_as("snapshot prepare failed"):
             self._runtime.stop(self.handle, self._log)
-        except JobFailure as failure:
-            raise JobFailure("internal_error", "snapshot prepare failed", failure.details) from None
         return self.mount_dir
 
     def restart(self) -> ServerHandle:
@@ -98,14 +91,10 @@ class RuntimeSession:
         assert self.mount_dir is not None
         self._log("pg_ctl: start after snapshot")
         port = self.handle.port if self.handle is not None else None
-        try:
+        with failures_reported_as("snapshot resume failed"):
             self.handle = self._runtime.start(
                 self.image_id, self.mount_dir, self._log, self._cancel, port
             )
-        except JobFailure as failure:
-            if failure.code == "cancelled":
-                raise
-            raise JobFailure("internal_error", "snapshot resume failed", failure.details) from None
         return self.handle
 
     def restart_after_failure(self) -> None:

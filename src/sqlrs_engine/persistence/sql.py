@@ -15,7 +15,7 @@ from typing import Any
 
 import dataset
 
-Row = dict[str, Any]
+from sqlrs_engine.persistence.rows import Row
 
 
 def _end_implicit_transaction(db: dataset.Database) -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlrs_engine import process
-from sqlrs_engine.cancel import CancelToken
+from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
@@ -347,15 +347,7 @@ class HostRuntime:
             raise JobFailure("internal_error", message, str(exc)) from None
         argv = pg.initdb_argv(install.bin_dir, pgdata, locale=self.locale)
         try:
-            result = process.run_lines(
-                argv,
-                user=self.user,
-                env=self._server_env(),
-                inherit_env=False,
-                cancel=cancel,
-                on_line=lambda _stream, line: log(f"initdb: {line}"),
-                timeout=600,
-            )
+            result = self._run_as_server(argv, "initdb", log, 600, cancel)
             if result.exit_code != 0:
                 raise JobFailure(
                     "internal_error",
@@ -442,14 +434,7 @@ class HostRuntime:
         install = self._install_for_data_dir(handle.data_dir)
         argv = pg.pg_ctl_stop_argv(install.bin_dir, pgdata, "fast", int(self.stop_timeout))
         try:
-            result = process.run_lines(
-                argv,
-                user=self.user,
-                env=self._server_env(),
-                inherit_env=False,
-                on_line=lambda _stream, line: log(f"pg_ctl: {line}"),
-                timeout=self.stop_timeout + 15,
-            )
+            result = self._run_as_server(argv, "pg_ctl", log, self.stop_timeout + 15)
         except ProcessError as exc:
             raise JobFailure("internal_error", "cannot stop server", str(exc)) from None
         status = self._status(install, pgdata)
@@ -611,6 +596,26 @@ class HostRuntime:
 
     # -- internals -----------------------------------------------------------------------------
 
+    def _run_as_server(
+        self,
+        argv: Sequence[str],
+        prefix: str,
+        log: LogSink,
+        timeout: float,
+        cancel: CancelToken = NEVER_CANCELLED,
+    ) -> process.RunResult:
+        """Run a server-side program (initdb, pg_ctl) as the server user; each output line
+        becomes a log line `<prefix>: <line>`."""
+        return process.run_lines(
+            argv,
+            user=self.user,
+            env=self._server_env(),
+            inherit_env=False,
+            cancel=cancel,
+            on_line=lambda _stream, line: log(f"{prefix}: {line}"),
+            timeout=timeout,
+        )
+
     def _server_env(self) -> dict[str, str]:
         env = _clean_env(os.environ)
         for name in [k for k in env if k.startswith("LC_") or k in ("LANG", "LANGUAGE")]:
@@ -700,15 +705,7 @@ class HostRuntime:
         )
         deadline = time.monotonic() + self.start_timeout
         try:
-            result = process.run_lines(
-                argv,
-                user=self.user,
-                env=self._server_env(),
-                inherit_env=False,
-                cancel=cancel,
-                on_line=lambda _stream, line: log(f"pg_ctl: {line}"),
-                timeout=self.start_timeout + 15,
-            )
+            result = self._run_as_server(argv, "pg_ctl", log, self.start_timeout + 15, cancel)
         except ProcessError as exc:
             raise JobFailure("internal_error", "cannot start runtime", str(exc)) from None
         if result.exit_code != 0:

@@ -21,6 +21,7 @@ from sqlrs_engine.snapshot.base import (
 )
 from sqlrs_engine.snapshot.fsops import (
     check_no_overlap,
+    check_state_dst,
     clear_dir,
     copy_dir_attrs,
     copy_entries,
@@ -29,7 +30,7 @@ from sqlrs_engine.snapshot.fsops import (
     remove_tree,
     tree_size,
 )
-from sqlrs_engine.snapshot.layout import BUILD_LOCK, STORE_METADATA_NAMES, state_build_marker
+from sqlrs_engine.snapshot.layout import STORE_METADATA_NAMES, state_build_marker
 
 
 class CopyBackend:
@@ -76,16 +77,7 @@ class CopyBackend:
         if problem is not None:
             raise SnapshotError("snapshot refused", f"{problem} ({src_mount_dir})")
         check_no_overlap(src_mount_dir, dst, what)
-        if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
-            raise SnapshotError(what, f"state dir {dst} exists and is not a directory")
-        if dst.exists():
-            leftovers = sorted(p.name for p in dst.iterdir() if p.name != BUILD_LOCK)
-            if leftovers:
-                raise SnapshotError(
-                    what,
-                    f"state dir {dst} is not empty ({', '.join(leftovers[:5])}); "
-                    "reset it before taking a new snapshot",
-                )
+        check_state_dst(dst, what)
         try:
             dst.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

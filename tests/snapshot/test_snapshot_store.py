@@ -440,6 +440,42 @@ def test_remove_state_waits_for_lock_and_builder_recovers(
     assert max_holders == 1
 
 
+class RacingBackend(CopyBackend):
+    """Copy backend whose `ensure_state_dir` loses `races` races against a concurrent removal.
+
+    `mkdir(exist_ok=True)` raises EEXIST when the dir exists at `mkdir` time but is gone by
+    its `is_dir()` check; that window is too small to hit on demand, so it is simulated here.
+    """
+
+    def __init__(self, races: int) -> None:
+        self.races = races
+
+    def ensure_state_dir(self, path: Path) -> None:
+        if self.races > 0:
+            self.races -= 1
+            raise FileExistsError(17, "File exists", str(path))
+        super().ensure_state_dir(path)
+
+
+def test_build_lock_starts_over_when_its_dir_is_removed_during_mkdir(
+    tmp_path: Path, data_dir: DataDirFactory
+) -> None:
+    store = StateStore(StoreLayout(tmp_path / "root"), RacingBackend(races=2))
+    with store.build_state(IMAGE, SID) as build:
+        build.snapshot(data_dir("runtime"), parent=None)
+        build.commit()
+    assert store.validate_state(IMAGE, SID) is None
+
+
+def test_build_lock_gives_up_with_a_reason_when_its_dir_never_appears(tmp_path: Path) -> None:
+    store = StateStore(StoreLayout(tmp_path / "root"), RacingBackend(races=10_000))
+    with pytest.raises(SnapshotError) as err, store.build_state(IMAGE, SID):
+        pass
+    assert err.value.message == "cannot take lock"
+    assert "keeps disappearing" in (err.value.details or "")
+    assert "File exists" in (err.value.details or "")
+
+
 # -- runtime clones (SPEC §2.10) --------------------------------------------------------------
 
 

@@ -154,20 +154,27 @@ class StateStore:
         cancel: CancelToken,
         timeout: float | None,
     ) -> Iterator[None]:
-        """Hold FileLock `path`, re-creating its directory if it is removed while we wait."""
+        """Hold FileLock `path`, re-creating its directory if it is removed while we wait.
+
+        `ensure_dir` runs outside the lock, so it can race with a holder removing the same
+        directory: `mkdir` then fails with EEXIST for a directory that is gone a moment later
+        (or ENOENT for a parent). Both mean "removed under us", so we start over.
+        """
+        last: OSError | None = None
         for _ in range(_LOCK_ATTEMPTS):
-            ensure_dir()
             lock = FileLock(path, cancel=cancel, timeout=timeout)
             try:
+                ensure_dir()
                 lock.acquire()
-            except FileNotFoundError:
-                continue  # the directory was removed by the previous holder: start over
+            except (FileExistsError, FileNotFoundError) as exc:
+                last = exc  # the directory was removed by the previous holder: start over
+                continue
             try:
                 yield
             finally:
                 lock.release()
             return
-        raise SnapshotError("cannot take lock", f"{path.parent} keeps disappearing")
+        raise SnapshotError("cannot take lock", f"{path.parent} keeps disappearing: {last}")
 
     def _build_lock(
         self, image_id: str, state_id: str, cancel: CancelToken, timeout: float | None

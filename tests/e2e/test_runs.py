@@ -370,6 +370,30 @@ def test_large_output_is_streamed_in_chunks_with_bounded_memory(
     assert growth < 8 * 1024, f"engine peak memory grew by {growth} KiB for 16 MB of output"
 
 
+def test_a_reader_that_pauses_longer_than_the_socket_timeout_gets_the_whole_output(
+    engine: EngineProcess, instance: JobOutcome
+) -> None:
+    """A paused reader (a pager) holds the program back, and the stream survives the pause.
+
+    Cheroot's socket timeout is 10 s; the pause is longer, with far more output pending than
+    the socket buffers hold, so the engine's write blocks through the whole pause.
+    """
+    rows, width = 16_000, 1000
+    sql = f"select repeat('y', {width}) from generate_series(1, {rows})"
+    with engine.post(
+        "/v1/runs", json=psql(instance.result["instance_id"], "-At", "-c", sql), stream=True
+    ) as response:
+        lines = response.iter_lines()
+        first = json.loads(next(lines))
+        assert first["type"] == "start"
+        time.sleep(12)
+        assert client_processes(sql), "psql finished during the pause: nothing held it back"
+        events = [first] + [json.loads(line) for line in lines if line]
+    stdout = "".join(e["data"] for e in events if e["type"] == "stdout")
+    assert len(stdout) == rows * (width + 1)
+    assert events[-1] == {"type": "exit", "ts": events[-1]["ts"], "exit_code": 0}
+
+
 def test_eight_concurrent_runs_on_one_instance_and_on_different_instances(
     engine: EngineProcess, instance: JobOutcome
 ) -> None:

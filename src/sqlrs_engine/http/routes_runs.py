@@ -19,7 +19,7 @@ from sqlrs_engine.errors import JobFailure, internal_error
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON, json_line
 from sqlrs_engine.http.params import json_object_body
-from sqlrs_engine.http.streams import client_gone
+from sqlrs_engine.http.streams import client_gone, wait_for_slow_readers
 from sqlrs_engine.runs.executor import RUN_FAILED, RunExecution
 from sqlrs_engine.runs.requests import FoundInstance, validate_run_request
 from sqlrs_engine.runtime.base import LogSink
@@ -76,9 +76,11 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
 def _ndjson(execution: RunExecution, environ: dict[str, Any]) -> Iterator[bytes]:
     """The events as NDJSON lines; closing this generator closes (cancels) the run."""
+    restore_timeout = wait_for_slow_readers(environ)
     events = execution.stream(lambda: client_gone(environ))
     try:
         for event in events:
             yield json_line(event)
     finally:
         events.close()
+        restore_timeout()

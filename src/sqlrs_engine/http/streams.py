@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import re
 import select
@@ -74,6 +75,43 @@ def client_gone(environ: dict[str, Any]) -> bool:
     return False
 
 
+KEEPALIVE_IDLE_SECONDS = 60
+KEEPALIVE_INTERVAL_SECONDS = 10
+KEEPALIVE_PROBES = 6
+"""TCP keepalive while a stream waits on a slow reader: a vanished peer is noticed in ~2 min."""
+
+
+def wait_for_slow_readers(environ: dict[str, Any]) -> Callable[[], None]:
+    """Let a stream block on a reader that pauses, instead of dropping it after 10 s.
+
+    Cheroot applies one socket timeout (`Server.timeout`, 10 s) to every read and write, so a
+    client that stops reading for a while (output piped into a pager, a suspended process)
+    would lose its run or event stream with a write timeout. While a stream lasts, its socket
+    blocks without a timeout, like a pipe: a slow reader slows the producer down. A client that
+    closes is still noticed at once (the write fails), and TCP keepalive notices a peer that
+    vanished without closing. Returns the function that restores the previous timeout.
+    """
+    sock: socket.socket | None = environ.get(SOCKET_KEY)
+    if sock is None:
+        return lambda: None
+    previous = sock.gettimeout()
+    try:
+        sock.settimeout(None)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+    except OSError:
+        return lambda: None  # the client is already gone; the next write says so
+
+    def restore() -> None:
+        with contextlib.suppress(OSError):
+            sock.settimeout(previous)
+
+    return restore
+
+
 def drain_events(
     sub: Subscription,
     start: int,
@@ -83,6 +121,7 @@ def drain_events(
     is_shutting_down: Callable[[], bool] = lambda: False,
 ) -> Iterator[bytes]:
     """Yield the backlog, then mailbox events until END, the range end, or the client leaves."""
+    restore_timeout = wait_for_slow_readers(environ)
     try:
         index = start
         for event in sub.backlog:
@@ -106,4 +145,5 @@ def drain_events(
             if stop is not None and index >= stop:
                 return
     finally:
+        restore_timeout()
         on_close()

@@ -24,7 +24,56 @@ def test_restart_resumes_an_interrupted_job(scratch_dir: Path) -> None:
         outcome = wait(second, job_id)
         assert outcome.status["status"] == "succeeded", outcome.status
         assert "engine restarted: resuming job" in outcome.log_lines()
+        assert "resuming with the stored plan" in outcome.log_lines()
         assert query(outcome.dsn, "select count(*) from resumed") == "0"
+    finally:
+        second.stop()
+
+
+def test_a_resumed_job_keeps_finished_steps_and_replans_when_its_inputs_drifted(
+    scratch_dir: Path,
+) -> None:
+    """SPEC §4.8: the first step finished before the stop is not run again; a changed script
+    file (new signature) drops the stored tasks and the job runs what the file says now."""
+    first_script = scratch_dir / "first.sql"
+    first_script.write_text("create table kept(a int);\n")
+    second_script = scratch_dir / "second.sql"
+    second_script.write_text("select pg_sleep(30);\n")
+    body = psql_body("-f", str(first_script), "-f", str(second_script))
+    first = start_engine(scratch_dir)
+    job_id = submit(first, body)
+    deadline = time.monotonic() + 60
+    while True:
+        statuses = [
+            t["status"]
+            for t in first.get("/v1/tasks", params={"job": job_id}).json()
+            if t["type"] == "state_execute"
+        ]
+        if statuses == ["succeeded", "running"]:
+            break
+        assert time.monotonic() < deadline, statuses
+        time.sleep(0.05)
+    assert first.stop() == 0
+    second_script.write_text("create table changed(a int);\n")
+    second = start_engine(scratch_dir)
+    try:
+        outcome = wait(second, job_id)
+        assert outcome.status["status"] == "succeeded", outcome.status
+        lines = outcome.log_lines()
+        assert any(line.startswith("stored plan dropped: its inputs changed") for line in lines)
+        assert "resuming with the stored plan" not in lines
+        assert query(outcome.dsn, "select count(*) from kept, changed") == "0"
+        first_step = "execute-0"
+        restarted = outcome.events[
+            next(
+                i
+                for i, e in enumerate(outcome.events)
+                if e.get("message", "").startswith("engine restarted")
+            ) :
+        ]
+        assert [
+            e["status"] for e in restarted if e["type"] == "task" and e["task_id"] == first_step
+        ] == ["succeeded"], "the first step's state was reused, not rebuilt"
     finally:
         second.stop()
 

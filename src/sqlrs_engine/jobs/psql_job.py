@@ -18,6 +18,7 @@ from sqlrs_engine.errors import JobFailure, failures_reported_as
 from sqlrs_engine.ids import new_instance_id
 from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.planning import plan_psql
+from sqlrs_engine.jobs.resume import Resumption, StoredPlan, resume_stored_plan
 from sqlrs_engine.jobs.runtime_session import RuntimeSession
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
@@ -68,11 +69,17 @@ class PsqlJob:
         self.session: RuntimeSession | None = None
         self.signature: str | None = None
         self._args: PsqlPlanInput | None = None
+        self.done: frozenset[str] = frozenset()
+        """Tasks a resumed job completed before the engine stopped (not run again)."""
 
     # -- planning --------------------------------------------------------------------------
 
-    def make_plan(self) -> list[PlanTask]:
-        """Plan (jobs/planning.py) and persist the tasks and the signature (§2.8)."""
+    def make_plan(self, stored: StoredPlan | None = None) -> list[PlanTask]:
+        """Plan (jobs/planning.py) and persist the tasks and the signature (§2.8).
+
+        A recovered job passes what it had `stored`: without drift its stored tasks are
+        reused instead of replaced (§4.8, jobs/resume.py).
+        """
         planned = plan_psql(
             self.request,
             runtime=self.services.runtime,
@@ -86,6 +93,16 @@ class PsqlJob:
         self.effective_image = planned.effective_image
         self.plan = planned.tasks
         self.signature = planned.signature
+        resumption = None
+        if stored is not None:
+            resumption = resume_stored_plan(
+                stored, planned.signature, planned.tasks, self._state_exists
+            )
+        if resumption is not None and resumption.drift is None:
+            self._resume(resumption)
+            return self.plan
+        if resumption is not None:
+            self.events.log(f"stored plan dropped: {resumption.drift}; re-planning")
         rows = []
         for position, task in enumerate(self.plan):
             row = task.to_task_row(self.job_id, position)
@@ -96,6 +113,16 @@ class PsqlJob:
             timeout=ASK_TIMEOUT
         )
         return self.plan
+
+    def _resume(self, resumption: Resumption) -> None:
+        self.events.log("resuming with the stored plan")
+        if resumption.failed_task is not None:
+            raise JobFailure("internal_error", "task failed", resumption.failed_task)
+        for task_id in resumption.mark_queued:
+            self.tasks.update(task_id, status="queued", started_at=None)
+        for task_id in resumption.mark_succeeded:
+            self.tasks.succeed(task_id)
+        self.done = resumption.done
 
     def _state_exists(self, state: str) -> bool:
         exists: bool = self.registry.state_exists(state).get(timeout=ASK_TIMEOUT)
@@ -118,7 +145,8 @@ class PsqlJob:
         for position in range(len(self.plan)):
             task = self.plan[position]  # re-read: a step may re-plan the tasks after it
             if task.type == TASK_RESOLVE_IMAGE:
-                self.tasks.succeed(task.task_id)
+                if task.task_id not in self.done:
+                    self.tasks.succeed(task.task_id)
             elif task.type == TASK_STATE_EXECUTE:
                 index = int(task.task_id.rsplit("-", 1)[1])
                 self.cancel.raise_if_cancelled("job cancelled")
@@ -129,8 +157,10 @@ class PsqlJob:
         raise JobFailure("internal_error", "plan has no prepare-instance task")
 
     def _execute_step(self, task: PlanTask, step: PsqlStep) -> None:
-        if task.cached and self._cached_state_usable(task):
-            self.tasks.succeed(task.task_id)
+        resumed = task.task_id in self.done
+        if (task.cached or resumed) and self._cached_state_usable(task):
+            if not resumed:
+                self.tasks.succeed(task.task_id)
             return
         self.tasks.start(task.task_id)
         assert self._args is not None

@@ -19,6 +19,7 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure, error_response
 from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.psql_job import PsqlJob
+from sqlrs_engine.jobs.resume import StoredPlan
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.prepare.job_request import PrepareRequest
@@ -64,9 +65,12 @@ class JobSupervisor:
                 log.warning("job %s vanished before it started", self.job_id)
                 return
             request = self._load_request(row)
+            stored = StoredPlan(
+                row.get("signature"), registry.task_rows(self.job_id).get(timeout=ASK_TIMEOUT)
+            )
             self._mark_running()
             self.events.start_heartbeat()
-            self._run(request)
+            self._run(request, stored)
         except JobFailure as failure:
             self._fail(failure.to_dict())
         except Exception as error:
@@ -90,7 +94,7 @@ class JobSupervisor:
         ).get(timeout=ASK_TIMEOUT)
         self.events.status("running")
 
-    def _run(self, request: PrepareRequest) -> None:
+    def _run(self, request: PrepareRequest, stored: StoredPlan) -> None:
         if request.prepare_kind != "psql":
             raise JobFailure("internal_error", "unsupported prepare_kind", request.prepare_kind)
         job = self._job = PsqlJob(
@@ -98,7 +102,7 @@ class JobSupervisor:
         )
         if not request.plan_only:
             self.tasks.start("plan")  # its row is written by planning itself
-        job.make_plan()
+        job.make_plan(stored)
         self.tasks.succeed("plan")
         self._trim(job.signature)
         if request.plan_only:

@@ -38,7 +38,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 def build_app(ctx: ApiContext) -> WsgiApp:
     """The WSGI application serving the whole API."""
-    app = bottle.Bottle(catchall=False)
+    app = bottle.Bottle()
+    app.config["catchall"] = False  # errors are rendered by _render_errors, not Bottle's page
     app.install(_render_errors)
     app.error(404)(_not_found)
     app.error(405)(_method_not_allowed)
@@ -74,8 +75,11 @@ def _render_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _not_found(error: bottle.HTTPError) -> bytes:
-    error.content_type = PLAIN_TEXT
-    body: bytes = plain_not_found().body
+    """An unknown path: the same reply as Go's `http.NotFound` (body and headers)."""
+    reply = plain_not_found()
+    for name, value in reply.headerlist:
+        error.set_header(name, value)
+    body: bytes = reply.body
     return body
 
 

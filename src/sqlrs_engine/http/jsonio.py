@@ -20,8 +20,18 @@ def dumps(value: Any, sort_keys: bool = False) -> str:
 
 
 def json_line(value: Any, sort_keys: bool = False) -> bytes:
-    """One JSON document followed by a newline, UTF-8 (`sort_keys` for Go-encoded maps)."""
-    return (dumps(value, sort_keys) + "\n").encode("utf-8")
+    """One JSON document followed by a newline, UTF-8 (`sort_keys` for Go-encoded maps).
+
+    A lone surrogate (`"\\ud800"` in a request, echoed in an error) cannot be UTF-8; such a
+    document is written with `\\u` escapes instead, which is still valid JSON.
+    """
+    try:
+        return (dumps(value, sort_keys) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        escaped = ujson.dumps(
+            value, ensure_ascii=True, escape_forward_slashes=False, sort_keys=sort_keys
+        )
+        return (escaped + "\n").encode("ascii")
 
 
 def wants_ndjson(accept: str | None) -> bool:

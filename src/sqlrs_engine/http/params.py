@@ -26,6 +26,19 @@ def parse_bool(name: str, raw: str | None) -> bool:
     raise invalid_argument(f"invalid {name}", f"{name} must be a boolean, got {raw!r}")
 
 
+def query_value(query: Any, name: str) -> str | None:
+    """The first value of query parameter `name`, decoded as UTF-8, or None when absent.
+
+    Go's `URL.Query().Get` (what the CLI is written against) takes the first of repeated
+    values; Bottle's `query.get` takes the last, and decodes the bytes as Latin-1.
+    """
+    values = query.getall(name)
+    if not values:
+        return None
+    raw: str = values[0]
+    return raw.encode("latin-1").decode("utf-8", errors="replace")
+
+
 def optional_text(raw: str | None) -> str | None:
     """A trimmed filter value; blank means "no filter"."""
     text = (raw or "").strip()
@@ -65,9 +78,46 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         raise invalid_argument(
             "invalid json payload", f"expected a JSON object, got {type(value).__name__}"
         )
+    replaced: dict[str, Any] = _without_lone_surrogates(value)
+    return replaced
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """`value` with every unpaired UTF-16 surrogate (`"\\ud800"`) replaced by U+FFFD.
+
+    Such a string is valid JSON but not Unicode: it cannot be stored in SQLite, written to a
+    file or passed to psql. Go's decoder (the reference engine) makes the same replacement.
+    """
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+        return value
+    if isinstance(value, list):
+        return [_without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _without_lone_surrogates(key): _without_lone_surrogates(item)
+            for key, item in value.items()
+        }
     return value
 
 
 def json_object_body(request: Any) -> dict[str, Any]:
-    """The request's body as a JSON object, size-limited; every 4xx of the two steps above."""
-    return decode_json_object(read_body(request.body, request.content_length))
+    """The request's body as a JSON object, size-limited; every 4xx of the two steps above.
+
+    Read straight from `wsgi.input`, not through Bottle's `request.body`: Bottle would read
+    (and spool to disk) a body of any size before our limit is checked, and it parses chunked
+    framing again although Cheroot has already removed it (a chunked POST became a 400 HTML
+    page). Cheroot's `wsgi.input` is bounded by Content-Length, or de-chunked until its end.
+    """
+    environ = request.environ
+    declared = environ.get("CONTENT_LENGTH") or ""
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    length = None if chunked or not declared.isdigit() else int(declared)
+    if length is None and not chunked:
+        length = 0  # no body announced: nothing to read (reading could wait for the client)
+    return decode_json_object(read_body(environ["wsgi.input"], length))

@@ -9,7 +9,7 @@ import bottle
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.errors import internal_error
 from sqlrs_engine.http.context import ApiContext
-from sqlrs_engine.http.params import parse_bool
+from sqlrs_engine.http.params import parse_bool, query_value
 from sqlrs_engine.http.responses import json_response
 
 
@@ -20,7 +20,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
         return ctx.deletion
 
     def flag(name: str) -> bool:
-        return parse_bool(name, bottle.request.query.get(name))
+        return parse_bool(name, query_value(bottle.request.query, name))
 
     @app.delete("/v1/instances/<instance_id>")
     def delete_instance(instance_id: str) -> Any:

@@ -9,7 +9,7 @@ import bottle
 from sqlrs_engine.errors import ApiError, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON
-from sqlrs_engine.http.params import json_object_body, optional_text
+from sqlrs_engine.http.params import json_object_body, optional_text, query_value
 from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
 from sqlrs_engine.http.streams import (
     content_range,
@@ -58,7 +58,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/prepare-jobs")
     def list_jobs() -> Any:
-        prefix = optional_text(bottle.request.query.get("job"))
+        prefix = optional_text(query_value(bottle.request.query, "job"))
         return list_response(registry.list_jobs(prefix).get(timeout=ASK_TIMEOUT))
 
     @app.get("/v1/prepare-jobs/<job_id>")
@@ -68,7 +68,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/tasks")
     def list_tasks() -> Any:
-        job_id = optional_text(bottle.request.query.get("job"))
+        job_id = optional_text(query_value(bottle.request.query, "job"))
         return list_response(registry.list_tasks(job_id).get(timeout=ASK_TIMEOUT))
 
     @app.get("/v1/prepare-jobs/<job_id>/events")

@@ -7,7 +7,7 @@ from typing import Any
 import bottle
 
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
-from sqlrs_engine.http.params import optional_text
+from sqlrs_engine.http.params import optional_text, query_value
 from sqlrs_engine.http.responses import (
     empty_response,
     json_response,
@@ -21,7 +21,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     registry = ctx.registry
 
     def query(name: str) -> str | None:
-        return optional_text(bottle.request.query.get(name))
+        return optional_text(query_value(bottle.request.query, name))
 
     @app.get("/v1/names")
     def list_names() -> Any:
@@ -35,7 +35,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/instances")
     def list_instances() -> Any:
-        prefix = normalize_id_prefix(bottle.request.query.get("id_prefix"))
+        prefix = normalize_id_prefix(query_value(bottle.request.query, "id_prefix"))
         entries = registry.list_instances(query("state"), query("image"), prefix)
         return list_response(entries.get(timeout=ASK_TIMEOUT))
 
@@ -53,7 +53,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/states")
     def list_states() -> Any:
-        prefix = normalize_id_prefix(bottle.request.query.get("id_prefix"))
+        prefix = normalize_id_prefix(query_value(bottle.request.query, "id_prefix"))
         entries = registry.list_states(query("kind"), query("image"), prefix)
         return list_response(entries.get(timeout=ASK_TIMEOUT))
 

@@ -9,7 +9,7 @@ import bottle
 from sqlrs_engine.config.schema import config_schema
 from sqlrs_engine.errors import invalid_argument
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
-from sqlrs_engine.http.params import json_object_body, parse_bool
+from sqlrs_engine.http.params import json_object_body, parse_bool, query_value
 from sqlrs_engine.http.responses import json_response
 
 
@@ -27,8 +27,8 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     @app.get("/v1/config")
     def get_config() -> Any:
         query = bottle.request.query
-        effective = parse_bool("effective", query.get("effective"))
-        path = (query.get("path") or "").strip() or None
+        effective = parse_bool("effective", query_value(query, "effective"))
+        path = (query_value(query, "path") or "").strip() or None
         value = ctx.registry.config_get(path, effective).get(timeout=ASK_TIMEOUT)
         if path is not None:
             return json_response({"path": path, "value": value}, sort_keys=True)
@@ -47,7 +47,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.delete("/v1/config")
     def delete_config() -> Any:
-        path = bottle.request.query.get("path") or ""
+        path = query_value(bottle.request.query, "path") or ""
         if not path.strip():
             raise invalid_argument("path is required")
         value = ctx.registry.config_delete(path).get(timeout=ASK_TIMEOUT)

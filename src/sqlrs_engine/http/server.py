@@ -33,7 +33,7 @@ class _SocketGateway(wsgi.Gateway_10):
 def parse_listen(value: str) -> tuple[str, int]:
     """Split `host:port` (`[::1]:0` allowed); raises ValueError with a useful message."""
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"invalid --listen {value!r}: expected host:port")
     port = int(port_text)
     if port > 65535:

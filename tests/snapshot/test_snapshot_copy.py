@@ -296,7 +296,7 @@ def test_remove_reports_clearly_when_impossible(tmp_path: Path, data_dir: DataDi
         with pytest.raises(SnapshotError) as info:
             B.remove(victim)
         assert info.value.message == f"cannot remove {victim}"
-        assert "rename to state.stale-" in (info.value.details or "")
+        assert "cannot move it aside" in (info.value.details or "")
         assert victim.exists()
     finally:
         _chattr("-i", parent)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from sqlrs_engine.runtime import host
 from sqlrs_engine.runtime.base import Runtime
 from sqlrs_engine.runtime.host import HostRuntime
 
@@ -39,11 +40,12 @@ def select_runtime(
     runtime = HostRuntime(host_bin_dirs or None, host_user)
     majors = runtime.installed_majors()
     if not majors:
+        looked = [str(d) for d in runtime.candidate_bin_dirs()]
+        looked.append(f"{host.DEFAULT_BIN_ROOT}/<major>/bin")
         raise RuntimeSelectionError(
-            "no PostgreSQL server binaries found (looked in "
-            + ", ".join(str(d) for d in runtime.candidate_bin_dirs())
-            + "); install a PostgreSQL server package (e.g. `apt-get install postgresql`) "
-            "or set runtime.host.binDirs"
+            f"no PostgreSQL server binaries found (looked in {', '.join(looked)}); install a "
+            "PostgreSQL server package (e.g. `apt-get install postgresql`) or set "
+            "runtime.host.binDirs"
         )
     source = "configured host" if wanted == "host" else "auto: no Docker runtime in this version"
     reason = (

@@ -19,7 +19,12 @@ from pathlib import Path
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.process import ProcessError, run
 from sqlrs_engine.snapshot.base import DIRTY_REASON, SnapshotError, data_dir_problem
-from sqlrs_engine.snapshot.layout import BUILD_LOCK, STORE_METADATA_NAMES, stale_name
+from sqlrs_engine.snapshot.layout import (
+    BUILD_LOCK,
+    STORE_METADATA_NAMES,
+    is_stale_name,
+    stale_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +135,20 @@ def remove_tree(
     backoff: float = REMOVE_BACKOFF,
     remover: Callable[[Path], None] | None = None,
 ) -> None:
-    """Remove `path` (any file type) with retries; rename it aside as a last resort.
+    """Remove `path` (any file type) all or nothing, with retries.
 
-    `remover` is the backend-specific first step (unmount, subvolume delete) run before each
-    `rm -rf`. When every attempt fails the path is renamed to `<path>.stale-<ns>` (SPEC §6)
-    so the name is usable again, and one more removal of the stale copy is tried; a stale
-    copy that survives is left for `StateStore.sweep_stale`. Raises `SnapshotError` only
-    when the original path still exists at the end.
+    `remover` is the backend-specific first step (unmount, subvolume delete). Whatever is
+    left is then moved aside to `<path>.stale-<ns>` (SPEC §6) by one rename in the same
+    directory, and only the moved copy is deleted. The rename is what makes removal
+    all-or-nothing for the caller: an immutable or busy parent refuses it before a single
+    file is deleted (an `rm -rf` in place would empty the dir and then fail on the dir
+    itself, leaving a row that points at a gutted data dir). A moved copy that cannot be
+    deleted is logged and left for `StateStore.sweep_stale`; the name is free either way.
+    Raises `SnapshotError` only when `path` still exists, untouched by us, at the end.
     """
+    if is_stale_name(path.name):
+        _delete_in_place(path, remover)  # a leftover being swept: it is aside already
+        return
     errors: list[str] = []
     for attempt in range(max(1, attempts)):
         if not _exists(path):
@@ -147,25 +158,32 @@ def remove_tree(
         try:
             if remover is not None:
                 remover(path)
-            if _exists(path):
-                run_tool(["rm", "-rf", "--", os.fspath(path)], f"cannot remove {path}")
+            if not _exists(path):
+                return
+            moved = stale_name(path, time.time_ns())
+            os.rename(path, moved)
         except SnapshotError as exc:
             errors.append(exc.details or exc.message)
-        if not _exists(path):
-            return
-    stale = stale_name(path, time.time_ns())
-    try:
-        os.rename(path, stale)
-    except OSError as exc:
-        if not _exists(path):
-            return
-        details = "; ".join([*errors[-1:], f"rename to {stale.name} failed: {exc}"])
-        raise SnapshotError(f"cannot remove {path}", details) from exc
-    log.warning("could not remove %s (%s); renamed it to %s", path, "; ".join(errors[-1:]), stale)
-    try:
-        run_tool(["rm", "-rf", "--", os.fspath(stale)], f"cannot remove {stale}")
-    except SnapshotError as exc:
-        log.warning("stale copy %s left behind: %s", stale, exc.details or exc.message)
+            continue
+        except OSError as exc:
+            if not _exists(path):
+                return
+            errors.append(f"cannot move it aside: {exc}")
+            continue
+        try:
+            _delete_in_place(moved, None)
+        except SnapshotError as exc:
+            log.warning("stale copy %s left behind: %s", moved, exc.details or exc.message)
+        return
+    raise SnapshotError(f"cannot remove {path}", "; ".join(errors[-1:]))
+
+
+def _delete_in_place(path: Path, remover: Callable[[Path], None] | None) -> None:
+    """The backend step, then `rm -rf`, on a tree nobody can see under its old name."""
+    if remover is not None and _exists(path):
+        remover(path)
+    if _exists(path):
+        run_tool(["rm", "-rf", "--", os.fspath(path)], f"cannot remove {path}")
 
 
 def clear_dir(directory: Path, keep: Iterable[str], remove: Callable[[Path], None]) -> None:
@@ -183,7 +201,9 @@ def write_marker(path: Path, content: str = "ok") -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         try:
-            os.write(fd, content.encode())
+            data = memoryview(content.encode())
+            while data:  # a short write (disk nearly full) must not pass for a whole one
+                data = data[os.write(fd, data) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -75,10 +75,19 @@ def cancelled(message: str = "task cancelled") -> JobFailure:
 @contextmanager
 def failures_reported_as(message: str) -> Iterator[None]:
     """Report a collaborator's `JobFailure` as this step's (`internal_error` / `message`),
-    keeping its reason in the details; a cancellation stays a cancellation."""
+    keeping its reason (message and details) in the details; a cancellation stays one."""
     try:
         yield
     except JobFailure as failure:
         if failure.code == "cancelled":
             raise
-        raise JobFailure("internal_error", message, failure.details or failure.message) from None
+        raise JobFailure("internal_error", message, _reason(failure, message)) from None
+
+
+def _reason(failure: JobFailure, outer: str) -> str:
+    """`message: details` of a wrapped failure, without repeating what the outer one says."""
+    if not failure.details:
+        return failure.message
+    if failure.message in (outer, ""):
+        return failure.details
+    return f"{failure.message}: {failure.details}"

@@ -54,7 +54,16 @@ def seed_job(jobs: JobQueries) -> None:
 WRITES: list[tuple[str, Callable[[MetadataQueries, JobQueries], object]]] = [
     ("insert_state", lambda m, j: seed_state(m)),
     ("set_state_size", lambda m, j: (seed_state(m), m.set_state_size(STATE, 9))),
-    ("delete_state", lambda m, j: (seed_state(m), m.delete_state(STATE))),
+    ("delete_state", lambda m, j: (seed_state(m), m.delete_state_if_unreferenced(STATE))),
+    (
+        "refresh_state",
+        lambda m, j: (
+            seed_state(m),
+            m.refresh_state(
+                StateRecord(STATE, None, "img@x", "psql", "-c x", "2026-02-01T00:00:00Z", 7)
+            ),
+        ),
+    ),
     (
         "insert_instance",
         lambda m, j: (
@@ -180,3 +189,44 @@ def test_job_prefix_filter_escapes_like_wildcards(
     assert [j["job_id"] for j in jobs.list_jobs("JJ")] == [JOB]
     assert jobs.list_jobs("_") == []
     assert jobs.list_jobs("%") == []
+
+
+CHILD = "c" * 64
+
+
+@pytest.mark.parametrize(
+    ("reference", "deleted"),
+    [("none", True), ("instance", False), ("child state", False)],
+)
+def test_an_invalidated_state_row_stays_while_something_references_it(
+    stores: tuple[MetadataQueries, JobQueries, Path], reference: str, deleted: bool
+) -> None:
+    """A dirty state is rebuilt under the same id; its instances and children keep the row."""
+    metadata = stores[0]
+    seed_state(metadata)
+    if reference == "instance":
+        metadata.insert_instance(
+            InstanceRecord("i" * 32, STATE, "img@x", "2026-01-01T00:00:00Z", "host:1", "/x")
+        )
+    if reference == "child state":
+        metadata.insert_state(
+            StateRecord(CHILD, STATE, "img@x", "psql", "-c y", "2026-01-01T00:00:01Z", 5)
+        )
+    assert metadata.delete_state_if_unreferenced(STATE) is deleted
+    assert metadata.state_exists(STATE) is not deleted
+
+
+def test_a_rebuilt_state_refreshes_its_size_and_backend(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    metadata = stores[0]
+    seed_state(metadata)
+    created = (metadata.state_row(STATE) or {})["created_at"]
+    rebuilt = StateRecord(
+        STATE, None, "img@x", "psql", "-c x", "2026-03-01T00:00:00Z", 42, snapshot_backend="btrfs"
+    )
+    assert metadata.insert_state(rebuilt) is False, "the row outlived its directory"
+    metadata.refresh_state(rebuilt)
+    row = metadata.state_row(STATE) or {}
+    assert (row["size_bytes"], row["snapshot_backend"]) == (42, "btrfs")
+    assert row["created_at"] == created

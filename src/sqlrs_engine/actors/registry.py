@@ -205,8 +205,14 @@ class RegistryActor(pykka.ThreadingActor):
     def set_state_size(self, state_id: str, size_bytes: int) -> None:
         self._metadata.set_state_size(state_id, size_bytes)
 
-    def delete_state_row(self, state_id: str) -> None:
-        self._metadata.delete_state(state_id)
+    def forget_state(self, state_id: str) -> bool:
+        """Delete an invalidated state's row unless instances or child states reference it."""
+        return self._metadata.delete_state_if_unreferenced(state_id)
+
+    def store_built_state(self, record: StateRecord) -> None:
+        """Record a state a job just built (or rebuilt: its row may have outlived its dir)."""
+        if not self._metadata.insert_state(record):
+            self._metadata.refresh_state(record)
 
     def create_instance(self, record: InstanceRecord, handle: ServerHandle | None) -> None:
         """Record a new instance and start the actor that owns its server."""
@@ -409,7 +415,8 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     state_exists = proxy_method(RegistryActor.state_exists)
     insert_state = proxy_method(RegistryActor.insert_state)
     set_state_size = proxy_method(RegistryActor.set_state_size)
-    delete_state_row = proxy_method(RegistryActor.delete_state_row)
+    forget_state = proxy_method(RegistryActor.forget_state)
+    store_built_state = proxy_method(RegistryActor.store_built_state)
     create_instance = proxy_method(RegistryActor.create_instance)
     instance_actor = proxy_method(RegistryActor.instance_actor)
     set_instance_runtime = proxy_method(RegistryActor.set_instance_runtime)

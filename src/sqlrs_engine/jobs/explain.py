@@ -45,7 +45,8 @@ def explain_prepare(
     except JobFailure as failure:
         if failure.code == "invalid_argument":
             raise invalid_argument(failure.message, failure.details) from None
-        raise ApiError(500, "internal_error", failure.message, failure.details) from None
+        reason = f"{failure.message}: {failure.details}" if failure.details else failure.message
+        raise ApiError(500, "internal_error", "internal error", reason) from None
     final = plan.final_state_id
     hit = state_exists(final)
     answer: dict[str, Any] = {

@@ -227,7 +227,9 @@ class PsqlJob:
         reason = self.services.snapshots.invalidate_state(self.effective_image, state, self.cancel)
         if reason is None:
             return  # another job completed it meanwhile: it is valid after all
-        self.registry.delete_state_row(state).get(timeout=ASK_TIMEOUT)
+        # Instances and child states may still reference the row; it then stays, and the
+        # rebuild (same content, same id) refreshes it.
+        self.registry.forget_state(state).get(timeout=ASK_TIMEOUT)
         self.events.log(f"cached state {state} is unusable ({problem}); rebuilding it")
 
     def _backfill_size(self, row: dict[str, Any]) -> None:
@@ -254,10 +256,19 @@ class PsqlJob:
             )
 
     def _ensure_runtime(self, task: PlanTask) -> ServerHandle:
-        assert self.session is not None
-        if self.session.handle is not None:
-            return self.session.handle
         source, is_state = self._input_source(task)
+        return self._server_on(source, is_state)
+
+    def _server_on(self, source: Path, is_state: bool) -> ServerHandle:
+        """The job's server, on a clone of exactly `source` (the base or a state dir).
+
+        The server is kept from step to step only while it holds what the next task starts
+        from. After a rebuilt step, a cached step does not touch the server, which then still
+        holds the earlier state: it is replaced rather than handed over or built upon.
+        """
+        assert self.session is not None
+        if self.session.handle is not None and self.session.source == source:
+            return self.session.handle
         return self.session.start_from(source, is_state)
 
     def _build_state(self, task: PlanTask, step: PsqlStep) -> None:
@@ -337,7 +348,7 @@ class PsqlJob:
             snapshot_backend=self.services.snapshots.kind,
         )
         try:
-            self.registry.insert_state(record).get(timeout=ASK_TIMEOUT)
+            self.registry.store_built_state(record).get(timeout=ASK_TIMEOUT)
         except Exception as error:
             raise JobFailure("internal_error", "cannot store state", str(error)) from None
 
@@ -346,9 +357,9 @@ class PsqlJob:
         assert self.session is not None and self._args is not None
         self.tasks.start(task.task_id)
         final_state = task.input_id
-        if self.session.handle is None:
-            source = self.services.snapshots.state_dir(self.effective_image, final_state)
-            self.session.start_from(source, is_state=True)
+        self._server_on(
+            self.services.snapshots.state_dir(self.effective_image, final_state), is_state=True
+        )
         handle, runtime_dir = self.session.hand_over()
         instance_id = new_instance_id()
         record = InstanceRecord(

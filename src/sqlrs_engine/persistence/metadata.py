@@ -78,6 +78,29 @@ class MetadataQueries:
         )
         return changed > 0
 
+    def refresh_state(self, record: StateRecord) -> None:
+        """A rebuilt state's row: what its new directory holds and which backend made it."""
+        execute(
+            self._db,
+            """UPDATE states SET size_bytes = :size_bytes, snapshot_backend = :backend
+               WHERE state_id = :state_id""",
+            state_id=record.state_id,
+            size_bytes=record.size_bytes,
+            backend=record.snapshot_backend,
+        )
+
+    def delete_state_if_unreferenced(self, state_id: str) -> bool:
+        """Delete a state row that no instance and no child state references; True if gone."""
+        changed = execute(
+            self._db,
+            """DELETE FROM states WHERE state_id = :id
+                 AND NOT EXISTS (SELECT 1 FROM instances WHERE state_id = :id)
+                 AND NOT EXISTS (SELECT 1 FROM states AS child
+                                 WHERE child.parent_state_id = :id)""",
+            id=state_id,
+        )
+        return changed > 0
+
     def state_row(self, state_id: str) -> Row | None:
         return fetch_one(self._db, "SELECT * FROM states WHERE state_id = :id", id=state_id)
 
@@ -91,9 +114,6 @@ class MetadataQueries:
             size=size_bytes,
             id=state_id,
         )
-
-    def delete_state(self, state_id: str) -> None:
-        execute(self._db, "DELETE FROM states WHERE state_id = :id", id=state_id)
 
     def child_state_ids(self, state_id: str) -> list[str]:
         rows = fetch(

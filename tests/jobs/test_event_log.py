@@ -1,0 +1,274 @@
+"""The job event log: typed appends, their order in the Registry, and the heartbeat.
+
+The heartbeat logic is driven through `tick()` with a hand-moved clock, so the 500 ms rule
+(SPEC §4.4) is checked exactly and without sleeping; one test runs the real heartbeat thread
+against the real Registry and waits for its repeat by event, not by time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from sqlrs_engine.actors.events import END
+from sqlrs_engine.clock import parse_rfc3339
+from sqlrs_engine.jobs.event_log import (
+    DEFAULT_HEARTBEAT,
+    MAX_HEARTBEAT,
+    MIN_HEARTBEAT,
+    JobEventLog,
+    clamp_heartbeat,
+)
+from sqlrs_engine.jobs.supervisor import RegistrySink
+from tests.jobs.conftest import ASK, Recorded, ScriptRuntime, World, psql_request
+
+
+class ManualClock:
+    """A monotonic clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def heartbeat_log(period: float = DEFAULT_HEARTBEAT) -> tuple[JobEventLog, Recorded, ManualClock]:
+    clock = ManualClock()
+    sink = Recorded()
+    return JobEventLog(sink, period, clock), sink, clock
+
+
+@pytest.mark.parametrize(
+    ("requested", "period"),
+    [
+        (0.5, 0.5),
+        (0.0, MIN_HEARTBEAT),
+        (0.1, MIN_HEARTBEAT),
+        (MIN_HEARTBEAT, MIN_HEARTBEAT),
+        (0.75, 0.75),
+        (MAX_HEARTBEAT, MAX_HEARTBEAT),
+        (5.0, MAX_HEARTBEAT),
+        (-1.0, MIN_HEARTBEAT),
+    ],
+)
+def test_heartbeat_period_is_clamped(requested: float, period: float) -> None:
+    """SPEC §4.4: configurable, clamped to 200 ms - 1 s."""
+    assert clamp_heartbeat(requested) == period
+
+
+@pytest.mark.parametrize(("requested", "period"), [(0.05, MIN_HEARTBEAT), (3.0, MAX_HEARTBEAT)])
+def test_the_log_repeats_at_the_clamped_period(requested: float, period: float) -> None:
+    """The clamp is what the log actually uses, not just what a helper returns."""
+    log, sink, clock = heartbeat_log(requested)
+    log.task("execute-0", "running")
+    clock.advance(period - 0.01)
+    assert log.tick() is False
+    clock.advance(0.01)
+    assert log.tick() is True
+    assert len(sink.events) == 2
+
+
+def test_appends_have_their_shape_timestamp_and_wait_mode() -> None:
+    """Status changes are waited for (a job never looks finished before they are stored);
+    log lines are not (there can be many)."""
+    log, sink, _ = heartbeat_log()
+    log.status("running")
+    log.task("execute-0", "running")
+    log.log("psql: start")
+    log.task("execute-0", "failed", {"code": "internal_error", "message": "psql failed"})
+    log.status("failed", wait=False)
+    log.error({"code": "internal_error", "message": "psql failed"})
+    log.result({"dsn": "postgres://x"})
+    shapes = [({k: v for k, v in e.items() if k != "ts"}, wait) for e, wait in sink.events]
+    assert shapes == [
+        ({"type": "status", "status": "running"}, True),
+        ({"type": "task", "task_id": "execute-0", "status": "running"}, True),
+        ({"type": "log", "message": "psql: start"}, False),
+        (
+            {
+                "type": "task",
+                "task_id": "execute-0",
+                "status": "failed",
+                "message": "psql failed",
+                "error": {"code": "internal_error", "message": "psql failed"},
+            },
+            True,
+        ),
+        ({"type": "status", "status": "failed"}, False),
+        ({"type": "error", "error": {"code": "internal_error", "message": "psql failed"}}, True),
+        ({"type": "result", "result": {"dsn": "postgres://x"}}, True),
+    ]
+    stamps = [parse_rfc3339(e["ts"]) for e, _ in sink.events]
+    assert stamps == sorted(stamps)
+
+
+def test_a_task_error_without_message_gets_an_empty_message() -> None:
+    log, sink, _ = heartbeat_log()
+    log.task("plan", "failed", {"code": "cancelled"})
+    event, _ = sink.events[0]
+    assert event["message"] == ""
+    assert event["error"] == {"code": "cancelled"}
+
+
+Append = Callable[[JobEventLog], None]
+
+RUNNING: Append = lambda log: log.task("execute-0", "running")  # noqa: E731
+LOG_A: Append = lambda log: log.log("psql: a")  # noqa: E731
+LOG_B: Append = lambda log: log.log("psql: b")  # noqa: E731
+SUCCEEDED: Append = lambda log: log.task("execute-0", "succeeded")  # noqa: E731
+FAILED: Append = lambda log: log.task("execute-0", "failed", {"code": "x", "message": "m"})  # noqa: E731
+JOB_RUNNING: Append = lambda log: log.status("running")  # noqa: E731
+JOB_FAILED: Append = lambda log: log.status("failed")  # noqa: E731
+RESULT: Append = lambda log: log.result({"dsn": "d"})  # noqa: E731
+ERROR: Append = lambda log: log.error({"code": "x", "message": "m"})  # noqa: E731
+
+RUNNING_EVENT = {"type": "task", "task_id": "execute-0", "status": "running"}
+
+
+@pytest.mark.parametrize(
+    ("appends", "repeated"),
+    [
+        pytest.param([], None, id="nothing-appended"),
+        pytest.param([JOB_RUNNING], None, id="job-status-alone"),
+        pytest.param([LOG_A], None, id="log-without-a-running-task"),
+        pytest.param([RUNNING], RUNNING_EVENT, id="running-task"),
+        pytest.param([RUNNING, LOG_A], {"type": "log", "message": "psql: a"}, id="last-log"),
+        pytest.param(
+            [RUNNING, LOG_A, LOG_B], {"type": "log", "message": "psql: b"}, id="latest-log"
+        ),
+        pytest.param([RUNNING, SUCCEEDED], None, id="task-succeeded"),
+        pytest.param([RUNNING, LOG_A, FAILED], None, id="task-failed"),
+        pytest.param([RUNNING, JOB_FAILED], None, id="job-terminal-status"),
+        pytest.param([RUNNING, RESULT], None, id="result"),
+        pytest.param([RUNNING, ERROR], None, id="error"),
+        pytest.param([RUNNING, SUCCEEDED, LOG_A], None, id="log-after-the-task-ended"),
+        pytest.param([RUNNING, SUCCEEDED, RUNNING], RUNNING_EVENT, id="next-task-running"),
+    ],
+)
+def test_what_the_heartbeat_repeats(appends: list[Append], repeated: dict[str, Any] | None) -> None:
+    """SPEC §4.4: the last `task running` event, or the last log appended while that task
+    runs; nothing once the task or the job ended."""
+    log, sink, clock = heartbeat_log()
+    for append in appends:
+        append(log)
+    before = len(sink.events)
+    clock.advance(DEFAULT_HEARTBEAT)
+    assert log.tick() is (repeated is not None)
+    if repeated is None:
+        assert len(sink.events) == before
+        return
+    event, wait = sink.events[-1]
+    assert {k: v for k, v in event.items() if k != "ts"} == repeated
+    assert wait is False, "a heartbeat never blocks on the Registry"
+
+
+def test_heartbeat_repeats_only_after_a_quiet_period_with_a_fresh_timestamp() -> None:
+    log, sink, clock = heartbeat_log()
+    log.task("execute-0", "running")
+    first_ts = sink.events[0][0]["ts"]
+    clock.advance(DEFAULT_HEARTBEAT - 0.001)
+    assert log.tick() is False, "something was appended less than a period ago"
+    clock.advance(0.001)
+    assert log.tick() is True, "a full period of silence repeats the event"
+    assert log.tick() is False, "the repeat itself counts as an append"
+    clock.advance(DEFAULT_HEARTBEAT / 2)
+    log.log("psql: NOTICE")
+    clock.advance(DEFAULT_HEARTBEAT / 2)
+    assert log.tick() is False, "the log line reset the quiet period"
+    clock.advance(DEFAULT_HEARTBEAT / 2)
+    assert log.tick() is True
+    repeats = [e for e, _ in sink.events]
+    assert [e["type"] for e in repeats] == ["task", "task", "log", "log"]
+    assert parse_rfc3339(repeats[1]["ts"]) >= parse_rfc3339(first_ts)
+
+
+def test_a_repeat_does_not_alias_the_original_event() -> None:
+    """The sink may keep what it gets (the Registry publishes it): repeats are copies."""
+    original: list[dict[str, Any]] = []
+    clock = ManualClock()
+    log = JobEventLog(Recorded(on_record=original.append), DEFAULT_HEARTBEAT, clock)
+    log.task("execute-0", "running")
+    first_ts = original[0]["ts"]
+    clock.advance(DEFAULT_HEARTBEAT)
+    assert log.tick() is True
+    assert original[0] is not original[1]
+    assert original[0]["ts"] == first_ts, "the stored original was not re-stamped"
+
+
+def test_events_are_persisted_and_published_in_append_order(world: World) -> None:
+    """Through the RegistrySink: stored in order (the events endpoint reads them back) and
+    delivered in the same order to a stream that is already listening."""
+    job_id = world.add_job(psql_request("-c", "select 1"))
+    parts = world.start()
+    sub = parts.registry.subscribe_events(job_id, 0, None).get(timeout=ASK)
+    assert sub is not None
+    log = JobEventLog(RegistrySink(job_id, parts.services(ScriptRuntime())))
+    log.status("running")
+    log.task("plan", "running")
+    for n in range(20):
+        log.log(f"line {n}")  # not waited for: order must still hold
+    log.task("plan", "succeeded")
+    log.status("succeeded")
+    log.result({"dsn": "postgres://sqlrs@127.0.0.1:1/postgres"})
+    expected = (
+        ["status running", "task plan running"]
+        + [f"log line {n}" for n in range(20)]
+        + ["task plan succeeded", "status succeeded", "result"]
+    )
+
+    def describe(event: dict[str, Any]) -> str:
+        words = [event.get(key) for key in ("type", "task_id", "status", "message")]
+        return " ".join(str(word) for word in words if word is not None)
+
+    assert [describe(e) for e in parts.events(job_id)] == expected
+    published = []
+    while len(published) < len(expected):
+        item = sub.mailbox.get(timeout=ASK)
+        assert item is not END
+        published.append(describe(item))
+    assert published == expected
+    parts.registry.unsubscribe_events(job_id, sub.token).get(timeout=ASK)
+
+
+def test_the_heartbeat_thread_repeats_into_the_registry_and_stops_with_the_job(
+    world: World,
+) -> None:
+    """The real thread and clock: a quiet running task's last log line is repeated
+    (persisted, counted in the event index); once the job ends the thread is gone and the
+    terminal status stays the last event."""
+    job_id = world.add_job(psql_request("-c", "select 1"))
+    parts = world.start()
+    sub = parts.registry.subscribe_events(job_id, 0, None).get(timeout=ASK)
+    assert sub is not None
+    log = JobEventLog(RegistrySink(job_id, parts.services(ScriptRuntime())), MIN_HEARTBEAT)
+    log.task("execute-0", "running")
+    log.log("psql: start")
+    log.start_heartbeat()
+    try:
+        seen = [sub.mailbox.get(timeout=ASK) for _ in range(3)]  # waits for one repeat
+    finally:
+        log.task("execute-0", "succeeded")
+        log.status("succeeded")
+        log.stop_heartbeat()
+    parts.registry.unsubscribe_events(job_id, sub.token).get(timeout=ASK)
+    assert [e.get("message") for e in seen if isinstance(e, dict)] == [
+        None,
+        "psql: start",
+        "psql: start",
+    ]
+    assert not any(t.name == "job-heartbeat" and t.is_alive() for t in threading.enumerate())
+    stored = parts.events(job_id)
+    assert sum(e.get("message") == "psql: start" for e in stored) >= 2
+    assert stored[-2]["type"] == "task" and stored[-2]["status"] == "succeeded"
+    assert stored[-1] == {"type": "status", "ts": stored[-1]["ts"], "status": "succeeded"}
+    stamps = [parse_rfc3339(e["ts"]) for e in stored]
+    assert stamps == sorted(stamps)
+    log.tick()
+    assert len(parts.events(job_id)) == len(stored), "an ended job is never repeated"

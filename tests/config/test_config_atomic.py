@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import stat
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import pytest
 
 from sqlrs_engine.config.atomic import dump_pretty, read_json_object, write_json_atomic
+from tests.support.faults import chattr, tmpfs
 
 NAME = "config.json"
 OLD = b'{\n  "log": {\n    "level": "info"\n  }\n}\n'
@@ -30,26 +29,6 @@ OLD = b'{\n  "log": {\n    "level": "info"\n  }\n}\n'
 def temp_files(directory: Path) -> list[str]:
     """What `write_json_atomic` could leave behind: `.config.json.<random>.tmp`."""
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(f".{NAME}."))
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
-    """A small tmpfs mounted at `path` (needs root), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    path.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False, capture_output=True)
 
 
 def fill(fs: Path, leave: int) -> None:
@@ -63,15 +42,6 @@ def fill(fs: Path, leave: int) -> None:
         assert exc.errno == errno.ENOSPC
     os.ftruncate(fd, written - leave)
     os.close(fd)
-
-
-def chattr(flag: str, path: Path) -> None:
-    if os.geteuid() != 0 or shutil.which("chattr") is None:
-        pytest.skip("needs root and chattr")
-    try:
-        subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"chattr {flag} is not supported here: {exc}")
 
 
 # -- dump_pretty -------------------------------------------------------------------------------

@@ -10,8 +10,6 @@ instance how many clients it has and tells it to stop its server, so no PostgreS
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,15 +32,12 @@ from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.layout import StoreLayout
 from sqlrs_engine.snapshot.store import StateStore
 from tests.support.fake_runtime import FakeRuntime
+from tests.support.faults import chattr, needs_chattr
 from tests.support.seed import IMAGE, Seeder
 
 S, C, G, X = ("5" * 64, "c" * 64, "9" * 64, "e" * 64)
 """State ids: a root S, its child C, grandchild G; X is unrelated."""
 TIMEOUT = 30.0
-
-needs_chattr = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs root and chattr"
-)
 
 
 class ServerRuntime(FakeRuntime):
@@ -212,13 +207,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         yield made
     finally:
         made.stop()
-
-
-def chattr(flag: str, path: Path) -> None:
-    try:
-        subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"chattr {flag} is not supported here: {exc}")
 
 
 # -- instances -------------------------------------------------------------------------------

@@ -9,16 +9,14 @@ root case is added here.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import shutil
 import stat
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,36 +44,9 @@ from sqlrs_engine.snapshot.fsops import (
     write_marker,
 )
 from sqlrs_engine.snapshot.layout import is_stale_name
+from tests.support.faults import chattr, needs_chattr, tmpfs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-needs_chattr = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs root and chattr"
-)
-
-
-def chattr(flag: str, path: Path) -> None:
-    try:
-        subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"chattr {flag} is not supported here: {exc}")
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
-    """A small tmpfs mounted at `path` (needs root), unmounted afterwards."""
-    path.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False, capture_output=True)
 
 
 def fill(fs: Path, leave: int = 0) -> None:

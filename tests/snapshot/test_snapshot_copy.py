@@ -1,10 +1,7 @@
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ from sqlrs_engine.snapshot.base import (
     SnapshotError,
 )
 from sqlrs_engine.snapshot.copy import CopyBackend
+from tests.support.faults import chattr, needs_chattr, tmpfs
 
 B = CopyBackend()
 DataDirFactory = Callable[..., Path]
@@ -209,28 +207,11 @@ def test_snapshot_rejects_overlap(tmp_path: Path, data_dir: DataDirFactory) -> N
         B.snapshot(src, src / "state", parent=None)
 
 
-@contextlib.contextmanager
-def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", str(path)], check=False)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 def test_out_of_space_is_flagged_and_cleaned(tmp_path: Path, data_dir: DataDirFactory) -> None:
     src = data_dir("src")
     (src / "pgdata" / "big").write_bytes(b"\x07" * (512 * 1024))
-    with tiny_tmpfs(tmp_path / "small", "128k") as small:
+    with tmpfs(tmp_path / "small", "128k") as small:
         with pytest.raises(SnapshotError) as info:
             B.clone(src, small / "runtime")
         assert info.value.no_space
@@ -265,18 +246,13 @@ def test_remove_tree_file_symlink_and_absent(tmp_path: Path, data_dir: DataDirFa
     B.remove(tmp_path / "never-existed")
 
 
-def _chattr(flag: str, path: Path) -> None:
-    try:
-        subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"chattr {flag} unavailable here: {exc}")
-
-
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs chattr")
-def test_remove_falls_back_to_stale_rename(tmp_path: Path, data_dir: DataDirFactory) -> None:
+@needs_chattr
+def test_remove_moves_aside_a_tree_it_cannot_empty(
+    tmp_path: Path, data_dir: DataDirFactory
+) -> None:
     runtime = data_dir(tmp_path / "jobs" / "j" / "runtime")
     stuck = runtime / "pgdata" / "global" / "pg_control"
-    _chattr("+i", stuck)  # rm -rf cannot unlink it; the tree can still be renamed
+    chattr("+i", stuck)  # rm -rf cannot unlink it; the tree can still be renamed
     try:
         B.remove(runtime)
         assert not runtime.exists()
@@ -284,14 +260,14 @@ def test_remove_falls_back_to_stale_rename(tmp_path: Path, data_dir: DataDirFact
         assert len(stale) == 1
     finally:
         for p in (tmp_path / "jobs" / "j").glob("runtime.stale-*/pgdata/global/pg_control"):
-            _chattr("-i", p)
+            chattr("-i", p)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs chattr")
+@needs_chattr
 def test_remove_reports_clearly_when_impossible(tmp_path: Path, data_dir: DataDirFactory) -> None:
     parent = tmp_path / "locked"
     victim = data_dir(parent / "state")
-    _chattr("+i", parent)  # neither unlink nor rename inside it
+    chattr("+i", parent)  # neither unlink nor rename inside it
     try:
         with pytest.raises(SnapshotError) as info:
             B.remove(victim)
@@ -299,7 +275,7 @@ def test_remove_reports_clearly_when_impossible(tmp_path: Path, data_dir: DataDi
         assert "cannot move it aside" in (info.value.details or "")
         assert victim.exists()
     finally:
-        _chattr("-i", parent)
+        chattr("-i", parent)
 
 
 # -- validate_state / size_bytes --------------------------------------------------------------

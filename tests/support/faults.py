@@ -1,0 +1,50 @@
+"""Real faults on demand: immutable files (`chattr +i`) and tiny filesystems (tmpfs).
+
+Removal failures and a full disk are what these provoke, with the kernel's own errors,
+where a mock could only imitate them. Both need root; a test that cannot have them is
+skipped with the precise reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+needs_chattr = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("chattr") is None,
+    reason="needs root and chattr (e2fsprogs) to make files immutable",
+)
+
+
+def chattr(flag: str, path: Path) -> None:
+    """`chattr <flag> path`; skips the test when the filesystem has no such attribute."""
+    try:
+        subprocess.run(["chattr", flag, str(path)], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"chattr {flag} is not supported on this filesystem: {exc}")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
+    """A tmpfs of `size` mounted at new dir `path` (to fill up), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    path.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False, capture_output=True)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from sqlrs_engine.errors import ApiError
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -30,6 +32,19 @@ def apply_log_level(level: str) -> None:
     logging.getLogger().setLevel(_LEVELS.get(level.lower(), logging.DEBUG))
 
 
+class _AnswersAreNotFailures(logging.Filter):
+    """Drop Pykka's traceback for an `ApiError` an actor returned to its caller.
+
+    Pykka logs every exception returned through a future, with its traceback; an ApiError
+    is an answer (a 404 for a missing config path, a 400 for a bad value), not a failure,
+    and its traceback in the log would look like one.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not isinstance(error, ApiError)
+
+
 def configure_logging(log_dir: Path, level: str = "DEBUG") -> Path:
     """Log to `log_dir/engine.log` (0600, dir 0700) and to stderr when it is a terminal."""
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -48,4 +63,7 @@ def configure_logging(log_dir: Path, level: str = "DEBUG") -> Path:
         handler.setFormatter(formatter)
         root.addHandler(handler)
     root.setLevel(level.upper())
+    pykka_log = logging.getLogger("pykka")
+    if not any(isinstance(f, _AnswersAreNotFailures) for f in pykka_log.filters):
+        pykka_log.addFilter(_AnswersAreNotFailures())
     return path

@@ -84,7 +84,12 @@ def _settle() -> None:
         ("EVENTS=1-2", EventRange(1, 3)),
         ("Events=7-", EventRange(7, None)),
         ("  events = 1 - 2  ", EventRange(1, 3)),
-        ("events=12345678901234567890-", EventRange(12345678901234567890, None)),
+        ("events=123456789012345678-", EventRange(123456789012345678, None)),
+        # Longer numbers mean "past every event" and stay a valid SQLite INTEGER.
+        ("events=12345678901234567890-", EventRange(2**62, None)),
+        ("events=0-99999999999999999999", EventRange(0, 2**62 + 1)),
+        ("events=" + "1" * 5000 + "-", EventRange(2**62, None)),
+        ("events=\u0661-", None),  # an Arabic-Indic digit is not an ASCII digit
         ("bytes=0-10", None),
         ("events=", None),
         ("events=-5", None),

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from sqlrs_engine.cancel import CancelToken
-from sqlrs_engine.errors import ApiError
+from sqlrs_engine.errors import ApiError, JobFailure
 from sqlrs_engine.jobs.explain import explain_prepare
 from sqlrs_engine.jobs.planning import plan_psql
 from sqlrs_engine.prepare.job_request import PrepareRequest
-from sqlrs_engine.runtime.base import Runtime
+from sqlrs_engine.runtime.base import LogSink, Runtime
 from sqlrs_engine.runtime.host import HostRuntime
 from tests.jobs.conftest import ASK, ENGINE_VERSION, Parts, ScriptRuntime, World, psql_request
 from tests.support.fake_runtime import RESOLVED
@@ -154,11 +154,28 @@ def unresolvable(world: World) -> ApiError:
     return raised.value
 
 
-def test_a_runtime_failure_is_a_500(world: World) -> None:
+def test_an_image_the_runtime_cannot_serve_is_the_clients_error(world: World) -> None:
     error = unresolvable(world)
-    assert (error.status, error.code) == (500, "internal_error")
+    assert (error.status, error.code, error.message) == (
+        400,
+        "invalid_argument",
+        "cannot resolve image",
+    )
     assert "postgres:99" in (error.details or "")
 
 
-def test_a_runtime_failure_has_the_spec_message(world: World) -> None:
-    assert unresolvable(world).message == "internal error"
+class VanishedBinaries(HostRuntime):
+    """The binaries disappear between start-up and the request (a package removal)."""
+
+    def resolve_image(self, image_id: str, log: LogSink, cancel: CancelToken) -> str:
+        raise JobFailure("internal_error", "cannot find PostgreSQL", "no binaries left")
+
+
+def test_any_other_failure_is_a_500_with_the_spec_message(world: World) -> None:
+    """SPEC §10.4: `internal_error` / `internal error`, the reason in the details."""
+    runtime = VanishedBinaries(run_root=world.root)
+    with pytest.raises(ApiError) as raised:
+        explain(world.start(), psql_request("-c", "select 1"), runtime)
+    error = raised.value
+    assert (error.status, error.code, error.message) == (500, "internal_error", "internal error")
+    assert error.details == "cannot find PostgreSQL: no binaries left"

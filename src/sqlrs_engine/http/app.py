@@ -48,7 +48,7 @@ def build_app(ctx: ApiContext) -> WsgiApp:
     routes_jobs.register(app, ctx)
     routes_delete.register(app, ctx)
     routes_runs.register(app, ctx)
-    return _access_log(_authenticate(app, ctx.auth_token))
+    return _access_log(_utf8_path(_authenticate(app, ctx.auth_token)))
 
 
 def _render_errors(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -95,6 +95,26 @@ def _route_exists(app: bottle.Bottle, environ: dict[str, Any]) -> bool:
     except bottle.HTTPError as error:
         return bool(error.status_code == 405)
     return True
+
+
+def _utf8_path(app: WsgiApp) -> WsgiApp:
+    """Make PATH_INFO valid UTF-8 before Bottle sees it: invalid bytes become U+FFFD.
+
+    Bottle decodes the path as UTF-8 *ignoring* invalid bytes, so `/v1/instances/ab%FFcd`
+    addressed instance `abcd` (and a DELETE deleted it). With U+FFFD in its place the id
+    names nothing, and the request gets the 404 of an unknown id.
+    """
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raw = environ.get("PATH_INFO", "").encode("latin-1", "replace")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            fixed = raw.decode("utf-8", "replace").encode("utf-8")
+            environ["PATH_INFO"] = fixed.decode("latin-1")
+        return app(environ, start_response)
+
+    return wsgi
 
 
 def _authenticate(app: bottle.Bottle, token: str) -> WsgiApp:

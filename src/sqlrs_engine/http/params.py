@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import ujson
@@ -39,6 +40,16 @@ def query_value(query: Any, name: str) -> str | None:
     return raw.encode("latin-1").decode("utf-8", errors="replace")
 
 
+def header_value(environ: dict[str, Any], name: str) -> str | None:
+    """A request header as sent (bytes as Latin-1 text), or None.
+
+    Bottle's `request.headers` re-decodes header bytes as strict UTF-8, so one non-UTF-8
+    byte in `Accept` or `Range` raised; the headers we read only matter as ASCII anyway.
+    """
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return value if isinstance(value, str) else None
+
+
 def optional_text(raw: str | None) -> str | None:
     """A trimmed filter value; blank means "no filter"."""
     text = (raw or "").strip()
@@ -46,12 +57,31 @@ def optional_text(raw: str | None) -> str | None:
 
 
 def read_body(stream: Any, content_length: int | None) -> bytes:
-    """Read at most MAX_BODY_BYTES from the request body, or raise a 413."""
+    """Read at most MAX_BODY_BYTES from the request body, or raise a 413.
+
+    A body that ends early or has broken chunked framing is the client's error (400): Cheroot
+    raises a timeout for the first and ValueError/OverflowError for the second.
+    """
     if content_length is not None and content_length > MAX_BODY_BYTES:
         raise _too_large()
-    data = (
-        stream.read(MAX_BODY_BYTES + 1) if content_length is None else stream.read(content_length)
-    )
+    try:
+        data = (
+            stream.read(MAX_BODY_BYTES + 1)
+            if content_length is None
+            else stream.read(content_length)
+        )
+    except TimeoutError:
+        raise invalid_argument(
+            "incomplete request body",
+            "the client sent fewer bytes than its Content-Length and then nothing more",
+        ) from None
+    except (ValueError, OverflowError) as error:
+        raise invalid_argument("malformed request body", str(error)) from None
+    if content_length is not None and len(data) < content_length:
+        raise invalid_argument(
+            "incomplete request body",
+            f"Content-Length is {content_length} but the body ended after {len(data)} bytes",
+        )
     if len(data) > MAX_BODY_BYTES:
         raise _too_large()
     return bytes(data)
@@ -78,31 +108,52 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
         raise invalid_argument(
             "invalid json payload", f"expected a JSON object, got {type(value).__name__}"
         )
-    replaced: dict[str, Any] = _without_lone_surrogates(value)
+    replaced: dict[str, Any] = _without_lone_surrogates(value, body)
     return replaced
 
 
-def _without_lone_surrogates(value: Any) -> Any:
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+"""A `\\uD800`-`\\uDFFF` escape: the only way a lone surrogate gets into a JSON string."""
+
+
+def _without_lone_surrogates(value: Any, body: bytes) -> Any:
     """`value` with every unpaired UTF-16 surrogate (`"\\ud800"`) replaced by U+FFFD.
 
     Such a string is valid JSON but not Unicode: it cannot be stored in SQLite, written to a
     file or passed to psql. Go's decoder (the reference engine) makes the same replacement.
+    Bodies without a surrogate escape (nearly all) are returned as decoded; the walk is
+    iterative because a valid document may nest deeper than Python's recursion limit.
     """
-    if isinstance(value, str):
-        if value.isascii():
-            return value
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if not _SURROGATE_ESCAPE.search(body):
         return value
-    if isinstance(value, list):
-        return [_without_lone_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {
-            _without_lone_surrogates(key): _without_lone_surrogates(item)
-            for key, item in value.items()
-        }
+    pending: list[list[Any] | dict[Any, Any]] = [value] if isinstance(value, list | dict) else []
+    while pending:
+        container = pending.pop()
+        if isinstance(container, list):
+            for index, item in enumerate(container):
+                if isinstance(item, list | dict):
+                    pending.append(item)
+                else:
+                    container[index] = _unicode_text(item)
+            continue
+        entries = list(container.items())
+        container.clear()
+        for key, item in entries:
+            if isinstance(item, list | dict):
+                pending.append(item)
+            else:
+                item = _unicode_text(item)
+            container[_unicode_text(key)] = item
+    return value
+
+
+def _unicode_text(value: Any) -> Any:
+    if not isinstance(value, str) or value.isascii():
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
     return value
 
 

@@ -9,6 +9,7 @@ import bottle
 
 from sqlrs_engine.errors import ApiError
 from sqlrs_engine.http.jsonio import JSON, json_line, render_list
+from sqlrs_engine.http.params import header_value
 
 
 def json_response(
@@ -24,7 +25,7 @@ def json_response(
 
 
 def list_response(items: Iterable[Any]) -> bottle.HTTPResponse:
-    body, content_type = render_list(items, bottle.request.headers.get("Accept"))
+    body, content_type = render_list(items, header_value(bottle.request.environ, "Accept"))
     return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": content_type})
 
 

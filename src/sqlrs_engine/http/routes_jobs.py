@@ -9,7 +9,7 @@ import bottle
 from sqlrs_engine.errors import ApiError, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON
-from sqlrs_engine.http.params import json_object_body, optional_text, query_value
+from sqlrs_engine.http.params import header_value, json_object_body, optional_text, query_value
 from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
 from sqlrs_engine.http.streams import (
     content_range,
@@ -73,7 +73,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/prepare-jobs/<job_id>/events")
     def job_events(job_id: str) -> Any:
-        requested = parse_events_range(bottle.request.headers.get("Range"))
+        requested = parse_events_range(header_value(bottle.request.environ, "Range"))
         start, stop = (requested.start, requested.stop) if requested else (0, None)
         sub = registry.subscribe_events(job_id, start, stop).get(timeout=ASK_TIMEOUT)
         if sub is None:

@@ -18,7 +18,16 @@ from sqlrs_engine.http.server import SOCKET_KEY
 POLL_SECONDS = 0.25
 """How often a waiting stream checks whether its client is still there."""
 
-_RANGE = re.compile(r"^\s*events\s*=\s*(\d+)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_RANGE = re.compile(r"^\s*events\s*=\s*([0-9]+)\s*-\s*([0-9]*)\s*$", re.IGNORECASE)
+"""ASCII digits only (`\\d` would take any Unicode digit)."""
+
+_BEYOND_ANY_JOB = 2**62
+"""What an index too long to be real counts as: past every event, yet a valid SQLite INTEGER."""
+
+
+def _event_index(digits: str) -> int:
+    # int() of thousands of digits is slow (and refused past 4300); nothing has 10**18 events.
+    return _BEYOND_ANY_JOB if len(digits) > 18 else min(int(digits), _BEYOND_ANY_JOB)
 
 
 @dataclass(frozen=True)
@@ -36,10 +45,10 @@ def parse_events_range(header: str | None) -> EventRange | None:
     match = _RANGE.match(header)
     if not match:
         return None
-    start = int(match.group(1))
+    start = _event_index(match.group(1))
     if not match.group(2):
         return EventRange(start, None)
-    last = int(match.group(2))
+    last = _event_index(match.group(2))
     return EventRange(start, last + 1) if last >= start else None
 
 

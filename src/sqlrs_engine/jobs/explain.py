@@ -15,7 +15,7 @@ from sqlrs_engine.errors import ApiError, JobFailure, invalid_argument
 from sqlrs_engine.jobs.planning import plan_psql
 from sqlrs_engine.jobs.services import ASK_TIMEOUT
 from sqlrs_engine.prepare.job_request import PrepareRequest
-from sqlrs_engine.runtime.base import Runtime
+from sqlrs_engine.runtime.base import CANNOT_RESOLVE_IMAGE, Runtime
 
 
 def explain_prepare(
@@ -44,6 +44,9 @@ def explain_prepare(
         )
     except JobFailure as failure:
         if failure.code == "invalid_argument":
+            raise invalid_argument(failure.message, failure.details) from None
+        if failure.message == CANNOT_RESOLVE_IMAGE:
+            # The image the client named cannot be used here: its input, not our failure.
             raise invalid_argument(failure.message, failure.details) from None
         reason = f"{failure.message}: {failure.details}" if failure.details else failure.message
         raise ApiError(500, "internal_error", "internal error", reason) from None

@@ -276,6 +276,9 @@ def parse_psql_args(
     Raises a 400 `invalid_argument` `ApiError` with the exact §2.2 message and details.
     `cwd` is the work dir fallback when there is no `-f` file (default: the process cwd).
     """
+    for arg in args:
+        if "\x00" in arg:  # no process argument can hold one; psql would never run
+            raise invalid_argument("arguments must not contain NUL characters", arg)
     items = _scan(args, stdin, check=True)
     inputs = [item for item in items if isinstance(item, PsqlInput)]
     uses_stdin = any(item.kind == "stdin" for item in inputs)

@@ -212,6 +212,9 @@ def _strings(value: Any, name: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise _bad_type(f"{name} must be an array of strings")
+    for item in value:
+        if "\x00" in item:  # no process argument can hold one
+            raise invalid_argument("arguments must not contain NUL characters", f"{name}: {item}")
     return tuple(value)
 
 

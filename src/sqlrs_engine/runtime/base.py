@@ -33,6 +33,10 @@ def pgdata_of(data_dir: Path) -> Path:
     return data_dir / "pgdata"
 
 
+CANNOT_RESOLVE_IMAGE = "cannot resolve image"
+"""The job failure of an image id that the runtime cannot map to PostgreSQL binaries."""
+
+
 @dataclass(frozen=True)
 class ServerHandle:
     """A running (or last known) PostgreSQL server of one data dir."""

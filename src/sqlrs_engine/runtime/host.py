@@ -45,7 +45,14 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
 from sqlrs_engine.runtime import procs
-from sqlrs_engine.runtime.base import LogSink, OutputSink, Runtime, ServerHandle, pgdata_of
+from sqlrs_engine.runtime.base import (
+    CANNOT_RESOLVE_IMAGE,
+    LogSink,
+    OutputSink,
+    Runtime,
+    ServerHandle,
+    pgdata_of,
+)
 from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator, port_is_free
 from sqlrs_engine.runtime.users import (
     ServerUserError,
@@ -326,7 +333,7 @@ class HostRuntime:
     def resolve_image(self, image_id: str, log: LogSink, cancel: CancelToken) -> str:
         log(f"resolve image {image_id}")
         cancel.raise_if_cancelled()
-        install = self._install_or_fail(image_id, "cannot resolve image")
+        install = self._install_or_fail(image_id, CANNOT_RESOLVE_IMAGE)
         resolved = install.resolved_image_id
         log(f"resolved image {resolved}")
         return resolved

@@ -78,9 +78,31 @@ def _parser() -> _Parser:
     return parser
 
 
+_VALUE_FLAGS = ("listen", "write-engine-json", "run-dir", "idle-timeout", "version", "http-threads")
+"""Every flag of the engine takes a value (`-h` aside)."""
+
+
+def _attach_values(argv: Sequence[str]) -> list[str]:
+    """`--flag value` → `--flag=value`, so that a value may start with `-` (`-1s`).
+
+    Go's flag package always takes the next argument as a flag's value; argparse would read
+    `--idle-timeout -1s` as two options and refuse it.
+    """
+    valued = {f"{dashes}{name}" for name in _VALUE_FLAGS for dashes in ("-", "--")}
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in valued:
+            value = next(args, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def parse_options(argv: Sequence[str], environ: dict[str, str]) -> EngineOptions:
     """Flags and environment → options; raises `_UsageError` with the SPEC's messages."""
-    args = _parser().parse_args(list(argv))
+    args = _parser().parse_args(_attach_values(argv))
     if not args.listen:
         raise _UsageError("missing --listen")
     if not args.engine_json:

@@ -207,7 +207,7 @@ class Engine:
         if self._http is not None:
             self._http.stop()
         if self._registry is not None and self._registry_ref is not None:
-            _stop_children(self._registry)
+            _stop_children(self._registry, self._registry_ref)
             self._registry_ref.stop(block=True, timeout=STOP_TIMEOUT)
         if self._snapshot_ref is not None and self._snapshot_ref.is_alive():
             self._snapshot_ref.stop(block=True, timeout=STOP_TIMEOUT)
@@ -228,12 +228,20 @@ def _make_reachable(root: Path, runtime: Runtime) -> None:
         raise RuntimeSelectionError(f"state store {root} is unusable: {error}") from None
 
 
-def _stop_children(registry: RegistryProxy) -> None:
+def _stop_children(registry: RegistryProxy, registry_ref: pykka.ActorRef[Any]) -> None:
+    """Stop the Registry's children in the order it gives (jobs, instances, backends).
+
+    A Registry that cannot answer (crashed, stuck) cannot hand them over; then every other
+    actor of this process is stopped, jobs first: Pykka threads are not daemons, and one
+    left running would keep the engine process alive after SIGTERM.
+    """
     try:
         children = registry.begin_shutdown().get(timeout=STOP_TIMEOUT)
     except (pykka.Timeout, pykka.ActorDeadError):
-        log.warning("registry did not hand over its children; stopping it directly")
-        return
+        log.warning("registry did not hand over its children; stopping every other actor")
+        others = [ref for ref in pykka.ActorRegistry.get_all() if ref is not registry_ref]
+        order: dict[type[Any], int] = {PrepareJobActor: 0, InstanceActor: 1}
+        children = sorted(others, key=lambda ref: order.get(ref.actor_class, 2))
     for ref in children:
         try:
             ref.stop(block=True, timeout=STOP_TIMEOUT)

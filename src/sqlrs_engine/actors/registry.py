@@ -451,8 +451,9 @@ def start_registry(
     """Start the Registry and wait until it serves; raise `RegistryStartError` if it cannot."""
     failures: list[BaseException] = []
     ref = RegistryActor.start(settings, failures.append)
-    proxy: RegistryProxy = ref.proxy()  # type: ignore[assignment]
     try:
+        # Inside the try: a Registry whose on_start fails may be gone before proxy() runs.
+        proxy: RegistryProxy = ref.proxy()  # type: ignore[assignment]
         proxy.ping().get(timeout=timeout)
     except pykka.ActorDeadError as error:
         reason = str(failures[0]) if failures else "registry stopped during start-up"

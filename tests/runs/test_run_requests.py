@@ -14,6 +14,7 @@ from sqlrs_engine.runs.requests import (
     RunStep,
     pgbench_connection_conflict,
     psql_connection_conflict,
+    psql_positional,
     step_args,
     validate_run_request,
 )
@@ -236,3 +237,44 @@ def test_pgbench_gets_connection_options_after_user_args_and_db_last() -> None:
         "sqlrs",
         "postgres",
     ]
+
+
+@pytest.mark.parametrize(
+    ("args", "positional"),
+    [
+        ([], None),
+        (["-At", "-c", "select 1"], None),
+        (["-c", "host=x port=1"], None),  # a -c value, not a positional
+        (["-Atc", "select 'a b'"], None),  # -c last in a cluster: the next arg is its value
+        (["-Atcselect 1"], None),  # the rest of the cluster is the value
+        (["-v", "a=1", "--set", "b=2", "--set=c=3", "-vd=4"], None),
+        (["-P", "pager=off", "-F", ",", "-R", ";", "-T", "border=1", "-L", "/tmp/l"], None),
+        (["--comm", "select 1"], None),  # getopt_long accepts a unique prefix
+        (["--csv", "--no-psqlrc", "-X", "-q", "-1"], None),
+        (["", "-c", "select 1"], None),  # empty arguments are skipped
+        (["-c", "select 1", "template1"], "template1"),
+        (["host=127.0.0.1 port=5433"], "host=127.0.0.1 port=5433"),
+        (["-A", "dbname=other", "-c", "x"], "dbname=other"),
+        (["-"], "-"),
+        (["-c", "select 1", "--", "-x"], "-x"),  # after --, everything is positional
+        (["--", ""], None),
+    ],
+)
+def test_psql_positional_arguments_are_found_like_getopt_long(
+    args: list[str], positional: str | None
+) -> None:
+    """Any positional would redirect psql (database = the client's, user = our DSN)."""
+    assert psql_positional(args) == positional
+
+
+def test_a_conninfo_positional_is_a_connection_conflict() -> None:
+    body = {"instance_ref": "i1", "kind": "psql", "args": ["-c", "select 1", "port=1"]}
+    with pytest.raises(ApiError) as raised:
+        validate_run_request(body, lambda _ref: FoundInstance("i1", "host:1"))
+    error = raised.value
+    assert (error.status, error.code, error.message) == (
+        409,
+        "conflict",
+        "conflicting psql connection arguments",
+    )
+    assert error.details == "port=1"

@@ -12,6 +12,8 @@ Order (first failing check wins), with this project's additions marked (+):
 4. instance not found (exact id, then name; no redirect) → 404 `instance not found`;
 5. instance without `runtime_id` → 409 `instance runtime id is missing`;
 6. psql `args` with a §2.2 connection flag or a non-dash arg containing `://` → 409;
+   (+) also any other positional argument (`psql_positional`): psql would take it as the
+   database (a conninfo string redirects it) and the engine's DSN as the user;
 7. pgbench `args` with `-h -p -U -d` or those with an attached value → 409;
 8. `steps` with kind ≠ psql / with non-empty `args` / with `stdin` → 400;
 9. a step with psql connection args → 409;
@@ -142,6 +144,59 @@ def psql_connection_conflict(args: Sequence[str]) -> str | None:
     return None
 
 
+_PSQL_VALUE_LETTERS = frozenset("cdfFhLopPRTUv")
+"""psql's short options that take a value (its getopt string, PostgreSQL 15)."""
+_PSQL_VALUE_LONG = (
+    "command",
+    "dbname",
+    "field-separator",
+    "file",
+    "host",
+    "log-file",
+    "output",
+    "port",
+    "pset",
+    "record-separator",
+    "set",
+    "table-attr",
+    "username",
+    "variable",
+)
+"""psql's long options that take a value; getopt_long also accepts unique prefixes."""
+
+
+def psql_positional(args: Sequence[str]) -> str | None:
+    """The first positional argument psql would see (getopt_long rules), else None.
+
+    psql reads its first positional as the database — a name, a URI or a conninfo string
+    such as `host=… port=…` — and its second as the user. With one of the client's, the
+    engine's DSN (appended last) would become the user name, and psql would connect to
+    whatever the client's argument says: another server than the instance's. §5 only
+    names `://`; a conninfo string or a bare database name redirects just the same.
+    """
+    remaining = iter(args)
+    for arg in remaining:
+        if not arg:
+            continue
+        if arg == "--":
+            return next((rest for rest in remaining if rest), None)
+        if arg.startswith("--"):
+            name, has_value, _ = arg[2:].partition("=")
+            if not has_value and any(option.startswith(name) for option in _PSQL_VALUE_LONG):
+                next(remaining, None)
+            continue
+        if arg.startswith("-") and arg != "-":
+            letters = arg[1:]
+            for index, letter in enumerate(letters):
+                if letter in _PSQL_VALUE_LETTERS:
+                    if index == len(letters) - 1:
+                        next(remaining, None)  # the value is the next argument
+                    break  # the rest of the cluster is the value
+            continue
+        return arg
+    return None
+
+
 def pgbench_connection_conflict(args: Sequence[str]) -> str | None:
     """The first `-h -p -U -d` argument, alone or with an attached value (§5), else None."""
     for arg in args:
@@ -152,7 +207,7 @@ def pgbench_connection_conflict(args: Sequence[str]) -> str | None:
 
 def _check_connection_args(kind: RunKind, args: Sequence[str]) -> None:
     if kind == "psql":
-        arg = psql_connection_conflict(args)
+        arg = psql_connection_conflict(args) or psql_positional(args)
         if arg is not None:
             raise conflict("conflicting psql connection arguments", arg)
     else:

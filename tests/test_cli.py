@@ -102,7 +102,8 @@ def test_run_dir_is_created_with_mode_0700(tmp_path: Path) -> None:
         ([*REQUIRED, "--idle-timeout", "soon"], 'time: invalid duration "soon"'),
         ([*REQUIRED, "--idle-timeout="], 'time: invalid duration ""'),
         ([*REQUIRED, "--idle-timeout", "3d"], 'time: unknown unit "d" in duration "3d"'),
-        ([*REQUIRED, "--http-threads", "3"], "--http-threads must be at least 4"),
+        ([*REQUIRED, "--http-threads", "3"], "--http-threads must be between 4 and 4096"),
+        ([*REQUIRED, "--http-threads", "4097"], "--http-threads must be between 4 and 4096"),
         ([*REQUIRED, "--http-threads", "many"], "invalid int value"),
         ([*REQUIRED, "--bogus"], "unrecognized arguments: --bogus"),
         ([*REQUIRED, "--idle", "1s"], "unrecognized arguments"),  # no abbreviations, like Go

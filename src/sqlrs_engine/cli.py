@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from sqlrs_engine import __version__
+from sqlrs_engine.config.defaults import MAX_HTTP_THREADS, MIN_HTTP_THREADS
 from sqlrs_engine.durations import DurationError, parse_duration
 from sqlrs_engine.engine import Engine, EngineOptions, run_until_stopped
 from sqlrs_engine.http.server import parse_listen
@@ -112,8 +113,11 @@ def parse_options(argv: Sequence[str], environ: dict[str, str]) -> EngineOptions
         idle_timeout = parse_duration(args.idle_timeout)
     except (ValueError, DurationError) as error:
         raise _UsageError(str(error)) from None
-    if args.http_threads is not None and args.http_threads < 4:
-        raise _UsageError("--http-threads must be at least 4")
+    threads = args.http_threads
+    if threads is not None and not MIN_HTTP_THREADS <= threads <= MAX_HTTP_THREADS:
+        raise _UsageError(
+            f"--http-threads must be between {MIN_HTTP_THREADS} and {MAX_HTTP_THREADS}"
+        )
     engine_json = Path(args.engine_json).absolute()
     store = environ.get("SQLRS_STATE_STORE") or str(engine_json.parent / "state-store")
     if args.run_dir:

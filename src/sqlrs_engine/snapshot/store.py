@@ -334,20 +334,27 @@ class StateStore:
         separate = self.backend.separate_build_meta
         marker = self.layout.build_marker(image_id, state_id, separate=separate)
         lock = self.layout.build_lock(image_id, state_id, separate=separate)
-        # Marker first: whatever happens next, the dir no longer claims to be complete.
-        with contextlib.suppress(FileNotFoundError):
-            marker.unlink()
         # A marker a backend with the other placement left (the store changed backends).
         other = self.layout.build_marker(image_id, state_id, separate=not separate)
-        with contextlib.suppress(OSError):
-            other.unlink()
-        if separate or not keep_lock:
-            self.remove_path(state_dir)
-            if separate and not keep_lock:
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-        elif state_dir.is_dir():
-            clear_dir(state_dir, {lock.name}, self.remove_path)
+        if keep_lock and not separate:
+            # Emptied in place around its lock: the marker goes first, so that a half-emptied
+            # dir never claims to be complete.
+            for stale_marker in (marker, other):
+                with contextlib.suppress(OSError):
+                    stale_marker.unlink()
+            if state_dir.is_dir():
+                clear_dir(state_dir, {lock.name}, self.remove_path)
+            return
+        # Removed whole: the backend either refuses before touching anything (a mounted clone
+        # stands on an overlay layer) or takes the dir away at once (one rename, a subvolume
+        # delete), so a refused removal leaves the state complete, marker included.
+        self.remove_path(state_dir)
+        for stale_marker in (marker, other):
+            with contextlib.suppress(OSError):
+                stale_marker.unlink()
+        if separate and not keep_lock:
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()
 
     def _drop_unlockable_state(self, state_dir: Path) -> None:
         """Remove a read-only btrfs state when this backend keeps its lock *inside* the dir.

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from sqlrs_engine.config.atomic import dump_pretty, read_json_object, write_json_atomic
-from tests.support.faults import chattr, tmpfs
+from tests.support.faults import chattr, fill, tmpfs
 
 NAME = "config.json"
 OLD = b'{\n  "log": {\n    "level": "info"\n  }\n}\n'
@@ -29,19 +29,6 @@ OLD = b'{\n  "log": {\n    "level": "info"\n  }\n}\n'
 def temp_files(directory: Path) -> list[str]:
     """What `write_json_atomic` could leave behind: `.config.json.<random>.tmp`."""
     return sorted(p.name for p in directory.iterdir() if p.name.startswith(f".{NAME}."))
-
-
-def fill(fs: Path, leave: int) -> None:
-    """Fill the filesystem at `fs` to the last block, then free `leave` bytes again."""
-    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    written = 0
-    try:
-        while True:
-            written += os.write(fd, b"\x00" * 65536)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    os.ftruncate(fd, written - leave)
-    os.close(fd)
 
 
 # -- dump_pretty -------------------------------------------------------------------------------

@@ -44,22 +44,9 @@ from sqlrs_engine.snapshot.fsops import (
     write_marker,
 )
 from sqlrs_engine.snapshot.layout import is_stale_name
-from tests.support.faults import chattr, needs_chattr, tmpfs
+from tests.support.faults import chattr, fill, needs_chattr, tmpfs
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
-
-
-def fill(fs: Path, leave: int = 0) -> None:
-    """Fill the filesystem at `fs` to the last block, then free `leave` bytes again."""
-    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    written = 0
-    try:
-        while True:
-            written += os.write(fd, b"\x00" * 65536)
-    except OSError as exc:
-        assert exc.errno == errno.ENOSPC
-    os.ftruncate(fd, written - leave)
-    os.close(fd)
 
 
 def make_tree(root: Path) -> Path:

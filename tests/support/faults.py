@@ -8,6 +8,7 @@ skipped with the precise reason.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -48,3 +49,16 @@ def tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=False, capture_output=True)
+
+
+def fill(fs: Path, leave: int = 0) -> None:
+    """Fill the filesystem at `fs` to the last block, then free `leave` bytes again."""
+    fd = os.open(fs / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    written = 0
+    try:
+        while True:
+            written += os.write(fd, b"\x00" * 65536)
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    os.ftruncate(fd, written - leave)
+    os.close(fd)

@@ -15,7 +15,7 @@ import bottle
 import pykka
 
 from sqlrs_engine.actors.instance import RunningServer, instance_proxy
-from sqlrs_engine.errors import JobFailure, internal_error
+from sqlrs_engine.errors import JobFailure, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.jsonio import NDJSON, json_line
 from sqlrs_engine.http.params import json_object_body
@@ -42,6 +42,8 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
         body = json_object_body(bottle.request)
         plan = validate_run_request(body, lookup)
         ref = registry.instance_actor(plan.instance_id).get(timeout=ASK_TIMEOUT)
+        if ref is None and lookup(plan.instance_id) is None:
+            raise not_found("instance not found")  # deleted since validation looked it up
         if ref is None:
             raise internal_error(
                 RUN_FAILED,

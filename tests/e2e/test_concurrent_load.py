@@ -1,0 +1,855 @@
+"""Mixed concurrent load against the real engine: prepares, runs, lists, deletes, cancels.
+
+The module starts its own engine on a fresh state store, so that after each scenario the
+store can be checked *exactly*: every state and instance row has its directory, every
+directory has a row, every PostgreSQL server under the store belongs to an instance row, and
+every overlay mount under the store is the clone of an instance. The last test stops that
+engine, starts a new one on the same store and checks that it adopts every instance.
+
+The delete storms break things on purpose, so they get engines (and stores) of their own:
+whatever they leave behind must not be blamed on the other scenarios. Races the storms hit
+intermittently are tolerated by name below (each predicate says what it forgives and why);
+everything else they check is asserted.
+
+Concurrency stays around 8-16 client threads (the machine has 2 cores); waits are bounded and
+generous, and nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from sqlrs_engine.runtime import procs
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
+from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.prepare import psql_body
+
+STREAM_TIMEOUT = 120
+"""Seconds a client waits for the next bytes of a response (job streams heartbeat at 0.5 s)."""
+
+WORKERS_TIMEOUT = 240
+"""Seconds a scenario's client threads get to finish once its load has been submitted."""
+
+# -- talking to the engine from many threads -----------------------------------------------------
+
+
+@dataclass
+class Call:
+    """One HTTP request as the client saw it (the body is kept for 5xx answers)."""
+
+    method: str
+    path: str
+    status: int
+    body: str = ""
+
+
+@dataclass
+class Job:
+    """A prepare job, followed to its end through its events stream."""
+
+    job_id: str
+    events: list[dict[str, Any]]
+    state_ids: list[str] = field(default_factory=list)
+    """Output states of its steps, in order (empty if retention removed the job meanwhile)."""
+
+    @property
+    def status(self) -> str | None:
+        statuses = [e["status"] for e in self.events if e["type"] == "status"]
+        return statuses[-1] if statuses else None
+
+    @property
+    def result(self) -> dict[str, Any]:
+        return dict(next(e["result"] for e in self.events if e["type"] == "result"))
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        errors = [e["error"] for e in self.events if e["type"] == "error"]
+        return errors[-1] if errors else None
+
+    def logs(self) -> list[str]:
+        return [e.get("message", "") for e in self.events if e["type"] == "log"]
+
+    def executed_states(self) -> list[str]:
+        """The output states of the steps whose psql this job ran (not cache hits).
+
+        A step's `psql: start` may appear more than once: the heartbeat repeats the last log
+        event every 500 ms while psql is silent."""
+        executed: list[str] = []
+        task = None
+        for event in self.events:
+            if event["type"] == "task":
+                task = event["task_id"]
+            elif event.get("message") == "psql: start" and task is not None:
+                position = int(task.rsplit("-", 1)[1])
+                state = self.state_ids[position] if position < len(self.state_ids) else task
+                if state not in executed:
+                    executed.append(state)
+        return executed
+
+
+@dataclass
+class Run:
+    """One POST /v1/runs: the HTTP status and the events (or the ErrorResponse)."""
+
+    status: int
+    events: list[dict[str, Any]]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.events[-1] if self.events else {}
+
+    @property
+    def stdout(self) -> str:
+        return "".join(e["data"] for e in self.events if e["type"] == "stdout")
+
+
+class Api:
+    """An HTTP client for many threads: one session per thread, every status recorded."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self.engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self.calls: list[Call] = []
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        return session
+
+    def request(
+        self, method: str, path: str, *, stream: bool = False, **kwargs: Any
+    ) -> requests.Response:
+        kwargs.setdefault("timeout", STREAM_TIMEOUT)
+        response = self._session().request(
+            method,
+            self.engine.base_url + path,
+            headers={"Authorization": f"Bearer {self.engine.token}"},
+            allow_redirects=False,
+            stream=stream,
+            **kwargs,
+        )
+        body = response.text if response.status_code >= 500 else ""
+        with self._lock:
+            self.calls.append(Call(method, path, response.status_code, body))
+        return response
+
+    def get_json(self, path: str, **kwargs: Any) -> Any:
+        response = self.request("GET", path, **kwargs)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        return response.json()
+
+    def server_errors(self, allowed: Callable[[Call], bool] = lambda _: False) -> list[Call]:
+        with self._lock:
+            return [c for c in self.calls if c.status >= 500 and not allowed(c)]
+
+    def submit(self, body: dict[str, Any]) -> str:
+        response = self.request("POST", "/v1/prepare-jobs", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["job_id"])
+
+    def follow(self, job_id: str, on_event: Callable[[dict[str, Any]], None] | None = None) -> Job:
+        """Read the job's events stream to its end (it ends after the job's final event)."""
+        events = []
+        with self.request("GET", f"/v1/prepare-jobs/{job_id}/events", stream=True) as response:
+            assert response.status_code == 200, (job_id, response.status_code)
+            for line in response.iter_lines():
+                if line:
+                    event = json.loads(line)
+                    events.append(event)
+                    if on_event is not None:
+                        on_event(event)
+        tasks = self.get_json("/v1/tasks", params={"job": job_id})
+        states = [t["output_state_id"] for t in tasks if t["type"] == "state_execute"]
+        return Job(job_id, events, states)
+
+    def prepare(self, body: dict[str, Any]) -> Job:
+        return self.follow(self.submit(body))
+
+    def cancel(self, job_id: str) -> int:
+        return self.request("POST", f"/v1/prepare-jobs/{job_id}/cancel").status_code
+
+    def run_psql(self, instance_id: str, *args: str) -> Run:
+        body = {"instance_ref": instance_id, "kind": "psql", "args": list(args)}
+        with self.request("POST", "/v1/runs", json=body, stream=True) as response:
+            if response.status_code != 200:
+                return Run(response.status_code, [response.json()])
+            return Run(200, [json.loads(line) for line in response.iter_lines() if line])
+
+
+def finish(workers: list[concurrent.futures.Future[Any]]) -> list[Any]:
+    """Wait (bounded) for every client thread; a hang or an exception fails the test."""
+    _, pending = concurrent.futures.wait(workers, timeout=WORKERS_TIMEOUT)
+    assert not pending, f"{len(pending)} client thread(s) still busy after {WORKERS_TIMEOUT}s"
+    return [worker.result() for worker in workers]
+
+
+# -- the engine log --------------------------------------------------------------------------------
+
+LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z (\w+) ", re.MULTILINE)
+
+
+def unexpected_exceptions(log_text: str) -> list[str]:
+    """Records with a traceback at WARNING or above (`log.exception`: an error no code path
+    expected). Pykka logs the exceptions it hands back to callers at INFO; those are fine."""
+    starts = [m.start() for m in LOG_RECORD.finditer(log_text)] + [len(log_text)]
+    records = [log_text[a:b] for a, b in itertools.pairwise(starts)]
+    return [
+        record
+        for record in records
+        if "Traceback" in record and record.split(" ", 2)[1] in ("WARNING", "ERROR", "CRITICAL")
+    ]
+
+
+# -- what the store must look like once nothing runs ----------------------------------------------
+
+
+def mount_points_under(path: Path) -> list[str]:
+    prefix = os.path.realpath(path) + os.sep
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix):
+            points.append(point)
+    return points
+
+
+def instance_runtime_dirs(store: Path) -> dict[str, str]:
+    """instance id → runtime_dir, read from state.db (the API entries do not carry it)."""
+    with sqlite3.connect(f"file:{store / 'state.db'}?mode=ro", uri=True, timeout=30) as db:
+        rows = db.execute("SELECT instance_id, runtime_dir FROM instances").fetchall()
+    return {instance_id: runtime_dir or "" for instance_id, runtime_dir in rows}
+
+
+def store_problems(api: Api, store: Path) -> list[str]:
+    """Every mismatch between rows, directories, servers and mounts (the engine is idle)."""
+    problems: list[str] = []
+    active = [
+        j["job_id"]
+        for j in api.get_json("/v1/prepare-jobs")
+        if j["status"] not in ("succeeded", "failed")
+    ]
+    if active:
+        problems.append(f"jobs still active: {active}")
+    states = {s["state_id"]: s for s in api.get_json("/v1/states")}
+    instances = {i["instance_id"]: i for i in api.get_json("/v1/instances")}
+    runtime_dirs = instance_runtime_dirs(store)
+    if set(runtime_dirs) != set(instances):
+        problems.append(f"API and state.db disagree: {sorted(runtime_dirs)} / {sorted(instances)}")
+
+    state_dirs = {p.name: p for p in store.glob("engines/*/*/states/*")}
+    for state_id, state in states.items():
+        directory = state_dirs.get(state_id)
+        if directory is None:
+            problems.append(f"state row {state_id} has no directory")
+        elif not (directory / ".build.ok").is_file():
+            problems.append(
+                f"state row {state_id}: its directory has no .build.ok marker "
+                f"({sorted(p.name for p in directory.iterdir())})"
+            )
+        parent = state.get("parent_state_id")
+        if parent and parent not in states:
+            problems.append(f"state row {state_id} names a parent without a row: {parent}")
+    for name, directory in state_dirs.items():
+        if name in states or ".stale-" in name:
+            continue
+        content = sorted(p.name for p in directory.iterdir())
+        # A failed or cancelled build keeps the state dir with its build lock only, on
+        # purpose: lock files are not deleted while another job may wait on them.
+        if content not in ([], [".build.lock"]):
+            problems.append(f"state dir {name} has no row: {content}")
+
+    owned: set[int] = set()
+    for instance_id, instance in instances.items():
+        runtime_dir = runtime_dirs.get(instance_id, "")
+        if not runtime_dir or not Path(runtime_dir).is_dir():
+            problems.append(f"instance row {instance_id}: runtime dir {runtime_dir!r} is missing")
+            continue
+        pids = set(servers_under(Path(runtime_dir)))
+        owned |= pids
+        runtime_id = instance.get("runtime_id", "")
+        pid = int(runtime_id.removeprefix("host:")) if runtime_id.startswith("host:") else -1
+        if not procs.is_alive(pid) or pid not in pids:
+            problems.append(
+                f"instance row {instance_id}: runtime {runtime_id!r} is not a live server of "
+                f"its runtime dir (servers there: {sorted(pids)})"
+            )
+    for runtime in store.glob("jobs/*/runtime"):
+        if str(runtime) not in runtime_dirs.values():
+            problems.append(f"runtime dir without an instance row: {runtime}")
+    for pid in sorted(set(servers_under(store)) - owned):
+        problems.append(f"server without an instance row: {pid} {procs.cmdline(pid)}")
+    expected_mounts = {os.path.join(d, "merged") for d in runtime_dirs.values() if d}
+    for point in mount_points_under(store):
+        if point not in expected_mounts:
+            problems.append(f"mount without an owner: {point}")
+    return problems
+
+
+def settled_store_problems(
+    api: Api,
+    store: Path,
+    timeout: float = 60.0,
+    ignore: Callable[[str], bool] = lambda _: False,
+) -> list[str]:
+    """The store's problems once it settles (a job's rows are written after its files)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problems = [p for p in store_problems(api, store) if not ignore(p)]
+        if not problems or time.monotonic() > deadline:
+            return problems
+        time.sleep(0.5)
+
+
+def stale_leftovers(store: Path) -> list[Path]:
+    """Copies that a removal moved aside and could not delete (swept at the next start)."""
+    patterns = ("jobs/*.stale-*", "jobs/*/*.stale-*", "engines/*/*/*.stale-*")
+    return [p for pattern in patterns for p in store.glob(pattern)] + [
+        p for p in store.glob("engines/*/*/states/*.stale-*")
+    ]
+
+
+def live_pid(runtime_id: str) -> bool:
+    return runtime_id.startswith("host:") and procs.is_alive(int(runtime_id.removeprefix("host:")))
+
+
+# -- the module's engine ---------------------------------------------------------------------------
+
+
+@dataclass
+class Harness:
+    workdir: Path
+    engine: EngineProcess
+
+    @property
+    def store(self) -> Path:
+        return self.engine.state_store
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[Harness]:
+    workdir = make_scratch_dir()
+    box = Harness(workdir, start_engine(workdir))
+    try:
+        yield box
+    finally:
+        box.engine.stop()
+        remove_scratch_dir(workdir)
+
+
+@pytest.fixture
+def api(harness: Harness) -> Iterator[Api]:
+    """A client of the module's engine; the test's part of the engine log must hold no
+    unexpected exception."""
+    offset = len(harness.engine.stderr_text())
+    yield Api(harness.engine)
+    failures = unexpected_exceptions(harness.engine.stderr_text()[offset:])
+    assert not failures, "unexpected exceptions in the engine log:\n" + "\n".join(failures)
+
+
+# -- scenario 1: mixed workload --------------------------------------------------------------------
+
+STEP_A = "create table mix_a(id int); insert into mix_a values (1); select pg_sleep(0.3)"
+STEP_B = "create table mix_b(id int); insert into mix_b select generate_series(1, 1000)"
+STEP_C = "create table mix_c(id int); select pg_sleep(0.3)"
+STEP_D = "create table mix_d(id int); insert into mix_d values (4)"
+MIX_SCRIPTS = [
+    ("-c", STEP_A, "-c", STEP_B),
+    ("-c", STEP_A, "-c", STEP_B, "-c", STEP_C),
+    ("-c", STEP_A, "-c", STEP_D),
+]
+"""Shared prefixes: four states (a, a→b, a→b→c, a→d) for twelve jobs."""
+
+
+def test_mixed_prepares_runs_lists_and_deletes(harness: Harness, api: Api) -> None:
+    bodies = [psql_body(*MIX_SCRIPTS[i % 3]) for i in range(12)]
+    random.Random(1).shuffle(bodies)
+    lock = threading.Lock()
+    ready: list[str] = []  # instances that runs may use
+    in_use: dict[str, int] = {}
+    deleting: set[str] = set()
+    prepares_done = threading.Event()
+    runs: list[Run] = []
+    deletes: list[tuple[str, int]] = []
+    dead_servers: list[str] = []
+
+    def prepare(body: dict[str, Any]) -> Job:
+        job = api.prepare(body)
+        if job.status == "succeeded":
+            with lock:
+                ready.append(job.result["instance_id"])
+        return job
+
+    def prepares() -> list[Job]:
+        try:
+            with concurrent.futures.ThreadPoolExecutor(6) as pool:
+                return finish([pool.submit(prepare, body) for body in bodies])
+        finally:
+            prepares_done.set()
+
+    def runner(seed: int) -> None:
+        rng = random.Random(seed)
+        while not prepares_done.is_set() or len(runs) < 12:
+            with lock:
+                choices = [i for i in ready if i not in deleting]
+                target = rng.choice(choices) if choices else None
+                if target is not None:
+                    in_use[target] = in_use.get(target, 0) + 1
+            if target is None:
+                if prepares_done.is_set():
+                    return  # no instance to run against: the prepares' assertion tells why
+                time.sleep(0.1)
+                continue
+            try:
+                runs.append(api.run_psql(target, "-At", "-c", "select count(*) from mix_a"))
+            finally:
+                with lock:
+                    in_use[target] -= 1
+
+    def deleter() -> None:
+        """Deletes four instances that no run is using, while prepares still finish."""
+        deadline = time.monotonic() + WORKERS_TIMEOUT / 2
+        while len(deletes) < 4 and time.monotonic() < deadline:
+            with lock:
+                idle = [i for i in ready if not in_use.get(i)]
+                target = idle[0] if len(idle) >= 3 else None
+                if target is not None:
+                    deleting.add(target)
+                    ready.remove(target)
+            if target is None:
+                time.sleep(0.1)
+                continue
+            deletes.append((target, api.request("DELETE", f"/v1/instances/{target}").status_code))
+
+    def lister() -> None:
+        while not prepares_done.is_set():
+            api.get_json("/v1/states")
+            api.get_json("/v1/prepare-jobs")
+            for entry in api.get_json("/v1/instances"):
+                with lock:
+                    if entry["instance_id"] in deleting:
+                        continue
+                alive = live_pid(entry.get("runtime_id", ""))
+                with lock:  # a delete that began after the check would explain a dead server
+                    if not alive and entry["instance_id"] not in deleting:
+                        dead_servers.append(f"{entry['instance_id']} {entry.get('runtime_id')}")
+            time.sleep(0.05)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        workers = [pool.submit(prepares), pool.submit(deleter)]
+        workers += [pool.submit(runner, seed) for seed in range(2)]
+        workers += [pool.submit(lister) for _ in range(2)]
+        jobs: list[Job] = finish(workers)[0]
+
+    assert [j.status for j in jobs] == ["succeeded"] * 12, [(j.job_id, j.error) for j in jobs]
+    assert api.server_errors() == []
+    assert len(runs) >= 12 and all(r.status == 200 for r in runs), [
+        r.events for r in runs if r.status != 200
+    ]
+    for run in runs:
+        assert run.last.get("type") == "exit" and run.last["exit_code"] == 0, run.events
+        assert run.stdout == "1\n", run.events
+    assert [status for _, status in deletes] == [200] * 4, deletes
+    assert dead_servers == [], "listed instances whose server was not running"
+    # Each of the four states was built exactly once, under its build lock.
+    mix_states = [s for s in api.get_json("/v1/states") if "mix_a" in s["prepare_args_normalized"]]
+    assert len(mix_states) == 4, mix_states
+    executions = [(j.job_id, state) for j in jobs for state in j.executed_states()]
+    assert len(executions) == 4, f"step executions (job, state) for 4 states: {executions}"
+    # Retention (orchestrator.jobs.maxIdentical = 2) trims the older jobs of each script, as
+    # each job finishes: just after its stream ends, so give the last ones a moment.
+    deadline = time.monotonic() + 30
+    while True:
+        per_signature: dict[str, int] = {}
+        for entry in api.get_json("/v1/prepare-jobs"):
+            per_signature[entry["signature"]] = per_signature.get(entry["signature"], 0) + 1
+        if sorted(per_signature.values()) == [2, 2, 2] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert sorted(per_signature.values()) == [2, 2, 2], per_signature
+    live = {i["instance_id"] for i in api.get_json("/v1/instances")}
+    assert live == {j.result["instance_id"] for j in jobs} - {i for i, _ in deletes}
+    assert settled_store_problems(api, harness.store) == []
+
+
+# -- scenario 2: delete storms (engines of their own) -------------------------------------------
+
+ROOT_STEP = "create table storm_root(id int); insert into storm_root values (1)"
+STORM_SCRIPTS = [
+    ("-c", ROOT_STEP, "-c", "create table storm_x(id int); select pg_sleep(0.2)"),
+    (
+        "-c",
+        ROOT_STEP,
+        "-c",
+        "create table storm_x(id int); select pg_sleep(0.2)",
+        "-c",
+        "create table storm_y(id int)",
+    ),
+    ("-c", ROOT_STEP, "-c", "create table storm_z(id int); select pg_sleep(0.2)"),
+]
+STORM_SECONDS = 25.0
+
+CLEAR_JOB_ERRORS = {
+    "input state not found",
+    "cannot clone state",
+    "cannot start runtime",
+    "snapshot failed",
+    "snapshot prepare failed",
+    "snapshot resume failed",
+    "cannot store state",
+}
+"""Job errors that name what a concurrent delete took away (docs/api.md, Job errors)."""
+
+
+def documented_delete_failure(call: Call) -> bool:
+    """docs/api.md: a state whose directory cannot be removed (a mounted clone stands on its
+    layer) answers 500 `delete state failed` with the reason."""
+    if call.method != "DELETE" or not call.path.startswith("/v1/states/") or call.status != 500:
+        return False
+    body = json.loads(call.body)
+    return body.get("message") == "delete state failed" and "lower layer" in body.get("details", "")
+
+
+def stale_runtime_mount(problem: str) -> bool:
+    """A run that restarts the server of an instance while a delete removes it can remount
+    the overlay clone between the delete's unmount and its rename of the runtime dir: the
+    mount then moves to `jobs/<job>/runtime.stale-*/merged`, `rm` fails with EBUSY and the
+    mount stays until retention removes that job's dir or the engine restarts (actors/
+    instance.py `ensure_running` is not fenced against deletion/service.py
+    `_remove_instance`). Intermittent: described in the report, not asserted here."""
+    return (
+        re.fullmatch(
+            r"mount without an owner: .*/jobs/[0-9a-f]+/runtime\.stale-\d+/merged", problem
+        )
+        is not None
+    )
+
+
+def layer_removed_mid_snapshot(job: Job) -> bool:
+    """The overlay backend refuses to remove a state whose layer a *mounted* clone stands on
+    (overlay.py `_refuse_if_in_use`), but that check and the removal are not atomic with
+    mounting, and a job's clone is unmounted for a moment while its upper becomes the new
+    state's layer (`_promote`, then `_rebase_clone` mounts it again). A DELETE of an
+    ancestor state in that window passes the check and removes the ancestor's layer: either
+    before the remount (the job ends `overlay mount failed`, mount(2) … No such file or
+    directory) or just after it, under the mounted clone (the job ends `cannot commit
+    state`, `… parent layer … missing`/`rebuilt`). Intermittent: described in the report,
+    not asserted here."""
+    error = job.error or {}
+    message, details = error.get("message"), error.get("details", "")
+    return job.status == "failed" and (
+        (message == "overlay mount failed" and "No such file or directory" in details)
+        or (message == "cannot commit state" and "parent layer" in details)
+    )
+
+
+def chain_of_storm(api: Api) -> set[str]:
+    return {
+        s["state_id"]
+        for s in api.get_json("/v1/states")
+        if "storm_root" in s["prepare_args_normalized"]
+    }
+
+
+def test_delete_storm_against_prepares_and_runs_of_the_chain(scratch_dir: Path) -> None:
+    engine = start_engine(scratch_dir)
+    api = Api(engine)
+    try:
+        first = api.prepare(psql_body(*STORM_SCRIPTS[0]))
+        assert first.status == "succeeded", first.error
+        root = first.state_ids[0]
+        stop = threading.Event()
+        jobs: list[Job] = []
+        runs: list[Run] = []
+        deletes: list[int] = []
+
+        def submitter(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                jobs.append(api.prepare(psql_body(*rng.choice(STORM_SCRIPTS))))
+
+        def runner(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                targets = [i["instance_id"] for i in api.get_json("/v1/instances")]
+                if not targets:
+                    time.sleep(0.1)
+                    continue
+                runs.append(api.run_psql(rng.choice(targets), "-c", "select pg_sleep(0.3)"))
+
+        def deleter(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                time.sleep(rng.uniform(0.3, 2.0))
+                response = api.request(
+                    "DELETE", f"/v1/states/{root}", params={"recurse": "true", "force": "true"}
+                )
+                deletes.append(response.status_code)
+
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            workers = [pool.submit(submitter, seed) for seed in range(4)]
+            workers += [pool.submit(runner, 10 + seed) for seed in range(3)]
+            workers += [pool.submit(deleter, 20 + seed) for seed in range(3)]
+            try:
+                stop.wait(STORM_SECONDS)
+            finally:
+                stop.set()
+            finish(workers)
+
+        problems: list[str] = []
+        if 200 not in deletes:
+            problems.append(f"no delete of the chain went through: {deletes}")
+        if not set(deletes) <= {200, 404, 500}:
+            problems.append(f"unexpected delete answers: {deletes}")
+        allowed = [documented_delete_failure]
+        problems += [
+            f"{c.method} {c.path} {c.status}: {c.body.strip()}"
+            for c in api.server_errors(lambda c: any(rule(c) for rule in allowed))
+        ]
+        for run in runs:
+            if run.status == 200:  # exit (2 when the delete killed the server) or `error`
+                if run.last.get("type") not in ("exit", "error"):
+                    problems.append(f"a run's stream ended without exit/error: {run.events}")
+            elif run.status != 404:  # a run whose instance was deleted meanwhile: 404
+                problems.append(f"run answered {run.status}: {run.events}")
+        if not any(j.status == "succeeded" for j in jobs):
+            problems.append("no prepare succeeded during the storm")
+        problems += [
+            f"job {j.job_id} ended {j.status} without a clear error: {j.error}"
+            for j in jobs
+            if j.status != "succeeded"
+            and not layer_removed_mid_snapshot(j)
+            and (j.status != "failed" or (j.error or {}).get("message") not in CLEAR_JOB_ERRORS)
+        ]
+        # A state whose commit failed that way keeps its row (stored before the marker) and
+        # its layer until the next delete of the chain: also forgiven here, not below.
+        torn = {
+            match.group(1)
+            for j in jobs
+            if layer_removed_mid_snapshot(j)
+            for match in [re.search(r"states/([0-9a-f]{64})\)$", (j.error or {})["details"])]
+            if match
+        }
+        problems += settled_store_problems(
+            api,
+            engine.state_store,
+            ignore=lambda p: stale_runtime_mount(p) or any(state in p for state in torn),
+        )
+        # Once nothing runs any more, the whole chain goes away.
+        final = api.request("DELETE", f"/v1/states/{root}", params={"recurse": "1", "force": "1"})
+        if final.status_code not in (200, 404):
+            problems.append(f"final delete of the chain: {final.status_code} {final.text}")
+        if chain_of_storm(api):
+            problems.append(f"states of the chain survived its deletion: {chain_of_storm(api)}")
+        problems += settled_store_problems(api, engine.state_store, ignore=stale_runtime_mount)
+        problems += unexpected_exceptions(engine.stderr_text())
+        assert problems == [], "\n".join(problems)
+        # What the races above may leave (moved-aside runtimes, their mounts) is swept by the
+        # next start: after a restart the store is exact, with no exception.
+        assert engine.stop() == 0
+        engine = start_engine(scratch_dir)
+        api = Api(engine)
+        assert store_problems(api, engine.state_store) == []
+        assert stale_leftovers(engine.state_store) == []
+    finally:
+        engine.stop()
+
+
+def test_a_refused_state_delete_leaves_the_state_usable(scratch_dir: Path) -> None:
+    """The deterministic core of what the first delete storms ran into: a refused delete (a
+    running job's clone stands on the state's layer) must leave the state complete and
+    usable, marker included (docs/api.md: the failing node keeps its row and its files)."""
+    engine = start_engine(scratch_dir)
+    api = Api(engine)
+    try:
+        root_only = psql_body("-c", ROOT_STEP)
+        first = api.prepare(root_only)
+        assert first.status == "succeeded", first.error
+        root = first.result["state_id"]
+        state_dir = next(engine.state_store.glob(f"engines/*/*/states/{root}"))
+        deleted = api.request("DELETE", f"/v1/instances/{first.result['instance_id']}")
+        assert deleted.status_code == 200
+        # A job whose second step runs on a clone of the (cached) root state.
+        job_id = api.submit(psql_body("-c", ROOT_STEP, "-c", "select pg_sleep(8)"))
+        runtime = engine.state_store / "jobs" / job_id / "runtime"
+        deadline = time.monotonic() + 60
+        while not (
+            servers_under(runtime) and str(runtime / "merged") in mount_points_under(runtime.parent)
+        ):
+            assert time.monotonic() < deadline, "the job's clone never got a server"
+            time.sleep(0.05)
+
+        refused = api.request(
+            "DELETE", f"/v1/states/{root}", params={"recurse": "true", "force": "true"}
+        )
+        assert refused.status_code == 500, refused.text
+        assert documented_delete_failure(Call("DELETE", f"/v1/states/{root}", 500, refused.text))
+        job = api.follow(job_id)
+        assert job.status == "succeeded", job.error
+        assert api.get_json(f"/v1/states/{root}")["state_id"] == root, "the row is kept"
+        again = api.prepare(root_only)
+        assert again.status == "succeeded", again.error
+        assert (state_dir / ".build.ok").is_file(), "the refused delete removed the marker"
+        assert store_problems(api, engine.state_store) == []
+    finally:
+        engine.stop()
+
+
+# -- scenario 3: cancel storms ---------------------------------------------------------------------
+
+
+@dataclass
+class Cancel:
+    job_id: str
+    when: str
+    status: int
+
+
+def test_cancel_storm_with_concurrent_submissions_of_the_same_script(
+    harness: Harness, api: Api
+) -> None:
+    cancels: list[Cancel] = []
+    survivors: list[str] = []
+    lock = threading.Lock()
+
+    def script(round_no: int, kind: str, sleep: float) -> dict[str, Any]:
+        table = f"cancel_{kind}_{round_no}"
+        return psql_body(
+            "-c",
+            f"create table {table}(id int); select pg_sleep({sleep})",
+            "-c",
+            f"insert into {table} values (1)",
+        )
+
+    def record(job_id: str, when: str) -> None:
+        status = api.cancel(job_id)
+        with lock:
+            cancels.append(Cancel(job_id, when, status))
+
+    def survivor(body: dict[str, Any], after: threading.Event | None, delay: float) -> Job:
+        """Submits the victim's script once the victim builds (so that the victim, not the
+        survivor, holds the state's build lock when it is cancelled)."""
+        if after is not None:
+            assert after.wait(60), "the victim never started its step"
+        time.sleep(delay)
+        job_id = api.submit(body)
+        with lock:
+            survivors.append(job_id)
+        return api.follow(job_id)
+
+    def cancel_before_start(body: dict[str, Any]) -> Job:
+        job_id = api.submit(body)
+        record(job_id, "right after submit")
+        return api.follow(job_id)
+
+    def cancel_during_step(body: dict[str, Any], building: threading.Event, seed: int) -> Job:
+        job_id = api.submit(body)
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("message") == "psql: start" and not building.is_set():
+                building.set()
+                time.sleep(random.Random(seed).uniform(0.0, 3.0))  # pg_sleep(5) runs
+                record(job_id, "during the step")
+
+        job = api.follow(job_id, on_event)
+        assert building.is_set(), f"job {job_id} never ran its step: {job.events[-3:]}"
+        return job
+
+    def cancel_while_snapshotting(body: dict[str, Any], building: threading.Event) -> Job:
+        job_id = api.submit(body)
+        fired = threading.Event()
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("message") == "psql: start":
+                building.set()
+            if event.get("message") == "snapshot: start" and not fired.is_set():
+                fired.set()
+                record(job_id, "while snapshotting")
+
+        job = api.follow(job_id, on_event)
+        assert fired.is_set(), f"job {job_id} ended without a snapshot: {job.events[-3:]}"
+        return job
+
+    tasks: list[Callable[[], Job]] = []
+    for round_no in range(2):
+        step, step_building = script(round_no, "step", 5), threading.Event()
+        snap, snap_building = script(round_no, "snap", 0.5), threading.Event()
+        first = script(round_no, "first", 5)
+        tasks += [
+            lambda b=step, e=step_building, s=round_no: cancel_during_step(b, e, s),
+            lambda b=step, e=step_building: survivor(b, e, 0.2),
+            lambda b=snap, e=snap_building: cancel_while_snapshotting(b, e),
+            lambda b=snap, e=snap_building: survivor(b, e, 0.1),
+            lambda b=first: cancel_before_start(b),
+            lambda b=first, d=0.1 * round_no: survivor(b, None, d),
+        ]
+    with concurrent.futures.ThreadPoolExecutor(len(tasks)) as pool:
+        jobs = {job.job_id: job for job in finish([pool.submit(task) for task in tasks])}
+
+    assert api.server_errors() == []
+    assert len(cancels) == 6 and len(survivors) == 6
+    for cancel in cancels:
+        job = jobs[cancel.job_id]
+        if cancel.status == 202:  # docs/api.md: the job then fails with `cancelled`
+            assert job.status == "failed", (cancel, job.events[-3:])
+            assert job.error is not None and job.error["code"] == "cancelled", (cancel, job.error)
+        else:
+            assert cancel.status == 200 and job.status in ("succeeded", "failed"), cancel
+        job_dir = harness.store / "jobs" / cancel.job_id
+        if job.status == "failed":
+            assert not (job_dir / "runtime").exists(), f"{cancel}: its runtime dir is left"
+            assert servers_under(job_dir) == [], f"{cancel}: its server is left"
+            mounts = mount_points_under(harness.store)
+            assert [p for p in mounts if p.startswith(f"{job_dir}/")] == [], cancel
+    assert sum(c.status == 202 for c in cancels) >= 4, cancels
+    for job_id in survivors:
+        assert jobs[job_id].status == "succeeded", (job_id, jobs[job_id].error)
+    assert settled_store_problems(api, harness.store) == []
+
+
+# -- scenario 4: restart after the load ------------------------------------------------------------
+
+
+def test_a_restarted_engine_adopts_every_instance(harness: Harness, api: Api) -> None:
+    instances = api.get_json("/v1/instances")
+    if len(instances) < 3:  # the module's other tests did not run: make a few
+        for i in range(3):
+            assert api.prepare(psql_body("-c", f"select {i}")).status == "succeeded"
+        instances = api.get_json("/v1/instances")
+    before = {i["instance_id"]: i["runtime_id"] for i in instances}
+    assert store_problems(api, harness.store) == []
+
+    assert harness.engine.stop() == 0, "the engine stops cleanly after the load"
+    assert all(live_pid(runtime_id) for runtime_id in before.values()), "servers outlive it"
+    harness.engine = start_engine(harness.workdir)
+    restarted = Api(harness.engine)
+
+    after = {i["instance_id"]: i["runtime_id"] for i in restarted.get_json("/v1/instances")}
+    assert after == before, "every instance was adopted with its running server"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = finish(
+            [pool.submit(restarted.run_psql, i, "-At", "-c", "select 1") for i in before]
+        )
+    for instance_id, result in zip(before, results, strict=True):
+        assert result.status == 200, (instance_id, result.events)
+        assert [e["type"] for e in result.events] == ["start", "stdout", "exit"], result.events
+        assert result.stdout == "1\n" and result.last["exit_code"] == 0
+    assert restarted.server_errors() == []
+    assert store_problems(restarted, harness.store) == []
+    assert stale_leftovers(harness.store) == []

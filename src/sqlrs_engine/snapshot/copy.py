@@ -13,7 +13,6 @@ from typing import Final
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.snapshot.base import (
-    DIRTY_REASON,
     BackendKind,
     SnapshotError,
     data_dir_problem,
@@ -27,6 +26,7 @@ from sqlrs_engine.snapshot.fsops import (
     copy_entries,
     data_entries,
     os_error_to_snapshot,
+    refuse_unclean_source,
     remove_tree,
     tree_size,
 )
@@ -66,16 +66,7 @@ class CopyBackend:
     ) -> None:
         """Copy a stopped server's data dir into state dir `dst` (`parent` is unused)."""
         what = "snapshot failed"
-        problem = data_dir_problem(src_mount_dir, require_pg_version=True)
-        if problem == DIRTY_REASON:
-            raise SnapshotError(
-                "snapshot refused",
-                f"postmaster.pid present in {src_mount_dir}: the server was not stopped "
-                "cleanly (a copy would be a dirty state); stop it with pg_ctl stop -m fast "
-                "first",
-            )
-        if problem is not None:
-            raise SnapshotError("snapshot refused", f"{problem} ({src_mount_dir})")
+        refuse_unclean_source(src_mount_dir)
         check_no_overlap(src_mount_dir, dst, what)
         check_state_dst(dst, what)
         try:

@@ -124,6 +124,15 @@ class _Option:
 _Item = _Option | PsqlInput
 
 
+def refuse_nul_characters(args: Sequence[str], label: str = "") -> None:
+    """400 for an argument with a NUL character: no process argument can hold one, so the
+    program would never start (details: `label: arg`, or the arg alone)."""
+    for arg in args:
+        if "\x00" in arg:
+            details = f"{label}: {arg}" if label else arg
+            raise invalid_argument("arguments must not contain NUL characters", details)
+
+
 def is_connection_flag(arg: str) -> bool:
     """A psql connection flag of §2.2 (also the run conflict rule of §5)."""
     if arg in _CONNECTION_FLAGS or arg.startswith(_CONNECTION_PREFIXES):
@@ -276,9 +285,7 @@ def parse_psql_args(
     Raises a 400 `invalid_argument` `ApiError` with the exact §2.2 message and details.
     `cwd` is the work dir fallback when there is no `-f` file (default: the process cwd).
     """
-    for arg in args:
-        if "\x00" in arg:  # no process argument can hold one; psql would never run
-            raise invalid_argument("arguments must not contain NUL characters", arg)
+    refuse_nul_characters(args)
     items = _scan(args, stdin, check=True)
     inputs = [item for item in items if isinstance(item, PsqlInput)]
     uses_stdin = any(item.kind == "stdin" for item in inputs)

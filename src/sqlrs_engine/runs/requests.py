@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlrs_engine.errors import ApiError, conflict, invalid_argument, not_found
-from sqlrs_engine.prepare.psql_args import is_connection_flag
+from sqlrs_engine.prepare.psql_args import is_connection_flag, refuse_nul_characters
 from sqlrs_engine.prepare.textutil import go_trim_space
 from sqlrs_engine.runtime.base import DB_NAME, DB_USER, ServerHandle
 
@@ -267,9 +267,7 @@ def _strings(value: Any, name: str) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise _bad_type(f"{name} must be an array of strings")
-    for item in value:
-        if "\x00" in item:  # no process argument can hold one
-            raise invalid_argument("arguments must not contain NUL characters", f"{name}: {item}")
+    refuse_nul_characters(value, name)
     return tuple(value)
 
 

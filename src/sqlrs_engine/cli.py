@@ -18,9 +18,11 @@ from pathlib import Path
 from types import FrameType
 
 from sqlrs_engine import __version__
+from sqlrs_engine.config.atomic import ConfigLoadError
 from sqlrs_engine.config.defaults import MAX_HTTP_THREADS, MIN_HTTP_THREADS
 from sqlrs_engine.durations import DurationError, parse_duration
 from sqlrs_engine.engine import Engine, EngineOptions, run_until_stopped
+from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.http.server import parse_listen
 from sqlrs_engine.logsetup import configure_logging
 
@@ -155,8 +157,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     engine = Engine(options)
+    started = threading.Event()
     try:
-        reason = run_until_stopped(engine, stop_requested)
+        reason = run_until_stopped(engine, stop_requested, lambda _info: started.set())
+    except (StartupRefused, ConfigLoadError, OSError) as error:
+        if started.is_set():
+            log.exception("engine failed")
+        else:
+            # Expected refusals (a bad config, an unusable store, a taken port): one line.
+            log.error("engine refused to start: %s", error)
+        print(f"sqlrs-engine: {error}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as error:
         log.exception("engine failed")
         print(f"sqlrs-engine: {error}", file=sys.stderr)

@@ -26,6 +26,7 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.discovery import EngineInfo, remove_engine_json, write_engine_json
+from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.http.activity import ActivityTracker
 from sqlrs_engine.http.app import build_app
 from sqlrs_engine.http.context import ApiContext
@@ -35,8 +36,8 @@ from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.logsetup import apply_log_level
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import Runtime, ServerHandle
-from sqlrs_engine.runtime.select import RuntimeSelectionError, select_runtime
-from sqlrs_engine.runtime.users import ServerUserError, check_traversable
+from sqlrs_engine.runtime.select import select_runtime
+from sqlrs_engine.runtime.users import ServerUserError, grant_traversal
 from sqlrs_engine.snapshot.layout import StoreLayout
 from sqlrs_engine.snapshot.select import select_backend
 from sqlrs_engine.snapshot.store import StateStore
@@ -217,15 +218,28 @@ class Engine:
 
 
 def _make_reachable(root: Path, runtime: Runtime) -> None:
-    """Let an unprivileged server user reach data dirs under a root-owned store (0711)."""
+    """Let an unprivileged server user reach data dirs under the store (SPEC §0.2).
+
+    The `sqlrs` CLI creates the store's parents 0700 (as root: `/root/.local/state/sqlrs`).
+    Each directory that blocks the server user gets one ACL entry for that user, logged;
+    none gets a wider mode. Where that is impossible the engine refuses to start, naming
+    every blocking directory.
+    """
     user = getattr(runtime, "user", None)
     if user is None or os.geteuid() != 0 or user.uid == 0:
         return
-    root.chmod(0o711)
     try:
-        check_traversable(root, user)
+        changed = grant_traversal(root, user)
     except ServerUserError as error:
-        raise RuntimeSelectionError(f"state store {root} is unusable: {error}") from None
+        raise StartupRefused(f"state store {root} is unusable: {error}") from None
+    for directory in changed:
+        log.info(
+            "granted OS user %s search permission on %s (ACL entry u:%s:x) so PostgreSQL "
+            "can reach the state store",
+            user.name,
+            directory,
+            user.name,
+        )
 
 
 def _stop_children(registry: RegistryProxy, registry_ref: pykka.ActorRef[Any]) -> None:

@@ -91,3 +91,11 @@ def _reason(failure: JobFailure, outer: str) -> str:
     if failure.message in (outer, ""):
         return failure.details
     return f"{failure.message}: {failure.details}"
+
+
+class StartupRefused(Exception):
+    """The engine cannot start as configured; the message says why and what to do.
+
+    An expected outcome, not a crash: it is logged as one line (no traceback) and printed on
+    stderr, and the process exits 1 (SPEC §1.1).
+    """

@@ -45,7 +45,7 @@ class _AnswersAreNotFailures(logging.Filter):
         return not isinstance(error, ApiError)
 
 
-def configure_logging(log_dir: Path, level: str = "DEBUG") -> Path:
+def configure_logging(log_dir: Path, level: str = "INFO") -> Path:
     """Log to `log_dir/engine.log` (0600, dir 0700) and to stderr when it is a terminal."""
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = log_dir / "engine.log"

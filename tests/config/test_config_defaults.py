@@ -16,7 +16,7 @@ from sqlrs_engine.config.schema import SCHEMA, config_schema
 @pytest.mark.parametrize(
     ("path", "value"),
     [
-        ("log.level", "debug"),
+        ("log.level", "info"),
         ("cache.capacity.maxBytes", 0),
         ("cache.capacity.reserveBytes", None),
         ("cache.capacity.highWatermark", 0.9),
@@ -65,7 +65,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
 def test_defaults_returns_an_independent_copy() -> None:
     copy = defaults()
     copy["log"]["level"] = "error"
-    assert DEFAULTS["log"]["level"] == "debug"
+    assert DEFAULTS["log"]["level"] == "info"
 
 
 @pytest.mark.parametrize(

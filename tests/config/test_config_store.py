@@ -140,11 +140,50 @@ def test_get_invalid_path(store: ConfigStore, path: str) -> None:
 
 @pytest.mark.parametrize(
     ("path", "effective"),
-    [("log.level", False), ("missing", True), ("log.level.x", True), ("Log.level", True)],
+    [
+        ("missing", False),
+        ("missing", True),
+        ("log.level.x", False),
+        ("log.level.x", True),
+        ("Log.level", False),
+        ("Log.level", True),
+        ("cache.capacity.nope", False),
+        ("runtime.host.binDirs[0]", False),
+    ],
 )
 def test_get_missing_path(store: ConfigStore, path: str, effective: bool) -> None:
     with raises_api(404, "not_found", "path not found"):
         store.get(path, effective)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "path", "value"),
+    [
+        ("{}", "log.level", "info"),
+        ("{}", "orchestrator.jobs.maxIdentical", 2),
+        ("{}", "runtime.host.user", None),
+        ("{}", "cache.capacity", DEFAULTS["cache"]["capacity"]),
+        # An override wins; a sibling key without one still reads as its default.
+        ('{"cache": {"capacity": {"maxBytes": 5}}}', "cache.capacity.maxBytes", 5),
+        ('{"cache": {"capacity": {"maxBytes": 5}}}', "cache.capacity.lowWatermark", 0.8),
+        # A partly overridden object reads as the overrides (as before).
+        ('{"cache": {"capacity": {"maxBytes": 5}}}', "cache.capacity", {"maxBytes": 5}),
+        ('{"log": {"level": null}}', "log.level", None),
+    ],
+)
+def test_get_known_key_without_override_reads_default(
+    root: Path, overrides: str, path: str, value: Any
+) -> None:
+    write_config(root, overrides)
+    store = ConfigStore.in_root(root)
+    assert store.get(path) == value
+    assert store.get() == ujson.loads(overrides)  # the whole object stays overrides-only
+
+
+def test_known_key_replaced_by_a_scalar_ancestor_is_not_found(root: Path) -> None:
+    write_config(root, '{"cache": 5}')
+    with raises_api(404, "not_found", "path not found"):
+        ConfigStore.in_root(root).get("cache.capacity.maxBytes")
 
 
 def test_get_returns_copies(store: ConfigStore) -> None:
@@ -265,8 +304,8 @@ def test_patch_whole_section_validates_nested_rules(store: ConfigStore) -> None:
 @pytest.mark.parametrize(
     ("overrides", "path", "returned", "after"),
     [
-        ({"log": {"level": "info"}}, "log.level", "debug", {"log": {}}),
-        ({"log": {"level": "info"}}, "log", {"level": "debug"}, {}),
+        ({"log": {"level": "warn"}}, "log.level", "info", {"log": {}}),
+        ({"log": {"level": "warn"}}, "log", {"level": "info"}, {}),
         ({"custom": 1, "x": 2}, "custom", None, {"x": 2}),
         ({"a": [1, 2, 3]}, "a[0]", 2, {"a": [2, 3]}),  # items shift down
         ({"a": [1, 2, 3]}, "a[2]", None, {"a": [1, 2]}),
@@ -277,7 +316,7 @@ def test_patch_whole_section_validates_nested_rules(store: ConfigStore) -> None:
             {"runtime": {"host": {"binDirs": ["/b"]}}},
         ),
         ({"cache": {"capacity": {"maxBytes": 9}}}, "cache.capacity.maxBytes", 0, None),
-        ({"log": {"level": None}}, "log.level", "debug", {"log": {}}),
+        ({"log": {"level": None}}, "log.level", "info", {"log": {}}),
     ],
 )
 def test_delete(
@@ -438,7 +477,7 @@ ACCESSORS = [
     "http_threads",
     "log_level",
 ]
-DEFAULT_READINGS = ["auto", "auto", 2, None, [], 64, "debug"]
+DEFAULT_READINGS = ["auto", "auto", 2, None, [], 64, "info"]
 
 
 def test_accessor_defaults(store: ConfigStore) -> None:
@@ -464,7 +503,7 @@ def test_accessor_defaults(store: ConfigStore) -> None:
         ("http.threads", 128, "http_threads", 128),
         ("http.threads", None, "http_threads", 64),
         ("log.level", "ERROR", "log_level", "error"),
-        ("log.level", None, "log_level", "debug"),
+        ("log.level", None, "log_level", "info"),
     ],
 )
 def test_accessors_read_overrides(
@@ -498,7 +537,7 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
         None,
         ["/ok"],
         64,
-        "debug",
+        "info",
     ]
 
 

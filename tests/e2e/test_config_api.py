@@ -30,9 +30,24 @@ def test_patch_get_delete_round_trip(engine: EngineProcess) -> None:
     assert got == {"path": "snapshot.backend", "value": "copy"}
     deleted = engine.delete("/v1/config", params={"path": "snapshot.backend"})
     assert deleted.json() == {"path": "snapshot.backend", "value": "auto"}
-    missing = engine.get("/v1/config", params={"path": "snapshot.backend"})
+    # Without its override the key reads as its default again (SPEC §0.1); an unknown
+    # path stays a 404, and the whole object stays overrides-only.
+    default = engine.get("/v1/config", params={"path": "snapshot.backend"})
+    assert default.status_code == 200
+    assert default.json() == {"path": "snapshot.backend", "value": "auto"}
+    missing = engine.get("/v1/config", params={"path": "snapshot.nope"})
     assert missing.status_code == 404
     assert missing.json() == {"code": "not_found", "message": "path not found"}
+    assert engine.get("/v1/config").json() == {}
+
+
+def test_fresh_store_reads_defaults_of_known_keys(engine: EngineProcess) -> None:
+    # What `sqlrs config get orchestrator.jobs.maxIdentical` asks on a fresh store.
+    got = engine.get("/v1/config", params={"path": "orchestrator.jobs.maxIdentical"})
+    assert (got.status_code, got.json()) == (
+        200,
+        {"path": "orchestrator.jobs.maxIdentical", "value": 2},
+    )
 
 
 def test_arbitrary_paths_with_indexes(engine: EngineProcess) -> None:

@@ -131,6 +131,15 @@ def test_failing_sql_fails_the_job_with_psql_output(engine: EngineProcess) -> No
     assert engine.get(f"/v1/states/{ok_state}").status_code == 200, "step 0 state is kept"
     assert not (engine.state_store / "jobs" / outcome.job_id / "runtime").exists()
     assert servers_under(engine.state_store / "jobs" / outcome.job_id) == []
+    # One line in engine.log says what failed where (SPEC §0.1).
+    lines = [ln for ln in engine.stderr_text().splitlines() if f"job {outcome.job_id}" in ln]
+    failed = [ln for ln in lines if " failed:" in ln]
+    assert len(failed) == 1, lines
+    assert (
+        f"job {outcome.job_id} failed: task=execute-1 code=internal_error "
+        "message='psql execution failed' details="
+    ) in failed[0]
+    assert "missing_table" in failed[0]
 
 
 def test_on_error_stop_is_enforced_on_every_step(engine: EngineProcess) -> None:
@@ -157,6 +166,8 @@ def test_cancel_kills_a_long_step_quickly(engine: EngineProcess) -> None:
     assert servers_under(engine.state_store / "jobs" / job_id) == []
     again = engine.post(f"/v1/prepare-jobs/{job_id}/cancel")
     assert again.status_code == 200 and again.json()["status"] == "failed"
+    logged = [ln for ln in engine.stderr_text().splitlines() if f"job {job_id} cancelled:" in ln]
+    assert len(logged) == 1 and "task=execute-0 code=cancelled" in logged[0], logged
 
 
 def test_cancel_unknown_job_is_404(engine: EngineProcess) -> None:
@@ -225,6 +236,26 @@ def test_unknown_image_fails_the_job_naming_installed_majors(engine: EngineProce
     assert outcome.status["status"] == "failed"
     assert outcome.status["error"]["message"] == "cannot resolve image"
     assert "15" in outcome.status["error"]["details"]
+
+
+DIGEST_IMAGE = "postgres@sha256:" + "0" * 64
+
+
+def test_a_digest_image_the_host_cannot_serve_fails_at_planning(engine: EngineProcess) -> None:
+    """Like an unknown tag: `cannot resolve image` naming what is installed, before any base
+    init is attempted (not a late `cannot initialize base state`)."""
+    outcome = prepare(engine, psql_body("-c", "select 1", image=DIGEST_IMAGE))
+    assert outcome.status["status"] == "failed"
+    error = outcome.status["error"]
+    assert error["message"] == "cannot resolve image"
+    assert "sha256" in error["details"] and "15" in error["details"]
+    assert outcome.task_events("plan") == ["running", "failed"]
+    assert not (engine.state_store / "engines" / "postgres" / ("sha256_" + "0" * 64)).exists()
+    explained = engine.post(
+        "/v1/cache/explain/prepare", json=psql_body("-c", "select 1", image=DIGEST_IMAGE)
+    )
+    assert explained.status_code == 400
+    assert explained.json()["message"] == "cannot resolve image"
 
 
 def test_eight_concurrent_jobs_mixing_same_and_different_states(engine: EngineProcess) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import signal
 import stat
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from sqlrs_engine.runtime.acl import GROUP, GROUP_OBJ, OTHER, USER, read_acl
 from tests.support.engine_process import engine_command, start_engine
 
 
@@ -39,7 +42,16 @@ def test_engine_json_describes_the_running_engine(scratch_dir: Path) -> None:
         assert stat.S_IMODE(log_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(log_file.parent.stat().st_mode) == 0o700
         assert "sqlrs-engine version=1.2.3" in log_file.read_text()
-        assert stat.S_IMODE(engine.state_store.stat().st_mode) & 0o077 in (0, 0o011)
+        # Private to the engine's user; as root, the server user may only search it, through
+        # one ACL entry (the mode's group bits then show the ACL mask, --x).
+        assert stat.S_IMODE(engine.state_store.stat().st_mode) & 0o067 == 0
+        acl = read_acl(engine.state_store)
+        assert acl.perm(GROUP_OBJ) == 0 and acl.perm(OTHER) == 0
+        named = [e for e in acl.entries if e.tag in (USER, GROUP)]
+        if os.geteuid() == 0:
+            assert [(e.id, e.perm) for e in named] == [(pwd.getpwnam("postgres").pw_uid, 1)]
+        else:
+            assert named == []
     finally:
         assert engine.stop() == 0
 

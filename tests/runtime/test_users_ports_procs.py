@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import stat
 import subprocess
 import tempfile
 import threading
@@ -15,7 +16,9 @@ import pytest
 
 from sqlrs_engine.process import RunAs
 from sqlrs_engine.runtime import procs, users
+from sqlrs_engine.runtime.acl import GROUP_OBJ, OTHER, USER, read_acl, stored_acl
 from sqlrs_engine.runtime.ports import PortAllocator, port_is_free
+from tests.support.faults import acl_less_fs
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="needs root")
@@ -102,7 +105,9 @@ def test_check_traversable_message(tmp_path: Path) -> None:
         users.check_traversable(tmp_path / "x" / "pgdata", user)
     text = str(info.value)
     assert "'postgres'" in text
-    assert "mode 0700" in text and "is not traversable" in text and "chmod" in text
+    assert (
+        "mode 0700" in text and "is not traversable" in text and "setfacl -m u:postgres:x" in text
+    )
     users.check_traversable(Path("/var/tmp/anything/pgdata"), user)
 
 
@@ -209,3 +214,60 @@ def test_zombie_counts_as_dead() -> None:
     proc.wait()
     assert not procs.is_alive(proc.pid)
     assert not procs.is_alive(0) and not procs.is_alive(-1)
+
+
+def _private_chain(base: Path, names: list[str]) -> Path:
+    """`base/n1/n2/…`, each created 0700 root-owned (as the `sqlrs` CLI creates its dirs)."""
+    path = base
+    for name in names:
+        path = path / name
+        path.mkdir(mode=0o700)
+    return path
+
+
+@needs_root
+def test_grant_traversal_opens_exactly_the_blocking_dirs_for_that_user(scratch_dir: Path) -> None:
+    user = RunAs.from_name("postgres")
+    open_dir = scratch_dir / "open"
+    open_dir.mkdir(mode=0o755)
+    store = _private_chain(open_dir, ["home", ".local", "state", "sqlrs"])
+    (store / "pgdata").mkdir(mode=0o700)
+    os.chown(store / "pgdata", user.uid, user.gid)
+    before = {d: stat.S_IMODE(d.stat().st_mode) for d in [open_dir, *store.parents, store]}
+
+    changed = users.grant_traversal(store, user)
+
+    assert changed == [open_dir / "home", open_dir / "home/.local", store.parent, store]
+    assert users.blocking_dirs(store, user) == []
+    users.check_traversable(store / "pgdata", user)
+    # The kernel agrees: the server user reaches its data dir …
+    reach = ["runuser", "-u", "postgres", "--", "test", "-d", str(store / "pgdata")]
+    assert subprocess.run(reach).returncode == 0
+    # … and nobody else gained anything: other bits and the owning group are unchanged.
+    nobody = ["runuser", "-u", "nobody", "--", "test", "-d", str(store / "pgdata")]
+    assert subprocess.run(nobody).returncode != 0
+    for directory in changed:
+        got = read_acl(directory)
+        assert got.perm(OTHER) == before[directory] & 0o7
+        assert got.perm(GROUP_OBJ) == (before[directory] >> 3) & 0o7
+        assert [(e.id, e.perm) for e in got.entries if e.tag == USER] == [(user.uid, 1)]
+    assert stat.S_IMODE(open_dir.stat().st_mode) == before[open_dir]  # not blocking: untouched
+    assert users.grant_traversal(store, user) == []  # idempotent
+
+
+@needs_root
+def test_grant_traversal_without_acl_support_names_every_blocking_dir(scratch_dir: Path) -> None:
+    user = RunAs.from_name("postgres")
+    outer = _private_chain(scratch_dir, ["outer"])  # ACLs work here …
+    with acl_less_fs(outer / "home") as home:  # … but not on this ramfs below it
+        store = _private_chain(home, [".local", "state", "sqlrs"])
+        with pytest.raises(users.ServerUserError) as caught:
+            users.grant_traversal(store, user)
+        text = str(caught.value)
+        for directory in [outer, home, home / ".local", store.parent, store]:
+            assert f"{directory} (owner root, mode 0700)" in text
+        assert "does not support ACLs" in text
+        assert "setfacl -m u:postgres:x" in text
+        # All or nothing: the entry already set on `outer` was taken back.
+        assert stored_acl(outer) is None
+        assert stat.S_IMODE(outer.stat().st_mode) == 0o700

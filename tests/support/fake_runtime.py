@@ -12,8 +12,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from sqlrs_engine.cancel import CancelToken
-from sqlrs_engine.errors import cancelled
-from sqlrs_engine.runtime.base import LogSink, OutputSink, ServerHandle, pgdata_of
+from sqlrs_engine.errors import JobFailure, cancelled
+from sqlrs_engine.runtime.base import (
+    CANNOT_RESOLVE_IMAGE,
+    LogSink,
+    OutputSink,
+    ServerHandle,
+    pgdata_of,
+)
 
 RESOLVED = "postgres@host-15.18"
 
@@ -39,6 +45,8 @@ class FakeRuntime:
 
     def __init__(self, client: ClientBehaviour = succeed) -> None:
         self.client = client
+        self.unservable_images: set[str] = set()
+        """Digest ids `check_image` refuses (every other one is served)."""
         self.running: set[Path] = set()
         self.killed: list[Path] = []
         self._lock = threading.Lock()
@@ -47,6 +55,10 @@ class FakeRuntime:
     def resolve_image(self, image_id: str, log: LogSink, cancel: CancelToken) -> str:
         log(f"resolved image {RESOLVED}")
         return RESOLVED
+
+    def check_image(self, image_id: str) -> None:
+        if image_id in self.unservable_images:
+            raise JobFailure("internal_error", CANNOT_RESOLVE_IMAGE, f"fake serves {RESOLVED}")
 
     def init_base(
         self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken

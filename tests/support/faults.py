@@ -1,4 +1,5 @@
-"""Real faults on demand: immutable files (`chattr +i`) and tiny filesystems (tmpfs).
+"""Real faults on demand: immutable files (`chattr +i`), tiny filesystems (tmpfs) and a
+filesystem without POSIX ACLs (ramfs).
 
 Removal failures and a full disk are what these provoke, with the kernel's own errors,
 where a mock could only imitate them. Both need root; a test that cannot have them is
@@ -62,3 +63,28 @@ def fill(fs: Path, leave: int = 0) -> None:
         assert exc.errno == errno.ENOSPC
     os.ftruncate(fd, written - leave)
     os.close(fd)
+
+
+@contextlib.contextmanager
+def acl_less_fs(path: Path, mode: int = 0o700) -> Iterator[Path]:
+    """A ramfs at new dir `path` (root dir `mode`, owned by root): a real filesystem that
+    stores no extended attributes, so setting a POSIX ACL fails with EOPNOTSUPP.
+
+    (This kernel's ext4 no longer accepts the `noacl` mount option; ramfs is the reliable
+    ACL-less filesystem here.)
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a ramfs needs root")
+    path.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "ramfs", "-o", f"mode={mode:o}", "ramfs", str(path)],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot mount a ramfs here: {exc}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)

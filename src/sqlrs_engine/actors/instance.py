@@ -76,6 +76,18 @@ class InstanceActor(pykka.ThreadingActor):
         if self._handle is None:
             # Engine restart: the server may still be running (servers outlive the engine).
             self._handle = self._runtime.adopt(self._image_id, self._data_dir)
+            if self._handle is not None:
+                log.info(
+                    "instance %s: adopted its running server %s",
+                    self.instance_id,
+                    self._handle.runtime_id,
+                )
+            else:
+                log.info(
+                    "instance %s: its server is not running; the next run restarts it from %s",
+                    self.instance_id,
+                    self._data_dir,
+                )
 
     def handle(self) -> ServerHandle | None:
         return self._handle

@@ -25,6 +25,7 @@ from sqlrs_engine.actors.events import Event, EventHub, Subscription
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError, internal_error
+from sqlrs_engine.jobs.failure_log import log_job_failure
 from sqlrs_engine.persistence.database import open_database
 from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, canonical_event, is_terminal
 from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
@@ -358,6 +359,7 @@ class RegistryActor(pykka.ThreadingActor):
             ref.proxy().cancel()
             return 202, self._job_status(job_id)
         error = {"code": "cancelled", "message": "job cancelled"}
+        log_job_failure(job_id, error)
         self._jobs.update_job(job_id, status="failed", finished_at=now_rfc3339(), error=error)
         self._append(job_id, {"type": "status", "ts": now_rfc3339(), "status": "failed"})
         self._append(job_id, {"type": "error", "ts": now_rfc3339(), "error": error})

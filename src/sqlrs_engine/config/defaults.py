@@ -30,7 +30,7 @@ CONTAINER_RUNTIMES: tuple[str, ...] = ("auto", "docker", "podman", "host")
 SNAPSHOT_BACKENDS: tuple[str, ...] = ("auto", "overlay", "btrfs", "copy")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error")
 
-DEFAULT_LOG_LEVEL = "debug"
+DEFAULT_LOG_LEVEL = "info"
 DEFAULT_HIGH_WATERMARK = 0.9
 DEFAULT_LOW_WATERMARK = 0.8
 DEFAULT_MIN_STATE_AGE = "10m"

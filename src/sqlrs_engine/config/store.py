@@ -94,8 +94,9 @@ class ConfigStore:
         """`GET /v1/config`: the value at `path`, or the whole tree when the path is blank.
 
         The HTTP layer wraps a path's value as `{"path", "value"}`. `effective` selects
-        defaults merged with overrides instead of the overrides alone. Raises 400 `invalid
-        path` for bad syntax, 404 `path not found` when absent.
+        defaults merged with overrides instead of the overrides alone; without it, a known key
+        that has no override still reads as its default. Raises 400 `invalid path` for bad
+        syntax, 404 `path not found` for a path that is neither overridden nor known.
         """
         parsed: ConfigPath = ()
         if path is not None and path.strip():
@@ -108,7 +109,15 @@ class ConfigStore:
             try:
                 value = get_value(tree, parsed)
             except PathNotFound:
-                raise not_found("path not found") from None
+                if not parsed:
+                    raise not_found("path not found") from None
+                # A known key without an override reads as its default (SPEC §0.1): what
+                # the effective tree holds there can only have come from the defaults. The
+                # whole object stays overrides-only.
+                try:
+                    value = get_value(self._effective, parsed)
+                except PathNotFound:
+                    raise not_found("path not found") from None
         return value
 
     def patch(self, path: str | None, value: Any) -> Any:

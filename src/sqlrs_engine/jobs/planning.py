@@ -56,7 +56,9 @@ def plan_psql(
     """Resolve the image, hash every step, chain state ids, mark cached steps."""
     args = parse_request_args(request, cwd)
     effective = request.image_id
-    if not has_digest(request.image_id):
+    if has_digest(request.image_id):
+        runtime.check_image(request.image_id)
+    else:
         effective = runtime.resolve_image(request.image_id, log, cancel)
     tasks = build_psql_plan(
         requested_image_id=request.image_id,

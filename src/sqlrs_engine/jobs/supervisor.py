@@ -18,6 +18,7 @@ from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure, error_response
 from sqlrs_engine.jobs.event_log import JobEventLog
+from sqlrs_engine.jobs.failure_log import log_job_failure
 from sqlrs_engine.jobs.psql_job import PsqlJob
 from sqlrs_engine.jobs.resume import StoredPlan
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
@@ -128,9 +129,11 @@ class JobSupervisor:
             return
         if self.token.cancelled and error.get("code") != "cancelled":
             error = error_response("cancelled", "job cancelled")
+        failing_task = self.tasks.running
+        log_job_failure(self.job_id, error, failing_task)
         try:
-            if self.tasks.running is not None:
-                self.tasks.fail(self.tasks.running, error)
+            if failing_task is not None:
+                self.tasks.fail(failing_task, error)
             self.services.registry.update_job(
                 self.job_id, {"status": "failed", "finished_at": now_rfc3339(), "error": error}
             ).get(timeout=ASK_TIMEOUT)

@@ -71,6 +71,14 @@ class Runtime(Protocol):
         """Map a requested image id (no digest) to a resolved id containing `@`."""
         ...
 
+    def check_image(self, image_id: str) -> None:
+        """Refuse an image id that already has a digest but that this runtime cannot serve.
+
+        Raises `JobFailure` (`cannot resolve image`, details saying what would work), so such
+        an id fails at planning, exactly like an unknown tag, not later at base init.
+        """
+        ...
+
     def init_base(
         self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
     ) -> None:

@@ -338,6 +338,9 @@ class HostRuntime:
         log(f"resolved image {resolved}")
         return resolved
 
+    def check_image(self, image_id: str) -> None:
+        self._install_or_fail(image_id, CANNOT_RESOLVE_IMAGE)
+
     def init_base(
         self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
     ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.runtime import host
 from sqlrs_engine.runtime.base import Runtime
 from sqlrs_engine.runtime.host import HostRuntime
@@ -12,7 +13,7 @@ from sqlrs_engine.runtime.host import HostRuntime
 VALID = ("auto", "docker", "podman", "host")
 
 
-class RuntimeSelectionError(RuntimeError):
+class RuntimeSelectionError(StartupRefused):
     """No usable runtime: the engine refuses to start with this message."""
 
 

@@ -8,7 +8,8 @@ a configured user is then ignored unless it is the engine's own user — see `se
 The server user must own PGDATA (mode 0700) and be able to *traverse* every ancestor
 directory of it: a root-owned 0700 state-store root blocks it, and PostgreSQL's own message
 for that ("could not change directory … Permission denied") does not say which directory is
-at fault. `check_traversable` does.
+at fault. `check_traversable` does, and `grant_traversal` fixes it the least invasive way:
+a POSIX ACL entry for that one user on exactly the directories that block it (SPEC §0.2).
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ import stat
 from pathlib import Path
 
 from sqlrs_engine.process import RunAs
+from sqlrs_engine.runtime.acl import (
+    EXECUTE,
+    Acl,
+    AclError,
+    AclUnsupported,
+    grant_search,
+    read_acl,
+    restore_acl,
+    stored_acl,
+)
 
 DEFAULT_SERVER_USER = "postgres"
 
@@ -62,33 +73,40 @@ def server_user(configured: str | None = None) -> RunAs:
     return user
 
 
-def _can(user: RunAs, st: os.stat_result, bits: tuple[int, int, int]) -> bool:
-    """Permission check by mode bits for `user` (owner/group/other; ACLs are not consulted)."""
+def _can_search(user: RunAs, path: Path, st: os.stat_result) -> bool:
+    """Whether `user` may search directory `path`: mode bits, or its POSIX ACL if it has one."""
     if user.uid == 0:
         return True
-    owner_bit, group_bit, other_bit = bits
-    if st.st_uid == user.uid:
-        return bool(st.st_mode & owner_bit)
-    if st.st_gid == user.gid or st.st_gid in user.groups:
-        return bool(st.st_mode & group_bit)
-    return bool(st.st_mode & other_bit)
+    try:
+        acl = read_acl(path)
+    except (OSError, AclError):
+        acl = Acl.from_mode(stat.S_IMODE(st.st_mode))
+    groups = {user.gid, *user.groups}
+    return acl.allows(user.uid, groups, st.st_uid, st.st_gid, EXECUTE)
 
 
-_EXEC = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH)
+def blocking_dirs(path: Path, user: RunAs) -> list[Path]:
+    """Every directory from `/` down to `path` itself that `user` cannot search, top first.
+
+    Missing directories end the walk: there is nothing to check below them yet.
+    """
+    path = Path(os.path.abspath(path))
+    found = []
+    for directory in [*reversed(path.parents), path]:
+        try:
+            st = os.stat(directory)
+        except FileNotFoundError:
+            break
+        if not _can_search(user, directory, st):
+            found.append(directory)
+    return found
 
 
 def first_blocking_dir(path: Path, user: RunAs) -> Path | None:
     """The first ancestor of `path` (from `/` down, `path` excluded) that `user` cannot
-    traverse, or None when all can be. Missing ancestors end the walk (nothing to check)."""
-    path = Path(os.path.abspath(path))
-    for ancestor in reversed(path.parents):
-        try:
-            st = os.stat(ancestor)
-        except FileNotFoundError:
-            return None
-        if not _can(user, st, _EXEC):
-            return ancestor
-    return None
+    traverse, or None when all can be."""
+    blocking = [d for d in blocking_dirs(path, user) if d != Path(os.path.abspath(path))]
+    return blocking[0] if blocking else None
 
 
 def describe_dir(path: Path) -> str:
@@ -113,8 +131,46 @@ def check_traversable(path: Path, user: RunAs) -> None:
     raise ServerUserError(
         f"PostgreSQL runs as OS user {user.name!r}, which cannot reach {path}: directory "
         f"{describe_dir(blocking)} is not traversable by it; allow it (for example "
-        f"`chmod o+x {blocking}` or `chmod 0711 {blocking}`) or put the state store under a "
+        f"`setfacl -m u:{user.name}:x {blocking}`) or put the state store under a "
         f"directory that user can reach"
+    )
+
+
+def grant_traversal(path: Path, user: RunAs) -> list[Path]:
+    """Let `user` reach `path`: one ACL entry `u:<user>:x` on each directory that blocks it.
+
+    Returns the directories changed (the caller logs them). Nothing else about them changes:
+    no mode is widened for other users. Where an entry cannot be set (a filesystem without
+    ACL support, a read-only mount) the entries set by this call are taken back and
+    ServerUserError names *every* blocking directory at once, with the fix, so that a user
+    does not have to discover them one failed start at a time.
+    """
+    blocking = blocking_dirs(path, user)
+    granted: list[tuple[Path, bytes | None, int]] = []
+    failures: list[str] = []
+    for directory in blocking:
+        before = stored_acl(directory)
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+        try:
+            grant_search(directory, user.uid)
+        except AclUnsupported:
+            failures.append(f"{describe_dir(directory)}: the filesystem does not support ACLs")
+            continue
+        except OSError as error:
+            failures.append(f"{describe_dir(directory)}: {error.strerror or error}")
+            continue
+        granted.append((directory, before, mode))
+    if not failures:
+        return [directory for directory, _, _ in granted]
+    for directory, before, mode in reversed(granted):
+        restore_acl(directory, before, mode)
+    names = "\n".join(f"  {describe_dir(d)}" for d in blocking)
+    raise ServerUserError(
+        f"PostgreSQL runs as OS user {user.name!r}, which cannot reach {path}; these "
+        f"directories on the way block it:\n{names}\nthe engine could not grant it search "
+        f"permission there ({'; '.join(failures)}). Fix: grant it yourself, for each directory "
+        f"`setfacl -m u:{user.name}:x DIR` (or `chmod o+x DIR`, which opens it to every local "
+        f"user), or put the state store (SQLRS_STATE_STORE) under a directory it can reach"
     )
 
 

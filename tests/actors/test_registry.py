@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from sqlrs_engine.actors.registry import (
     RegistryStartError,
     start_registry,
 )
+from sqlrs_engine.clock import format_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError
 from sqlrs_engine.persistence.jobs import JobRecord
@@ -162,3 +165,70 @@ def test_begin_shutdown_orders_children(tmp_path: Path) -> None:
         assert raised.value.status == 503
     finally:
         ref.stop()
+
+
+# -- retention keeps what clients may still read (SPEC §0.1) ---------------------------------
+
+
+def _finished_jobs(registry: RegistryProxy, finished: list[str]) -> list[str]:
+    """One terminal job per `finished_at` stamp, all with signature `sig`, oldest first."""
+    ids = []
+    for index, stamp in enumerate(finished):
+        job_id = f"{index:032x}"
+        registry.submit_job(job(job_id)).get()
+        registry.update_job(
+            job_id, {"status": "succeeded", "finished_at": stamp, "signature": "sig"}
+        ).get()
+        ids.append(job_id)
+    return ids
+
+
+@pytest.mark.parametrize(
+    ("min_age", "expected"),
+    [
+        ("0s", [1, 0]),  # beyond the newest two: both older ones go (newest first)
+        ("5m", [0]),  # the one that finished a minute ago is kept for its client
+        ("2h", []),
+    ],
+)
+def test_retention_spares_recently_finished_jobs(
+    tmp_path: Path, min_age: str, expected: list[int]
+) -> None:
+    ref, registry = start_registry(settings(tmp_path, job_actor_factory=idle_job_actor))
+    try:
+        registry.config_patch("orchestrator.jobs.minAge", min_age).get()
+        now = time.time()
+        ages = (3600, 60, 10, 5)
+        stamps = [format_rfc3339(datetime.fromtimestamp(now - age, UTC)) for age in ages]
+        ids = _finished_jobs(registry, stamps)
+        assert registry.retention_victims("sig").get() == [ids[i] for i in expected]
+    finally:
+        ref.stop()
+        _stop_idle_jobs()
+
+
+def test_retention_spares_a_job_whose_events_are_being_read(tmp_path: Path) -> None:
+    ref, registry = start_registry(settings(tmp_path, job_actor_factory=idle_job_actor))
+    try:
+        registry.config_patch("orchestrator.jobs.minAge", "0s").get()
+        ids = _finished_jobs(registry, [f"2026-01-01T00:00:0{i}Z" for i in range(4)])
+        reading = registry.subscribe_events(ids[0], 0, None).get()
+        assert reading is not None
+        assert registry.retention_victims("sig").get() == [ids[1]]
+        # The reader finishes: its job may go now, and unsubscribing says which signature
+        # to trim again; a second unsubscribe of the same stream changes nothing.
+        assert registry.unsubscribe_events(ids[0], reading.token).get() == "sig"
+        assert registry.unsubscribe_events(ids[0], reading.token).get() == "sig"
+        assert registry.retention_victims("sig").get() == [ids[1], ids[0]]
+        # A stream of an unfinished job never asks for trimming.
+        registry.submit_job(job("f" * 32)).get()
+        live = registry.subscribe_events("f" * 32, 0, None).get()
+        assert registry.unsubscribe_events("f" * 32, live.token).get() is None
+    finally:
+        ref.stop()
+        _stop_idle_jobs()
+
+
+def _stop_idle_jobs() -> None:
+    for started in idle_job_actor.started:
+        started.stop()

@@ -128,7 +128,7 @@ def test_get_effective_whole_tree(root: Path) -> None:
     tree = ConfigStore.in_root(root).get(None, effective=True)
     assert tree["cache"]["capacity"]["maxBytes"] == 7
     assert tree["cache"]["capacity"]["lowWatermark"] == 0.8
-    assert tree["orchestrator"] == {"jobs": {"maxIdentical": 2}}
+    assert tree["orchestrator"] == {"jobs": {"maxIdentical": 2, "minAge": "5m"}}
 
 
 @pytest.mark.parametrize("path", ["a..b", ".a", "a[", "a[x]", "a[1", "a.", "[0]"])

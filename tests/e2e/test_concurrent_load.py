@@ -346,6 +346,10 @@ class Harness:
 def harness() -> Iterator[Harness]:
     workdir = make_scratch_dir()
     box = Harness(workdir, start_engine(workdir))
+    # The mixed workload checks that retention converges to maxIdentical; without a minimum
+    # age it may trim as soon as a job's last events stream ends.
+    set_min_age = {"path": "orchestrator.jobs.minAge", "value": "0s"}
+    assert box.engine.patch("/v1/config", json=set_min_age).status_code == 200
     try:
         yield box
     finally:

@@ -12,7 +12,7 @@ from tests.support.engine_process import EngineProcess, start_engine
 
 
 def test_overrides_start_empty_and_effective_has_defaults(engine: EngineProcess) -> None:
-    assert engine.get("/v1/config").json() == {}
+    assert engine.get("/v1/config").json() == {"snapshot": {}}
     effective = engine.get("/v1/config", params={"effective": "true"}).json()
     assert effective["snapshot"]["backend"] == "auto"
     assert effective["orchestrator"]["jobs"]["maxIdentical"] == 2
@@ -38,7 +38,7 @@ def test_patch_get_delete_round_trip(engine: EngineProcess) -> None:
     missing = engine.get("/v1/config", params={"path": "snapshot.nope"})
     assert missing.status_code == 404
     assert missing.json() == {"code": "not_found", "message": "path not found"}
-    assert engine.get("/v1/config").json() == {}
+    assert engine.get("/v1/config").json() == {"snapshot": {}}
 
 
 def test_fresh_store_reads_defaults_of_known_keys(engine: EngineProcess) -> None:
@@ -133,7 +133,7 @@ def test_patch_validation(
     assert error["message"] == message
     if details:
         assert error["details"].startswith(details)
-    assert engine.get("/v1/config").json() == {}
+    assert engine.get("/v1/config").json() == {"snapshot": {}}
 
 
 @pytest.mark.parametrize(

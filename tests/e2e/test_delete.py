@@ -217,6 +217,8 @@ def test_retention_keeps_exactly_n_identical_jobs(engine: EngineProcess) -> None
         ).status_code
         == 200
     )
+    no_min_age = {"path": "orchestrator.jobs.minAge", "value": "0s"}
+    assert engine.patch("/v1/config", json=no_min_age).status_code == 200
     body = psql_body("-c", "select 'retention'", plan_only=True)
     outcomes = [prepare(engine, body) for _ in range(4)]
     signature = engine.get("/v1/prepare-jobs", params={"job": outcomes[3].job_id}).json()[0][

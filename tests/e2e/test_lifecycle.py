@@ -158,3 +158,39 @@ def test_a_crashed_engine_leaves_no_orphan_server_after_recovery(scratch_dir: Pa
         assert query(outcome.dsn, "select count(*) from after_crash") == "0"
     finally:
         second.stop()
+
+
+def test_polling_clients_all_get_their_result_despite_retention(scratch_dir: Path) -> None:
+    """16 clients submit the same prepare and poll its status instead of streaming. Retention
+    (maxIdentical 2) must not remove a finished job before its client has read it (SPEC §0.1:
+    `orchestrator.jobs.minAge`): every client gets its own DSN, and no instance is left that
+    no client knows about."""
+    engine = start_engine(scratch_dir)
+    body = psql_body("-c", "create table polled(a int)")
+    try:
+        prepare(engine, body)  # the state exists: the 16 are cache hits finishing together
+
+        def submit_and_poll(_: int) -> dict[str, object]:
+            job_id = submit(engine, body)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                response = engine.get(f"/v1/prepare-jobs/{job_id}")
+                assert response.status_code == 200, f"job {job_id} gone: {response.text}"
+                status = response.json()
+                if status["status"] in ("succeeded", "failed"):
+                    return dict(status)
+                time.sleep(0.2)
+            raise AssertionError(f"job {job_id} did not finish")
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            finished = list(pool.map(submit_and_poll, range(16)))
+        assert [s["status"] for s in finished] == ["succeeded"] * 16
+        received = {str(s["result"]["instance_id"]) for s in finished}  # type: ignore[index]
+        assert len(received) == 16
+        for status in finished:
+            assert query(str(status["result"]["dsn"]), "select count(*) from polled") == "0"  # type: ignore[index]
+        listed = {i["instance_id"] for i in engine.get("/v1/instances").json()}
+        assert received <= listed
+        assert len(listed) == 17  # the 16 above and the first prepare's
+    finally:
+        engine.stop()

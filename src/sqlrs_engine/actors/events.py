@@ -44,6 +44,9 @@ class EventHub:
 
     def __init__(self) -> None:
         self._subscribers: dict[str, dict[int, queue.Queue[Event | _End]]] = {}
+        self._open: dict[str, set[int]] = {}
+        """Tokens of every stream not yet unsubscribed, also after the job ended (its
+        reader may still be draining the last events): retention must not remove them."""
         self._tokens = itertools.count(1)
 
     def subscribe(
@@ -52,6 +55,7 @@ class EventHub:
         sub = Subscription(
             token=next(self._tokens), total=total, terminal=terminal, backlog=backlog
         )
+        self._open.setdefault(job_id, set()).add(sub.token)
         if terminal:
             sub.mailbox.put(END)
         else:
@@ -59,6 +63,11 @@ class EventHub:
         return sub
 
     def unsubscribe(self, job_id: str, token: int) -> None:
+        tokens = self._open.get(job_id)
+        if tokens is not None:
+            tokens.discard(token)
+            if not tokens:
+                del self._open[job_id]
         mailboxes = self._subscribers.get(job_id)
         if mailboxes is not None:
             mailboxes.pop(token, None)
@@ -80,3 +89,7 @@ class EventHub:
 
     def subscriber_count(self, job_id: str) -> int:
         return len(self._subscribers.get(job_id, {}))
+
+    def has_open_stream(self, job_id: str) -> bool:
+        """Whether any events stream of the job is still being read (even of a finished job)."""
+        return bool(self._open.get(job_id))

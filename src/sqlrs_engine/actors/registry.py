@@ -13,6 +13,7 @@ them while the Registry still answers their last messages, then stops the Regist
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from sqlrs_engine.actors.events import Event, EventHub, Subscription
-from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.clock import now_rfc3339, parse_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError, internal_error
 from sqlrs_engine.jobs.failure_log import log_job_failure
@@ -264,12 +265,21 @@ class RegistryActor(pykka.ThreadingActor):
             self._event_counts.pop(job_id, None)
 
     def retention_victims(self, signature: str) -> list[str]:
-        """Terminal jobs with this signature beyond `orchestrator.jobs.maxIdentical` (§4.11)."""
+        """Terminal jobs with this signature beyond `orchestrator.jobs.maxIdentical` (§4.11).
+
+        Never one that finished less than `orchestrator.jobs.minAge` ago, nor one whose
+        events are being streamed (SPEC §0.1): its client may not have read its result yet.
+        """
         limit = self._config.max_identical()
         if limit <= 0:
             return []
         jobs = self._jobs.terminal_jobs_with_signature(signature)
-        return [row["job_id"] for row in jobs[limit:]]
+        fresh_after = time.time() - self._config.job_min_age()
+        return [
+            row["job_id"]
+            for row in jobs[limit:]
+            if not self._hub.has_open_stream(row["job_id"]) and _finished_before(row, fresh_after)
+        ]
 
     def instance_actor(self, instance_id: str) -> pykka.ActorRef[Any] | None:
         ref = self._instance_refs.get(instance_id)
@@ -389,8 +399,17 @@ class RegistryActor(pykka.ThreadingActor):
         terminal = is_terminal(row["status"]) and job_id not in self._job_refs
         return self._hub.subscribe(job_id, backlog, total, terminal)
 
-    def unsubscribe_events(self, job_id: str, token: int) -> None:
+    def unsubscribe_events(self, job_id: str, token: int) -> str | None:
+        """End a stream; returns the job's signature when the job is finished and this was
+        its last open stream, so that the caller can run the retention it had held back."""
         self._hub.unsubscribe(job_id, token)
+        if self._hub.has_open_stream(job_id):
+            return None
+        row = self._jobs.job_row(job_id)
+        if row is None or not is_terminal(row["status"]):
+            return None
+        signature: str | None = row.get("signature")
+        return signature
 
 
 class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
@@ -461,3 +480,14 @@ def start_registry(
         reason = str(failures[0]) if failures else "registry stopped during start-up"
         raise RegistryStartError(reason) from error
     return ref, proxy
+
+
+def _finished_before(row: Row, epoch: float) -> bool:
+    """Whether a terminal job finished (or, lacking that, was created) before `epoch`."""
+    stamp = row.get("finished_at") or row.get("created_at")
+    if not stamp:
+        return True
+    try:
+        return parse_rfc3339(stamp).timestamp() < epoch
+    except ValueError:
+        return True

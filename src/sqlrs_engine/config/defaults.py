@@ -15,6 +15,7 @@ __all__ = [
     "DEFAULTS",
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_HTTP_THREADS",
+    "DEFAULT_JOB_MIN_AGE",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_LOW_WATERMARK",
     "DEFAULT_MAX_IDENTICAL",
@@ -35,6 +36,7 @@ DEFAULT_HIGH_WATERMARK = 0.9
 DEFAULT_LOW_WATERMARK = 0.8
 DEFAULT_MIN_STATE_AGE = "10m"
 DEFAULT_MAX_IDENTICAL = 2
+DEFAULT_JOB_MIN_AGE = "5m"
 DEFAULT_HTTP_THREADS = 64
 # Cheroot needs a few threads besides long-lived event/run streams; the upper bound keeps a
 # typo from making the engine try to start millions of threads at its next start.
@@ -54,7 +56,10 @@ DEFAULTS: dict[str, Any] = {
     "container": {"runtime": "auto"},
     "http": {"threads": DEFAULT_HTTP_THREADS},  # read once at startup
     "log": {"level": DEFAULT_LOG_LEVEL},
-    "orchestrator": {"jobs": {"maxIdentical": DEFAULT_MAX_IDENTICAL}},
+    # minAge: retention never trims a job that finished less than this ago (SPEC §0.1)
+    "orchestrator": {
+        "jobs": {"maxIdentical": DEFAULT_MAX_IDENTICAL, "minAge": DEFAULT_JOB_MIN_AGE}
+    },
     "runtime": {
         "host": {
             "binDirs": None,  # null = only the standard PostgreSQL locations

@@ -138,7 +138,14 @@ SCHEMA: dict[str, Any] = {
                             "maxIdentical": _non_negative_int(
                                 DEFAULTS["orchestrator"]["jobs"]["maxIdentical"],
                                 "Finished jobs kept per signature; 0 = keep all.",
-                            )
+                            ),
+                            "minAge": {
+                                "type": ["string", "null"],
+                                "default": DEFAULTS["orchestrator"]["jobs"]["minAge"],
+                                "description": "Go duration; retention never removes a job "
+                                "that finished less than this ago, nor one whose events are "
+                                "being streamed.",
+                            },
                         }
                     )
                 }

@@ -21,6 +21,7 @@ from sqlrs_engine.config.atomic import ConfigLoadError, read_json_object, write_
 from sqlrs_engine.config.defaults import (
     CONTAINER_RUNTIMES,
     DEFAULT_HTTP_THREADS,
+    DEFAULT_JOB_MIN_AGE,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_IDENTICAL,
     LOG_LEVELS,
@@ -46,6 +47,7 @@ from sqlrs_engine.config.validate import (
     is_integer,
     validate_change,
 )
+from sqlrs_engine.durations import DurationError, parse_duration
 from sqlrs_engine.errors import internal_error, invalid_argument, not_found
 
 __all__ = ["CONFIG_FILE_NAME", "ConfigLoadError", "ConfigStore"]
@@ -220,6 +222,16 @@ class ConfigStore:
         if is_integer(value) and 0 <= value <= MAX_INT64:
             return int(value)
         return DEFAULT_MAX_IDENTICAL
+
+    def job_min_age(self) -> float:
+        """`orchestrator.jobs.minAge` in seconds: finished jobs younger than this are kept."""
+        value = self._lookup("orchestrator", "jobs", "minAge")
+        if isinstance(value, str):
+            try:
+                return max(0.0, parse_duration(value))
+            except DurationError:
+                pass
+        return parse_duration(DEFAULT_JOB_MIN_AGE)
 
     def host_user(self) -> str | None:
         """`runtime.host.user`; None = the runtime's default (`postgres` when root)."""

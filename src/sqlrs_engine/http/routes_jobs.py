@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import bottle
+import pykka
 
 from sqlrs_engine.errors import ApiError, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
@@ -20,6 +22,8 @@ from sqlrs_engine.http.streams import (
 from sqlrs_engine.http.submission import normalized_args, validate_submission
 from sqlrs_engine.jobs.explain import explain_prepare
 from sqlrs_engine.prepare.job_request import parse_prepare_request
+
+log = logging.getLogger(__name__)
 
 
 def register(app: bottle.Bottle, ctx: ApiContext) -> None:
@@ -80,7 +84,14 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
             return plain_not_found()
 
         def close() -> None:
-            registry.unsubscribe_events(job_id, sub.token)
+            try:
+                signature = registry.unsubscribe_events(job_id, sub.token).get(timeout=ASK_TIMEOUT)
+                if signature is not None and ctx.deletion is not None:
+                    # Retention skipped this job while it was being read (SPEC §0.1); now
+                    # it may apply, so identical jobs still converge to `maxIdentical`.
+                    ctx.deletion.trim_jobs(signature)
+            except (pykka.ActorDeadError, pykka.Timeout):
+                log.info("events stream of job %s closed while the engine stops", job_id)
 
         headers = {"Content-Type": NDJSON, "Accept-Ranges": "events", "Cache-Control": "no-store"}
         status = 200

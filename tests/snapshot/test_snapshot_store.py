@@ -108,28 +108,63 @@ def test_ensure_base_runs_init_once_and_writes_marker(store: StateStore) -> None
     assert len(calls) == 1
 
 
-def test_ensure_base_adopts_existing_cluster(store: StateStore) -> None:
+@pytest.mark.parametrize(
+    "leftover",
+    [
+        "complete-cluster",  # crash after publishing, before the marker
+        "half-cluster",  # crash during initdb: PG_VERSION is written early
+        "staging",  # crash before publishing
+        "running-postmaster",  # postmaster.pid of a bootstrap backend
+    ],
+)
+def test_ensure_base_never_trusts_a_cluster_without_its_marker(
+    store: StateStore, leftover: str
+) -> None:
     base = store.layout.base_dir(IMAGE)
-    (base / "pgdata").mkdir(parents=True)
-    (base / "pgdata" / "PG_VERSION").write_text("15\n")
+    target = base / (".init-staging/pgdata" if leftover == "staging" else "pgdata")
+    target.mkdir(parents=True)
+    (target / "PG_VERSION").write_text("15\n")
+    if leftover == "running-postmaster":
+        (target / "postmaster.pid").write_text("1\n")
+    if leftover == "half-cluster":
+        (target / "global").mkdir()
     calls: list[str] = []
     store.ensure_base(IMAGE, fake_initdb(calls))
-    assert calls == []
-    assert store.layout.init_marker(IMAGE).is_file()
+    assert len(calls) == 1, "the base is built again"
+    assert sorted(p.name for p in base.iterdir()) == [".init.lock", ".init.ok", "pgdata"]
+    assert sorted(p.name for p in (base / "pgdata").iterdir()) == ["PG_VERSION"]
 
 
-def test_ensure_base_clears_leftovers_but_keeps_lock(store: StateStore) -> None:
+def test_ensure_base_builds_in_staging_and_publishes_by_rename(store: StateStore) -> None:
     base = store.layout.base_dir(IMAGE)
-    (base / "pgdata" / "half").mkdir(parents=True)  # a crashed init: no PG_VERSION
+    (base / "pgdata" / "half").mkdir(parents=True)  # a crashed init
     (base / "junk").write_text("x")
-    seen: list[list[str]] = []
+    seen: list[tuple[str, list[str]]] = []
 
-    def init(b: Path) -> None:
-        seen.append(sorted(p.name for p in b.iterdir()))
-        fake_initdb([])(b)
+    def init(staging: Path) -> None:
+        seen.append((staging.name, sorted(p.name for p in staging.parent.iterdir())))
+        fake_initdb([])(staging)
 
     store.ensure_base(IMAGE, init)
-    assert seen == [[".init.lock"]]
+    assert seen == [(".init-staging", [".init-staging", ".init.lock"])]
+    assert sorted(p.name for p in base.iterdir()) == [".init.lock", ".init.ok", "pgdata"]
+
+
+def test_an_orphaned_init_process_is_killed_before_its_base_is_discarded(
+    store: StateStore,
+) -> None:
+    """An initdb whose engine was killed keeps writing into the base dir; the next init must
+    stop it first (here: a process working inside the half-built cluster)."""
+    base = store.layout.base_dir(IMAGE)
+    (base / "pgdata").mkdir(parents=True)
+    orphan = subprocess.Popen(["sleep", "300"], cwd=base / "pgdata")
+    try:
+        store.ensure_base(IMAGE, fake_initdb([]))
+        assert orphan.wait(timeout=10) == -9
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
 
 
 def test_failed_init_leaves_no_marker_and_is_retried(store: StateStore) -> None:

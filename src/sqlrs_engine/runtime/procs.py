@@ -14,6 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -130,3 +131,36 @@ def kill_group_members(pgid: int, timeout: float = 5.0) -> bool:
         if time.monotonic() >= deadline:
             return not group_members(pgid)
         wait_dead(members, min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def kill_processes_using(directory: Path, timeout: float = 10.0) -> list[int]:
+    """SIGKILL every process (other than us) that names `directory` or a path below it on
+    its command line, or works inside it; returns their pids once they are gone.
+
+    For a directory about to be emptied: an orphaned `initdb` or bootstrap backend of a
+    crashed engine would otherwise keep writing into it.
+    """
+    prefix = str(directory).rstrip("/")
+    me = os.getpid()
+    victims = []
+    for pid in all_pids():
+        if pid == me or not is_alive(pid):
+            continue
+        where = cwd(pid) or ""
+        args = cmdline(pid)
+        if _under(where, prefix) or any(_mentions(arg, prefix) for arg in args):
+            victims.append(pid)
+    for pid in victims:
+        send(pid, signal.SIGKILL)
+    wait_dead(victims, timeout)
+    return victims
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _mentions(arg: str, prefix: str) -> bool:
+    """`arg` is the path, a path below it, or `--opt=<path…>`."""
+    value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+    return _under(value, prefix)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 INIT_MARKER = ".init.ok"
 INIT_LOCK = ".init.lock"
+BASE_STAGING = ".init-staging"
+"""`base/.init-staging/`: where initdb builds a base before it is renamed into place."""
 BUILD_MARKER = ".build.ok"
 BUILD_LOCK = ".build.lock"
 SEPARATE_BUILD_DIR = ".build"
@@ -182,6 +184,7 @@ class StoreLayout:
 
 
 __all__ = [
+    "BASE_STAGING",
     "BUILD_LOCK",
     "BUILD_MARKER",
     "INIT_LOCK",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.locks import FileLock
+from sqlrs_engine.runtime.procs import kill_processes_using
 from sqlrs_engine.snapshot.base import (
     MISSING_DIR_REASON,
     PG_VERSION,
@@ -45,9 +46,11 @@ from sqlrs_engine.snapshot.fsops import (
     clear_dir,
     os_error_to_snapshot,
     resolved,
+    sync_filesystem,
     write_marker,
 )
 from sqlrs_engine.snapshot.layout import (
+    BASE_STAGING,
     INIT_LOCK,
     SEPARATE_BUILD_DIR,
     STORE_METADATA_NAMES,
@@ -196,12 +199,15 @@ class StateStore:
     def ensure_base(
         self, image_id: str, init: BaseInit, cancel: CancelToken = NEVER_CANCELLED
     ) -> Path:
-        """The initialized base dir of an image; runs `init(base_dir)` at most once per root.
+        """The initialized base dir of an image; runs `init` at most once per root.
 
-        Marker fast path; otherwise under `base/.init.lock`: re-check the marker, accept an
-        existing cluster (PG_VERSION) as is, or clear the dir (except the lock) and run `init`.
-        The marker (`ok`, 0600) is written only after a successful init, so a crash or a
-        failed init is simply retried by the next caller.
+        Crash-safe by construction (issue 11): `init` builds the cluster in a staging dir
+        inside the base dir, the result is checked (a `PG_VERSION`, no `postmaster.pid`: the
+        initdb processes have ended cleanly) and published by one rename to `pgdata/`, and
+        only then is the marker (`ok`, 0600, fsynced) written. Without the marker nothing in
+        the base dir is trusted: a half-initialized cluster from a crash, a staging dir, or a
+        cluster published just before the crash are all removed — after killing any process
+        still working in the base dir (an orphaned `initdb`) — and the base is built again.
         """
         base = self.layout.base_dir(image_id)
         marker = self.layout.init_marker(image_id)
@@ -215,20 +221,44 @@ class StateStore:
         ):
             if marker.is_file():
                 return base
-            if find_data_file(base, PG_VERSION) is None:
-                clear_dir(base, {INIT_LOCK}, self.remove_path)
-                cancel.raise_if_cancelled()
-                init(base)
-                if find_data_file(base, PG_VERSION) is None:
-                    raise SnapshotError("base init failed", f"init left no PG_VERSION in {base}")
-            if find_data_file(base, POSTMASTER_PID) is not None:
+            self._discard_unfinished_base(base)
+            staging = base / BASE_STAGING
+            staging.mkdir(mode=0o755)
+            cancel.raise_if_cancelled()
+            init(staging)
+            built = find_data_file(staging, PG_VERSION)
+            if built is None:
+                raise SnapshotError("base init failed", f"init left no PG_VERSION in {staging}")
+            if find_data_file(staging, POSTMASTER_PID) is not None:
                 raise SnapshotError(
                     "base init failed",
-                    f"postmaster.pid present in {base}: a server is (or was) running on the "
-                    "base dir; stop it, or remove the base dir to re-initialize",
+                    f"postmaster.pid present in {staging} after init: a server process is "
+                    "still running on the new cluster",
                 )
+            pgdata = built.parent
+            try:
+                os.rename(pgdata, base / pgdata.relative_to(staging))
+                sync_filesystem(base)  # the cluster's files and the rename, before the marker
+            except OSError as error:
+                raise os_error_to_snapshot("base init failed", error) from None
+            self.remove_path(staging)
             self._write_marker(marker, "base init failed")
         return base
+
+    def _discard_unfinished_base(self, base: Path) -> None:
+        """Under the init lock, without a marker: empty the base dir (except the lock)."""
+        leftovers = kill_processes_using(base)
+        if leftovers:
+            log.warning(
+                "base %s: killed %d process(es) of an interrupted init (pids %s)",
+                base,
+                len(leftovers),
+                ", ".join(map(str, leftovers)),
+            )
+        names = [entry.name for entry in os.scandir(base) if entry.name != INIT_LOCK]
+        if names:
+            log.warning("base %s: discarding an unfinished init (%s)", base, ", ".join(names))
+            clear_dir(base, {INIT_LOCK}, self.remove_path)
 
     # -- states (SPEC §9.4, §9.5) --------------------------------------------------------------
 
@@ -266,6 +296,12 @@ class StateStore:
         marker = self.layout.build_marker(
             image_id, state_id, separate=self.backend.separate_build_meta
         )
+        try:
+            # The snapshot was written without fsync (copies, renames, a layer's files): a
+            # marker must never outlive its data across a power loss.
+            sync_filesystem(state_dir)
+        except OSError as error:
+            raise os_error_to_snapshot("cannot commit state", error) from None
         self._write_marker(marker, "cannot commit state")
 
     def state_dir(self, image_id: str, state_id: str) -> Path:

@@ -141,9 +141,13 @@ class Engine:
                 job_actor_factory=start_job,
                 instance_actor_factory=start_instance,
                 children=(snapshot_ref,),
+                recover_jobs=False,
             )
         )
         self._deletion = DeletionService(self._registry, snapshots)
+        # Crash repair before any job resumes: deletions that were under way are completed.
+        self._deletion.complete_interrupted()
+        self._registry.recover_jobs().get(timeout=STOP_TIMEOUT)
         ctx = ApiContext(
             registry=self._registry,
             auth_token=self.options.auth_token,

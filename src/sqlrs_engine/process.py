@@ -43,6 +43,7 @@ from typing import IO
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.errors import cancelled
+from sqlrs_engine.faults import fault_point
 
 OutputCallback = Callable[[str, bytes], None]
 """Receives (`"stdout"` | `"stderr"`, chunk) as the child writes."""
@@ -323,6 +324,7 @@ def run(
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise ProcessError(argv, f"cannot start {_describe(argv)}: {exc}") from exc
+    fault_point(f"spawned:{os.path.basename(argv[0])}")  # crash tests: freeze with a live child
     group = _Group(proc)
     unregister = cancel.register(lambda: group.signal(signal.SIGTERM))
     tail = _Tail(tail_bytes)

@@ -227,3 +227,21 @@ def test_a_missing_data_dir_fails_with_a_clear_error(
     assert caught.value.message == "instance runtime dir is missing"
     assert str(missing) in (caught.value.details or "")
     assert logs == [RESTARTING] and runtime.starts == 0
+
+
+def test_a_retired_instance_is_never_restarted_until_reinstated(
+    actors: list[pykka.ActorRef[Any]], runtime: CountingRuntime, image: str, data_dir: Path
+) -> None:
+    """Deletion retires the instance before its files go: a run racing the deletion must not
+    restart (or, on overlay, remount) its server."""
+    handle = runtime.real.start(image, data_dir, lambda _line: None, CancelToken())
+    proxy = start_actor(actors, runtime, image, data_dir, handle)
+    proxy.retire().get(timeout=TIMEOUT)
+    assert proxy.is_running().get(timeout=TIMEOUT) is False
+    with pytest.raises(JobFailure) as refused:
+        proxy.ensure_running(lambda _line: None).get(timeout=TIMEOUT)
+    assert (refused.value.code, refused.value.message) == ("not_found", "instance not found")
+    assert "being deleted" in (refused.value.details or "")
+    assert runtime.starts == 0 and servers_under(data_dir) == []
+    proxy.reinstate().get(timeout=TIMEOUT)  # the deletion failed: the instance stays
+    assert proxy.ensure_running(lambda _line: None).get(timeout=TIMEOUT).restarted is True

@@ -23,7 +23,7 @@ from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_
 from sqlrs_engine.actors.snapshot import SnapshotClient, start_snapshot_actor
 from sqlrs_engine.cancel import NEVER_CANCELLED
 from sqlrs_engine.config.store import ConfigStore
-from sqlrs_engine.deletion.service import DeletionService
+from sqlrs_engine.deletion.service import DeletionService, children_first
 from sqlrs_engine.errors import ApiError
 from sqlrs_engine.persistence.metadata import InstanceRecord
 from sqlrs_engine.persistence.rows import Row
@@ -616,3 +616,64 @@ def test_retention_trims_the_oldest_finished_jobs_of_a_signature(world: World) -
     assert world.layout.job_dir("j3").is_dir() and world.layout.job_dir("j4").is_dir()
     assert (runtime_dir / "pgdata" / "PG_VERSION").is_file()
     assert service.trim_jobs("sig") == []
+
+
+# -- crash safety: intent first, completed at start-up (issue 11) ---------------------------
+
+
+@needs_chattr
+def test_a_failed_delete_takes_back_its_intent_and_the_instance_stays_usable(
+    world: World,
+) -> None:
+    world.state(S)
+    runtime_dir = world.instance("i1", S)
+    service = world.start()
+    chattr("+i", runtime_dir.parent)
+    try:
+        with pytest.raises(ApiError):
+            service.delete_instance("i1", force=False, dry_run=False)
+    finally:
+        chattr("-i", runtime_dir.parent)
+    assert world.registry.rows_marked_deleting().get(timeout=TIMEOUT) == ([], [])
+    ref = world.registry.instance_actor("i1").get(timeout=TIMEOUT)
+    server = ref.proxy().ensure_running(lambda _line: None).get(timeout=TIMEOUT)
+    assert server.restarted is True, "reinstated: a run may restart its server again"
+
+
+def test_start_up_completes_a_deletion_that_a_crash_interrupted(world: World) -> None:
+    """Rows marked `deleting` (the intent a crashed deletion left): their files and rows go,
+    children first; everything not marked stays."""
+    world.state(S)
+    world.state(C, parent=S)
+    world.state(G, parent=C)
+    world.state(X)
+    kept_dir = world.instance("i0", X)
+    runtime_dir = world.instance("i1", C)
+    service = world.start()
+    world.registry.mark_deleting(["i1"], [S, C, G], True).get(timeout=TIMEOUT)
+    world.store.remove_state(IMAGE, G)  # the crash came after the first removal
+
+    instances, states = service.complete_interrupted()
+
+    assert (instances, states) == (["i1"], [G, C, S])  # G: only its row was left
+    assert world.rows() == (["i0"], [X])
+    assert not runtime_dir.exists() and kept_dir.is_dir()
+    assert not world.state_dir(S).exists() and world.state_dir(X).is_dir()
+    assert world.registry.rows_marked_deleting().get(timeout=TIMEOUT) == ([], [])
+    assert service.complete_interrupted() == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("parents", "order"),
+    [
+        ({}, []),
+        ({"a": None}, ["a"]),
+        ({"a": None, "b": "a", "c": "b"}, ["c", "b", "a"]),
+        ({"c": "b", "a": None, "b": "a"}, ["c", "b", "a"]),
+        ({"a": None, "b": "a", "x": "a"}, ["b", "x", "a"]),
+        ({"b": "gone"}, ["b"]),  # its parent's row was deleted before the crash
+    ],
+)
+def test_children_first(parents: dict[str, str | None], order: list[str]) -> None:
+    rows = [{"state_id": sid, "parent_state_id": parent} for sid, parent in parents.items()]
+    assert [row["state_id"] for row in children_first(rows)] == order

@@ -67,6 +67,7 @@ class InstanceActor(pykka.ThreadingActor):
         self.instance_id = instance_id
         self._image_id = image_id
         self._handle = handle
+        self._retired = False
         self._data_dir = data_dir
         self._runtime = runtime
         self._locate_data_dir = locate_data_dir
@@ -105,6 +106,10 @@ class InstanceActor(pykka.ThreadingActor):
         runtime_id there before returning. Raises `JobFailure` when the server cannot be
         started (for example because the instance's data directory is gone).
         """
+        if self._retired:
+            raise JobFailure(
+                "not_found", "instance not found", f"instance {self.instance_id} is being deleted"
+            )
         previous = self._handle
         if previous is not None and self._runtime.is_running(previous):
             return RunningServer(previous, self._runtime, False)
@@ -149,10 +154,24 @@ class InstanceActor(pykka.ThreadingActor):
         return self._runtime.count_connections(self._handle)
 
     def stop_server(self) -> None:
-        """Stop the server now (delete): never raises for a server that is already gone."""
+        """Stop the server now: never raises for a server that is already gone."""
         if self._handle is not None:
             self._runtime.kill(self._handle)
             self._handle = replace(self._handle, pid=None)
+
+    def retire(self) -> None:
+        """The instance is being deleted: stop its server and never start it again.
+
+        Sent before its files are removed. Messages are handled one at a time, so a run's
+        `ensure_running` either finished before (its server is stopped here) or comes after
+        and is refused: no restart can remount or reuse a data dir that is going away.
+        """
+        self._retired = True
+        self.stop_server()
+
+    def reinstate(self) -> None:
+        """The deletion failed and the instance stays: runs may restart its server again."""
+        self._retired = False
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("instance actor %s failed: %s", self.instance_id, exception_value)
@@ -182,6 +201,8 @@ class InstanceProxy(ActorMemberMixin, pykka.ActorProxy[InstanceActor]):
     ensure_running = proxy_method(InstanceActor.ensure_running)
     connections = proxy_method(InstanceActor.connections)
     stop_server = proxy_method(InstanceActor.stop_server)
+    retire = proxy_method(InstanceActor.retire)
+    reinstate = proxy_method(InstanceActor.reinstate)
 
 
 def instance_proxy(ref: pykka.ActorRef[Any]) -> InstanceProxy:

@@ -97,11 +97,19 @@ class RegistryActor(pykka.ThreadingActor):
             for row in self._metadata.all_instance_rows():
                 self._start_instance_actor(row, None)
         if self._settings.recover_jobs and self._settings.job_actor_factory is not None:
-            self._recover_jobs()
+            self.recover_jobs()
 
-    def _recover_jobs(self) -> None:
-        """Jobs left queued/running by a previous engine run again from the start (§4.8)."""
+    def recover_jobs(self) -> None:
+        """Jobs left queued/running by a previous engine run again from the start (§4.8).
+
+        Called at start unless the settings defer it: the engine first completes deletions
+        a crash interrupted, so no resumed job starts from a state that is going away.
+        """
+        if self._settings.job_actor_factory is None:
+            return
         for row in self._jobs.unfinished_job_rows():
+            if self.job_actor(row["job_id"]) is not None:
+                continue  # already running (recovery asked twice)
             log.info("recovering job %s (was %s)", row["job_id"], row["status"])
             self._append(
                 row["job_id"],
@@ -249,6 +257,14 @@ class RegistryActor(pykka.ThreadingActor):
             ref = self._instance_refs.pop(instance_id, None)
             if ref is not None:
                 ref.stop(block=False)
+
+    def mark_deleting(self, instance_ids: list[str], state_ids: list[str], on: bool) -> None:
+        """Record (on) or take back (off) the intent to delete these rows."""
+        self._metadata.mark_deleting(instance_ids, state_ids, on)
+
+    def rows_marked_deleting(self) -> tuple[list[Row], list[Row]]:
+        """Instance and state rows of deletions that a crash interrupted."""
+        return self._metadata.rows_marked_deleting()
 
     def instance_runtime_dirs(self) -> set[str]:
         return self._metadata.runtime_dirs()
@@ -416,6 +432,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     """Typed proxy: every public method of `RegistryActor` as a message returning a Future."""
 
     ping = proxy_method(RegistryActor.ping)
+    recover_jobs = proxy_method(RegistryActor.recover_jobs)
     adopt_child = proxy_method(RegistryActor.adopt_child)
     begin_shutdown = proxy_method(RegistryActor.begin_shutdown)
     child_failed = proxy_method(RegistryActor.child_failed)
@@ -454,6 +471,8 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     state_subtree = proxy_method(RegistryActor.state_subtree)
     delete_metadata = proxy_method(RegistryActor.delete_metadata)
     instance_runtime_dirs = proxy_method(RegistryActor.instance_runtime_dirs)
+    mark_deleting = proxy_method(RegistryActor.mark_deleting)
+    rows_marked_deleting = proxy_method(RegistryActor.rows_marked_deleting)
     has_running_task = proxy_method(RegistryActor.has_running_task)
     delete_job_rows = proxy_method(RegistryActor.delete_job_rows)
     retention_victims = proxy_method(RegistryActor.retention_victims)

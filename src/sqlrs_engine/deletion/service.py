@@ -9,6 +9,11 @@ what keeps the store consistent:
    directory removed; a state's directory is removed under its build lock;
 3. the rows of every node whose files are gone are deleted in one transaction.
 
+Before step 2 the whole tree is marked `deleting` in state.db (one transaction). A crash
+between the first removed file and the last deleted row is completed at the next start
+(`complete_interrupted`): never a row that points at removed files. An instance is *retired*
+before its files go, so a concurrent run cannot restart its server in a dir being removed.
+
 If removing a directory fails (a busy mount, say), the rows of the nodes already removed are
 still deleted, the failing node keeps both its row and its files, and the request answers
 500 with what failed: never a row pointing nowhere, never files without a row.
@@ -39,6 +44,7 @@ from sqlrs_engine.deletion.tree import (
     state_node,
 )
 from sqlrs_engine.errors import ApiError, JobFailure, not_found
+from sqlrs_engine.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -171,35 +177,116 @@ class DeletionService:
         status, body = result(root, dry_run)
         if dry_run or root.is_blocked:
             return status, body
+        nodes = list(root.post_order())
+        planned = (
+            [n.id for n in nodes if n.kind == "instance"],
+            [n.id for n in nodes if n.kind == "state"],
+        )
+        # The intent goes to state.db before any file: a crash from here on is completed at
+        # the next start (`complete_interrupted`), never left as rows without files.
+        self._registry.mark_deleting(*planned, True).get(timeout=ASK_TIMEOUT)
+        fault_point("delete:marked")
         instances: list[str] = []
         states: list[str] = []
         try:
-            for node in root.post_order():
+            for node in nodes:
                 if node.kind == "instance":
                     self._remove_instance(node.row)
                     instances.append(node.id)
                 elif node.kind == "state":
                     self._snapshots.remove_state(node.row["image_id"], node.id, NEVER_CANCELLED)
                     states.append(node.id)
+                fault_point("delete:node-removed")
         except (JobFailure, OSError) as failure:
             log.error("%s at %s: %s", failure_message, node.kind, failure)
             raise ApiError(500, "internal_error", failure_message, _why(failure)) from None
         finally:
             if instances or states:
                 self._registry.delete_metadata(instances, states).get(timeout=ASK_TIMEOUT)
+            left = (
+                [i for i in planned[0] if i not in instances],
+                [s for s in planned[1] if s not in states],
+            )
+            if left[0] or left[1]:
+                # Not a crash: the failure was answered; what was not removed stays usable.
+                self._registry.mark_deleting(*left, False).get(timeout=ASK_TIMEOUT)
+                self._reinstate(left[0])
         return status, body
+
+    def complete_interrupted(self) -> tuple[list[str], list[str]]:
+        """At start-up: finish the deletions a crash interrupted (rows marked `deleting`).
+
+        Instances first, then states children first, as a deletion would have gone on.
+        Returns what was removed; whatever still cannot be removed keeps its mark and is
+        logged (the next start tries again).
+        """
+        with self._lock:
+            instance_rows, state_rows = self._registry.rows_marked_deleting().get(
+                timeout=ASK_TIMEOUT
+            )
+            instances: list[str] = []
+            states: list[str] = []
+            for row in instance_rows:
+                try:
+                    self._remove_instance(row)
+                    instances.append(row["instance_id"])
+                except (JobFailure, OSError) as failure:
+                    log.error(
+                        "interrupted deletion of instance %s: %s",
+                        row["instance_id"],
+                        _why(failure),
+                    )
+            for row in children_first(state_rows):
+                try:
+                    self._snapshots.remove_state(row["image_id"], row["state_id"], NEVER_CANCELLED)
+                    states.append(row["state_id"])
+                except (JobFailure, OSError) as failure:
+                    log.error(
+                        "interrupted deletion of state %s: %s", row["state_id"], _why(failure)
+                    )
+            if instances or states:
+                self._registry.delete_metadata(instances, states).get(timeout=ASK_TIMEOUT)
+                log.info(
+                    "completed an interrupted deletion: %d instance(s), %d state(s)",
+                    len(instances),
+                    len(states),
+                )
+            return instances, states
+
+    def _reinstate(self, instance_ids: list[str]) -> None:
+        for instance_id in instance_ids:
+            ref = self._registry.instance_actor(instance_id).get(timeout=ASK_TIMEOUT)
+            if ref is not None:
+                with contextlib.suppress(pykka.ActorDeadError):
+                    ref.proxy().reinstate().get(timeout=ASK_TIMEOUT)
 
     def _remove_instance(self, row: dict[str, Any]) -> None:
         ref = self._registry.instance_actor(row["instance_id"]).get(timeout=ASK_TIMEOUT)
         if ref is not None:
             with contextlib.suppress(pykka.ActorDeadError):
-                ref.proxy().stop_server().get(timeout=ASK_TIMEOUT)
+                # Retired, not just stopped: a concurrent run must not restart (and remount)
+                # the server while its files are being removed.
+                ref.proxy().retire().get(timeout=ASK_TIMEOUT)
         if row.get("runtime_dir"):
             runtime_dir = Path(row["runtime_dir"])
             self._snapshots.remove_path(runtime_dir)
             job_dir = runtime_dir.parent
             if job_dir.is_dir() and not any(job_dir.iterdir()):
                 job_dir.rmdir()
+
+
+def children_first(state_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """State rows ordered so that no state comes before one of its descendants."""
+    remaining = {row["state_id"]: row for row in state_rows}
+    ordered: list[dict[str, Any]] = []
+    while remaining:
+        parents = {row.get("parent_state_id") for row in remaining.values()}
+        leaves = [sid for sid in remaining if sid not in parents]
+        if not leaves:  # a cycle cannot happen in a tree; take the rest as they come
+            leaves = list(remaining)
+        for sid in leaves:
+            ordered.append(remaining.pop(sid))
+    return ordered
 
 
 def _why(failure: Exception) -> str:

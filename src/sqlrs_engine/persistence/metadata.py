@@ -31,6 +31,11 @@ class StateRecord:
     snapshot_backend: str | None = None
 
 
+ACTIVE = "active"
+DELETING = "deleting"
+"""Row status while a deletion that includes the row is under way (see `mark_deleting`)."""
+
+
 @dataclass(frozen=True)
 class InstanceRecord:
     """A new instance row (SPEC §2.12)."""
@@ -43,7 +48,7 @@ class InstanceRecord:
     runtime_dir: str | None
     job_id: str | None = None
     expires_at: str | None = None
-    status: str = "active"
+    status: str = ACTIVE
 
 
 def _expired(expires_at: str | None) -> bool:
@@ -205,6 +210,35 @@ class MetadataQueries:
                 tx.query("DELETE FROM instances WHERE instance_id = :id", id=instance_id)
             for state_id in state_ids:
                 tx.query("DELETE FROM states WHERE state_id = :id", id=state_id)
+
+    def mark_deleting(self, instance_ids: list[str], state_ids: list[str], on: bool) -> None:
+        """Record (or take back) the intent to delete these rows, in one transaction.
+
+        A deletion marks its whole tree before it touches a file; a start-up after a crash
+        finds the marked rows and completes their deletion (deletion/service.py).
+        """
+        status = DELETING if on else ACTIVE
+        with self._db as tx:
+            for instance_id in instance_ids:
+                tx.query(
+                    "UPDATE instances SET status = :s WHERE instance_id = :id",
+                    s=status,
+                    id=instance_id,
+                )
+            for state_id in state_ids:
+                tx.query(
+                    "UPDATE states SET status = :s WHERE state_id = :id", s=status, id=state_id
+                )
+
+    def rows_marked_deleting(self) -> tuple[list[Row], list[Row]]:
+        """(instance rows, state rows) whose deletion was begun and not finished."""
+        instances = fetch(
+            self._db, "SELECT * FROM instances WHERE status = :s ORDER BY rowid", s=DELETING
+        )
+        states = fetch(
+            self._db, "SELECT * FROM states WHERE status = :s ORDER BY rowid", s=DELETING
+        )
+        return instances, states
 
     def runtime_dirs(self) -> set[str]:
         """Data directories that instances live in (never removed with a job, §0.1)."""

@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.faults import fault_point
 from sqlrs_engine.locks import FileLock
 from sqlrs_engine.runtime.procs import kill_processes_using
 from sqlrs_engine.snapshot.base import (
@@ -236,11 +237,13 @@ class StateStore:
                     "still running on the new cluster",
                 )
             pgdata = built.parent
+            fault_point("base:initialized")
             try:
                 os.rename(pgdata, base / pgdata.relative_to(staging))
                 sync_filesystem(base)  # the cluster's files and the rename, before the marker
             except OSError as error:
                 raise os_error_to_snapshot("base init failed", error) from None
+            fault_point("base:published")
             self.remove_path(staging)
             self._write_marker(marker, "base init failed")
         return base

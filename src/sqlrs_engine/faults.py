@@ -1,0 +1,37 @@
+"""Named crash points for the crash-safety suite: inert unless a test names one.
+
+`fault_point("delete:after-first-node")` does nothing in production. When the engine was
+started with `SQLRS_FAULT_POINT=<name>` and execution reaches that point, the engine logs
+it and stops itself with SIGSTOP: frozen exactly between two steps, so that a test can then
+kill it — alone (`kill -9` of the engine) or together with every process it started (a power
+loss) — deterministically, without sleeping and hoping. A point is taken once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+log = logging.getLogger(__name__)
+
+ENV = "SQLRS_FAULT_POINT"
+
+_armed = os.environ.get(ENV, "").strip()
+_lock = threading.Lock()
+
+
+def fault_point(name: str) -> None:
+    """Freeze the whole engine here if a test armed this point (see module docstring)."""
+    global _armed
+    if not _armed or name != _armed:
+        return
+    with _lock:
+        if _armed != name:
+            return
+        _armed = ""
+    log.warning("fault point %s reached: stopping the engine (SIGSTOP) for a crash test", name)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.kill(os.getpid(), signal.SIGSTOP)

@@ -1,0 +1,183 @@
+"""Crash safety (issue 11): the engine is frozen at a named phase boundary, killed there — the
+engine alone (`kill -9`), or with every process it started (a power loss) — restarted on the
+same store, and the store must then be whole: every job terminal, no orphan process or
+mount, no incomplete state served, no row without files or files without row, no instance
+lost, `PRAGMA integrity_check` ok, and a new prepare works.
+
+Phase points are chosen deterministically: the engine runs with `SQLRS_FAULT_POINT=<name>`
+and stops itself with SIGSTOP when it reaches that point (`sqlrs_engine/faults.py`, inert in
+production); the test waits for the stopped state, then kills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sqlrs_engine.runtime import procs
+from tests.support.dirs import servers_under
+from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.prepare import prepare, psql_body, query, submit, wait
+from tests.support.store_check import settled_store_problems
+
+FREEZE_TIMEOUT = 120.0
+
+
+class EngineApi:
+    """`get_json` over an engine, for the shared store checks."""
+
+    def __init__(self, engine: EngineProcess) -> None:
+        self.engine = engine
+
+    def get_json(self, path: str) -> Any:
+        response = self.engine.get(path)
+        assert response.status_code == 200, (path, response.status_code, response.text)
+        return response.json()
+
+
+def stopped(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state in ("T", "t")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process whose parent chain leads to `pid`."""
+    children: dict[int, list[int]] = {}
+    for candidate in procs.all_pids():
+        try:
+            fields = Path(f"/proc/{candidate}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(candidate)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def freeze_then_kill(engine: EngineProcess, power_loss: bool, store: Path) -> None:
+    """Wait until the engine froze at its fault point, then kill it (and, for a power loss,
+    every process it started and every server of the store)."""
+    pid = engine.process.pid
+    deadline = time.monotonic() + FREEZE_TIMEOUT
+    while not stopped(pid):
+        assert engine.process.poll() is None, "the engine exited before its fault point"
+        assert time.monotonic() < deadline, "the engine never reached its fault point"
+        time.sleep(0.02)
+    victims = [pid]
+    if power_loss:
+        victims += descendants(pid) + servers_under(store)
+    for victim in victims:
+        procs.send(victim, signal.SIGKILL)
+    engine.process.wait(timeout=30)
+    procs.wait_dead(victims, 30)
+
+
+@dataclass
+class Scenario:
+    point: str
+    setup: Callable[[EngineProcess], dict[str, Any]]
+    """Runs before the fault: returns what `act` needs."""
+    act: Callable[[EngineProcess, dict[str, Any]], None]
+    """Reaches the fault point (on a thread: it blocks when the engine freezes)."""
+    check: Callable[[EngineProcess, dict[str, Any]], None]
+    """What must hold after the restart, besides the store invariants."""
+
+
+def nothing(_engine: EngineProcess) -> dict[str, Any]:
+    return {}
+
+
+def submit_prepare(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    ctx["job_id"] = submit(engine, psql_body("-c", "create table crashed(a int)"))
+
+
+def job_resumed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    outcome = wait(engine, ctx["job_id"])
+    assert outcome.status["status"] == "succeeded", outcome.status
+    assert query(outcome.dsn, "select count(*) from crashed") == "0"
+
+
+def chain_with_instance(engine: EngineProcess) -> dict[str, Any]:
+    outcome = prepare(
+        engine, psql_body("-c", "create table a(x int)", "-c", "create table b(x int)")
+    )
+    assert outcome.status["status"] == "succeeded", outcome.status
+    steps = [t for t in outcome.status["tasks"] if t["type"] == "state_execute"]
+    root_state = steps[0]["output_state_id"]
+    return {"root": root_state, "instance": outcome.result["instance_id"]}
+
+
+def delete_chain(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    engine.delete(f"/v1/states/{ctx['root']}", params={"recurse": "true", "force": "true"})
+
+
+def chain_gone(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    assert engine.get(f"/v1/states/{ctx['root']}").status_code == 404
+    assert engine.get(f"/v1/instances/{ctx['instance']}").status_code == 404
+    assert engine.get("/v1/states").json() == []
+
+
+SCENARIOS = {
+    "during-initdb": Scenario("spawned:initdb", nothing, submit_prepare, job_resumed),
+    "base-initialized": Scenario("base:initialized", nothing, submit_prepare, job_resumed),
+    "base-published": Scenario("base:published", nothing, submit_prepare, job_resumed),
+    "during-step-psql": Scenario("spawned:psql", nothing, submit_prepare, job_resumed),
+    "delete-marked": Scenario("delete:marked", chain_with_instance, delete_chain, chain_gone),
+    "delete-midway": Scenario("delete:node-removed", chain_with_instance, delete_chain, chain_gone),
+}
+
+
+@pytest.mark.parametrize("power_loss", [False, True], ids=["engine-killed", "power-loss"])
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_crash_point(scratch_dir: Path, name: str, power_loss: bool) -> None:
+    scenario = SCENARIOS[name]
+    first = start_engine(scratch_dir, env={"SQLRS_FAULT_POINT": scenario.point})
+    store = first.state_store
+    try:
+        ctx = scenario.setup(first)
+        actor = threading.Thread(target=_quietly, args=(scenario.act, first, ctx), daemon=True)
+        actor.start()
+        freeze_then_kill(first, power_loss, store)
+        actor.join(timeout=30)
+    finally:
+        if first.process.poll() is None:
+            first.process.kill()
+            first.process.wait()
+    second = start_engine(scratch_dir)
+    try:
+        scenario.check(second, ctx)
+        assert settled_store_problems(EngineApi(second), store) == []
+        # The store keeps working: a new prepare (a new base init after an initdb crash).
+        again = prepare(second, psql_body("-c", "create table after_crash(a int)"))
+        assert again.status["status"] == "succeeded", again.status
+        assert settled_store_problems(EngineApi(second), store) == []
+    finally:
+        assert second.stop() == 0
+    with sqlite3.connect(f"file:{store / 'state.db'}?mode=ro", uri=True) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        marked = db.execute(
+            "SELECT (SELECT COUNT(*) FROM instances WHERE status = 'deleting') + "
+            "(SELECT COUNT(*) FROM states WHERE status = 'deleting')"
+        ).fetchone()
+        assert marked == (0,)
+
+
+def _quietly(act: Callable[[EngineProcess, dict[str, Any]], None], *args: Any) -> None:
+    """The action's request dies with the engine: its connection error is expected."""
+    with contextlib.suppress(Exception):
+        act(*args)

@@ -34,6 +34,7 @@ from sqlrs_engine.http.server import HttpServer
 from sqlrs_engine.ids import new_auth_token, new_engine_instance_id
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.logsetup import apply_log_level
+from sqlrs_engine.persistence.guard import StorageHealth
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import Runtime, ServerHandle
 from sqlrs_engine.runtime.select import select_runtime
@@ -79,6 +80,7 @@ class Engine:
         self._registry: RegistryProxy | None = None
         self._http: HttpServer | None = None
         self._info: EngineInfo | None = None
+        self._storage_health = StorageHealth()
 
     @property
     def registry(self) -> RegistryProxy:
@@ -142,6 +144,7 @@ class Engine:
                 instance_actor_factory=start_instance,
                 children=(snapshot_ref,),
                 recover_jobs=False,
+                storage_health=self._storage_health,
             )
         )
         self._deletion = DeletionService(self._registry, snapshots)
@@ -157,6 +160,7 @@ class Engine:
             cwd=self._cwd,
             runtime=runtime,
             deletion=self._deletion,
+            storage=self._storage_health,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()

@@ -28,6 +28,7 @@ from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError, internal_error
 from sqlrs_engine.jobs.failure_log import log_job_failure
 from sqlrs_engine.persistence.database import open_database
+from sqlrs_engine.persistence.guard import StorageGuard, StorageHealth, guard_public_methods
 from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, canonical_event, is_terminal
 from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
 from sqlrs_engine.persistence.rows import Row
@@ -53,10 +54,18 @@ class RegistrySettings:
     children: tuple[pykka.ActorRef[Any], ...] = ()
     """Actors started before the Registry (snapshot backends), stopped after its own children."""
     recover_jobs: bool = True
+    storage_health: StorageHealth | None = None
+    """Shared with `/v1/health`, which reports a database that cannot be written."""
 
 
+@guard_public_methods
 class RegistryActor(pykka.ThreadingActor):
-    """Owner of persistence, event mailboxes and the id → actor map."""
+    """Owner of persistence, event mailboxes and the id → actor map.
+
+    Every message runs through a `StorageGuard`: a failing state.db (full disk, I/O error,
+    foreign lock) is answered with a 507/503 ErrorResponse and the connection rolled back,
+    so the next message after the fault works again.
+    """
 
     def __init__(
         self,
@@ -89,6 +98,9 @@ class RegistryActor(pykka.ThreadingActor):
     def _start(self) -> None:
         # The dataset connection is created here, on the actor's own thread, and used only here.
         self._db = open_database(self._settings.db_path)
+        self._storage = StorageGuard(
+            self._db, self._settings.db_path, self._settings.storage_health
+        )
         self._metadata = MetadataQueries(self._db)
         self._jobs = JobQueries(self._db)
         log.info("registry started db=%s", self._settings.db_path)
@@ -125,6 +137,10 @@ class RegistryActor(pykka.ThreadingActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         log.error("registry failed: %s", exception_value, exc_info=exception_value)
         self._hub.close_all()
+
+    def probe_storage(self) -> None:
+        """After a storage failure: check (by writing) whether state.db works again."""
+        self._storage.probe()
 
     def ping(self) -> bool:
         """Answered once `on_start` succeeded; used to fail engine start-up early."""
@@ -432,6 +448,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     """Typed proxy: every public method of `RegistryActor` as a message returning a Future."""
 
     ping = proxy_method(RegistryActor.ping)
+    probe_storage = proxy_method(RegistryActor.probe_storage)
     recover_jobs = proxy_method(RegistryActor.recover_jobs)
     adopt_child = proxy_method(RegistryActor.adopt_child)
     begin_shutdown = proxy_method(RegistryActor.begin_shutdown)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from sqlrs_engine.actors.registry import RegistryProxy
 from sqlrs_engine.deletion.service import DeletionService
+from sqlrs_engine.persistence.guard import StorageHealth
 from sqlrs_engine.runtime.base import Runtime
 
 ASK_TIMEOUT = 30.0
@@ -28,3 +29,5 @@ class ApiContext:
     """The container runtime, for routes that plan without a job (cache explain)."""
     deletion: DeletionService | None = None
     """Carries out DELETEs (instances, states, jobs)."""
+    storage: StorageHealth = field(default_factory=StorageHealth)
+    """Whether state.db can be written (reported by `/v1/health`)."""

@@ -16,9 +16,20 @@ from sqlrs_engine.http.responses import json_response
 def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     @app.get("/v1/health")
     def health() -> Any:
-        return json_response(
-            {"ok": True, "version": ctx.version, "instanceId": ctx.instance_id, "pid": ctx.pid}
-        )
+        body: dict[str, Any] = {
+            "ok": True,
+            "version": ctx.version,
+            "instanceId": ctx.instance_id,
+            "pid": ctx.pid,
+        }
+        storage_error = ctx.storage.error  # read without asking: health never waits
+        if storage_error is not None:
+            # The engine still serves (reads work; `ok` keeps clients from starting a second
+            # engine on the same store); the field says writes fail. Ask the Registry to
+            # re-check in the background, so the answer clears once space returns.
+            body["storage_error"] = storage_error
+            ctx.registry.probe_storage()
+        return json_response(body)
 
     @app.get("/v1/config/schema")
     def get_schema() -> Any:

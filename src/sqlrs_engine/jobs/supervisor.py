@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import ujson
@@ -23,9 +25,13 @@ from sqlrs_engine.jobs.psql_job import PsqlJob
 from sqlrs_engine.jobs.resume import StoredPlan
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
+from sqlrs_engine.persistence.guard import StorageError
 from sqlrs_engine.prepare.job_request import PrepareRequest
 
 log = logging.getLogger(__name__)
+
+RECORD_RETRY_SECONDS = 60.0
+"""How long a job keeps trying to record how it ended while state.db refuses writes."""
 
 
 class RegistrySink:
@@ -74,6 +80,10 @@ class JobSupervisor:
             self._run(request, stored)
         except JobFailure as failure:
             self._fail(failure.to_dict())
+        except StorageError as error:
+            # state.db refused a write the job needed (a full disk): the job fails with that
+            # reason, recorded once space is back (see `_durably`).
+            self._fail(error.to_dict())
         except Exception as error:
             log.exception("job %s failed unexpectedly", self.job_id)
             self._fail(error_response("internal_error", "internal error", str(error)))
@@ -118,7 +128,10 @@ class JobSupervisor:
         fields: dict[str, Any] = {"status": "succeeded", "finished_at": now_rfc3339()}
         if result is not None:
             fields["result"] = result
-        self.services.registry.update_job(self.job_id, fields).get(timeout=ASK_TIMEOUT)
+        self._durably(
+            "its success",
+            lambda: self.services.registry.update_job(self.job_id, fields).get(timeout=ASK_TIMEOUT),
+        )
         self.events.status("succeeded")
         if result is not None:
             self.events.result(result)
@@ -131,16 +144,43 @@ class JobSupervisor:
             error = error_response("cancelled", "job cancelled")
         failing_task = self.tasks.running
         log_job_failure(self.job_id, error, failing_task)
+        fields = {"status": "failed", "finished_at": now_rfc3339(), "error": error}
         try:
             if failing_task is not None:
-                self.tasks.fail(failing_task, error)
-            self.services.registry.update_job(
-                self.job_id, {"status": "failed", "finished_at": now_rfc3339(), "error": error}
-            ).get(timeout=ASK_TIMEOUT)
+                self._durably("its failed task", lambda: self.tasks.fail(failing_task, error))
+            self._durably(
+                "its failure",
+                lambda: self.services.registry.update_job(self.job_id, fields).get(
+                    timeout=ASK_TIMEOUT
+                ),
+            )
             self.events.status("failed")
             self.events.error(error)
+        except StorageError as still:
+            log.error(
+                "job %s: cannot record its failure (%s); it stays running in state.db and "
+                "the next engine start resumes it",
+                self.job_id,
+                still,
+            )
         except Exception:
             log.exception("job %s: cannot record its failure", self.job_id)
+
+    def _durably(self, what: str, write: Callable[[], object]) -> None:
+        """Run a final write of the job, retrying while state.db refuses it (a full disk may
+        be freed meanwhile) for up to RECORD_RETRY_SECONDS; then the error propagates."""
+        deadline = time.monotonic() + RECORD_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                write()
+                return
+            except StorageError as error:
+                if time.monotonic() + delay > deadline or self.shutting_down.is_set():
+                    raise
+                log.info("job %s: cannot record %s yet (%s); retrying", self.job_id, what, error)
+                self.shutting_down.wait(delay)
+                delay = min(delay * 2, 5.0)
 
     def _finish(self) -> None:
         try:

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from sqlrs_engine.dbms.dsn import port_of, with_port
 from sqlrs_engine.runtime import procs
 from tests.support.dirs import servers_under
 from tests.support.engine_process import EngineProcess
@@ -291,7 +293,43 @@ def test_killed_server_is_restarted_once_for_two_concurrent_runs(
     assert procs.is_alive(new_pid)
     data_dirs = engine.state_store / "jobs" / fresh_instance.job_id
     assert servers_under(data_dirs) == [new_pid]
-    assert query(fresh_instance.dsn, "select count(*) from items") == "1", "same DSN as before"
+    # The DSN the engine hands out now works (the same one, unless another process took the
+    # port meanwhile: that is the one thing a shared machine does not guarantee).
+    status = engine.get(f"/v1/prepare-jobs/{fresh_instance.job_id}").json()
+    assert query(status["result"]["dsn"], "select count(*) from items") == "1"
+
+
+def test_a_restart_whose_port_was_taken_moves_the_dsn_and_says_so(
+    engine: EngineProcess, fresh_instance: JobOutcome
+) -> None:
+    instance_id = fresh_instance.result["instance_id"]
+    old_port = port_of(fresh_instance.dsn)
+    assert old_port is not None
+    pid = int(engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"].removeprefix("host:"))
+    os.kill(pid, signal.SIGKILL)
+    assert procs.wait_dead([pid], 10)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        squatter.bind(("127.0.0.1", old_port))
+    except OSError:
+        pytest.skip(f"port {old_port} was taken by another process before the test could")
+    squatter.listen()
+    try:
+        result = run(engine, psql(instance_id, "-At", "-c", "select name from items"))
+        assert result.exit_code == 0 and result.text("stdout") == "one\n"
+    finally:
+        squatter.close()
+    status = engine.get(f"/v1/prepare-jobs/{fresh_instance.job_id}").json()
+    moved = status["result"]["dsn"]
+    new_port = port_of(moved)
+    assert new_port is not None and new_port != old_port
+    assert moved == with_port(fresh_instance.dsn, new_port), "only the port changed"
+    assert query(moved, "select name from items") == "one"
+    assert (
+        f"instance {instance_id}: port {old_port} was taken by another process; its server "
+        f"now listens on port {new_port}"
+    ) in engine.stderr_text()
 
 
 def test_a_killed_server_whose_clone_was_unmounted_is_remounted_and_restarted(

@@ -262,8 +262,11 @@ def test_a_real_server_survives_the_snapshot_stop_and_restart(
         assert not runtime.is_running(handle)
         assert not (pgdata_of(data_dir) / "postmaster.pid").exists(), "a clean stop"
         restarted = session.restart()
-        assert restarted.port == handle.port
         assert runtime.is_running(restarted)
+        # Same port unless another process took it meanwhile (a shared machine guarantees no
+        # more; issue 11 saw exactly that flake). Then the log says where it went.
+        if restarted.port != handle.port:
+            assert f"pg_ctl: port {handle.port} is taken by another process" in " ".join(lines)
     finally:
         session.release()
     assert servers_under(session.runtime_dir) == []

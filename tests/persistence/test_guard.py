@@ -13,7 +13,6 @@ from sqlalchemy.exc import OperationalError
 from sqlrs_engine.actors.registry import RegistrySettings, start_registry
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.persistence.guard import StorageError, StorageHealth, classify
-from sqlrs_engine.persistence.jobs import JobRecord
 from sqlrs_engine.persistence.metadata import StateRecord
 from tests.support.faults import fill, tmpfs
 

@@ -271,3 +271,22 @@ def test_grant_traversal_without_acl_support_names_every_blocking_dir(scratch_di
         # All or nothing: the entry already set on `outer` was taken back.
         assert stored_acl(outer) is None
         assert stat.S_IMODE(outer.stat().st_mode) == 0o700
+
+
+def test_a_port_held_only_by_time_wait_sockets_is_free_for_postgres() -> None:
+    """A killed server's connections leave TIME_WAIT sockets on its port; PostgreSQL binds
+    with SO_REUSEADDR and can listen there again, so the probe must say "free"."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as postgres does
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # the server side closes first: its end goes to TIME_WAIT
+    client.recv(1)
+    client.close()
+    listener.close()
+    with socket.socket() as plain, pytest.raises(OSError):  # what the old probe did
+        plain.bind(("127.0.0.1", port))
+    assert port_is_free(port)

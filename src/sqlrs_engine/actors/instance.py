@@ -143,6 +143,14 @@ class InstanceActor(pykka.ThreadingActor):
         self._handle = handle
         log_line(STARTED)
         log.info("instance %s: server restarted as %s", self.instance_id, handle.runtime_id)
+        if port is not None and handle.port != port:
+            log.warning(
+                "instance %s: port %d was taken by another process; its server now listens "
+                "on port %d, and its DSN changes accordingly",
+                self.instance_id,
+                port,
+                handle.port,
+            )
         self._record_runtime(registry, handle)
         return RunningServer(handle, self._runtime, True)
 
@@ -186,7 +194,7 @@ class InstanceActor(pykka.ThreadingActor):
         if registry is None:
             return
         try:
-            registry.set_instance_runtime(self.instance_id, handle.runtime_id).get(
+            registry.set_instance_runtime(self.instance_id, handle.runtime_id, handle.port).get(
                 timeout=RECORD_TIMEOUT
             )
         except Exception:

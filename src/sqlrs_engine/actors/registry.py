@@ -317,8 +317,18 @@ class RegistryActor(pykka.ThreadingActor):
         ref = self._instance_refs.get(instance_id)
         return ref if ref is not None and ref.is_alive() else None
 
-    def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> None:
+    def set_instance_runtime(
+        self, instance_id: str, runtime_id: str | None, port: int | None = None
+    ) -> None:
+        """Record a restarted server; a new `port` also goes into the DSN of the result of
+        the job that created the instance, so every later answer hands out the working one."""
         self._metadata.set_instance_runtime(instance_id, runtime_id)
+        if port is None:
+            return
+        row = self._metadata.instance_row(instance_id)
+        job_id = row.get("job_id") if row else None
+        if job_id:
+            self._jobs.move_result_port(job_id, port)
 
     # -- jobs (SPEC §2.1, §4) --------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import dataset
 
+from sqlrs_engine.dbms.dsn import with_port
 from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
 from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
 
@@ -100,6 +101,20 @@ class JobQueries:
                 values[f"{key}_json"] = dump_json(values.pop(key))
         values["job_id"] = job_id
         self._db["prepare_jobs"].update(values, ["job_id"])
+
+    def move_result_port(self, job_id: str, port: int) -> bool:
+        """Point the DSN of a job's result at `port` (its instance's server moved there);
+        True when the result changed. The `result` event keeps what was sent at the time."""
+        row = self.job_row(job_id)
+        result = load_json(row["result_json"]) if row and row["result_json"] else None
+        if not isinstance(result, dict) or not isinstance(result.get("dsn"), str):
+            return False
+        moved = with_port(result["dsn"], port)
+        if moved == result["dsn"]:
+            return False
+        result["dsn"] = moved
+        self.update_job(job_id, result=result)
+        return True
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job; its tasks and events go with it (ON DELETE CASCADE)."""

@@ -400,6 +400,11 @@ class HostRuntime:
         try:
             for attempt in range(self.start_attempts):
                 port = self._choose_port(preferred_port if attempt == 0 else None)
+                if attempt == 0 and preferred_port is not None and port != preferred_port:
+                    log(
+                        f"pg_ctl: port {preferred_port} is taken by another process; "
+                        f"listening on port {port} instead"
+                    )
                 try:
                     return self._start_once(install, data_dir, run_dir, port, log, cancel)
                 except _BindFailure as exc:

@@ -62,6 +62,7 @@ class PortAllocator:
 
     def _probe(self) -> int:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, 0))
             port: int = sock.getsockname()[1]
             return port
@@ -72,8 +73,14 @@ SHARED_PORTS = PortAllocator()
 
 
 def port_is_free(port: int, host: str = LOOPBACK) -> bool:
-    """Whether a bind to `host:port` succeeds right now (a probe, racy by nature)."""
+    """Whether PostgreSQL could listen on `host:port` right now (a probe, racy by nature).
+
+    PostgreSQL binds with SO_REUSEADDR, so a port whose only users are TIME_WAIT sockets
+    (the connections of a killed server) is free for it; the probe binds the same way, or a
+    restarted server would move to another port — and its DSN break — for no reason.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

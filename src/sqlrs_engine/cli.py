@@ -25,6 +25,7 @@ from sqlrs_engine.engine import Engine, EngineOptions, run_until_stopped
 from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.http.server import parse_listen
 from sqlrs_engine.logsetup import configure_logging
+from sqlrs_engine.memory import return_large_allocations
 
 log = logging.getLogger("sqlrs_engine")
 
@@ -146,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sqlrs-engine: {error}", file=sys.stderr)
         return EXIT_FAILURE
     configure_logging(options.engine_json.parent / "logs")
+    return_large_allocations()
     log.info("sqlrs-engine version=%s build=%s pid=%d", options.version, __version__, os.getpid())
 
     stop_requested = threading.Event()

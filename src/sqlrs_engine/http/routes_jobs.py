@@ -19,7 +19,11 @@ from sqlrs_engine.http.streams import (
     parse_events_range,
     range_unsatisfiable,
 )
-from sqlrs_engine.http.submission import normalized_args, validate_submission
+from sqlrs_engine.http.submission import (
+    check_request_size,
+    normalized_args,
+    validate_submission,
+)
 from sqlrs_engine.jobs.explain import explain_prepare
 from sqlrs_engine.prepare.job_request import parse_prepare_request
 
@@ -40,6 +44,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     def explain() -> Any:
         body = json_object_body(bottle.request)
         request = parse_prepare_request(body)
+        check_request_size(request)
         normalized_args(request, ctx.cwd)
         if ctx.runtime is None:
             raise internal_error(details="no runtime configured")

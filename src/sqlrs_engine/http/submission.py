@@ -8,6 +8,7 @@ from typing import Any
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import invalid_argument
 from sqlrs_engine.ids import new_job_id
+from sqlrs_engine.limits import check_args, check_stdin
 from sqlrs_engine.persistence.jobs import JobRecord
 from sqlrs_engine.persistence.rows import dump_json
 from sqlrs_engine.prepare.job_request import PrepareRequest, parse_prepare_request
@@ -26,9 +27,17 @@ def normalized_args(request: PrepareRequest, cwd: Path) -> str:
     return parse_psql_args(request.psql_args, request.stdin, cwd).normalized
 
 
+def check_request_size(request: PrepareRequest) -> None:
+    """413 for arguments or stdin no client program could be given (sqlrs_engine.limits)."""
+    check_args(request.psql_args, "psql_args")
+    check_args(request.liquibase_args, "liquibase_args")
+    check_stdin([request.stdin], "stdin")
+
+
 def validate_submission(body: dict[str, Any], cwd: Path) -> JobRecord:
     """A 400 for anything wrong; otherwise the new job's row."""
     request = parse_prepare_request(body)
+    check_request_size(request)
     normalized = normalized_args(request, cwd)
     return JobRecord(
         job_id=new_job_id(),

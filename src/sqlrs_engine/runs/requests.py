@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlrs_engine.errors import ApiError, conflict, invalid_argument, not_found
+from sqlrs_engine.limits import check_args, check_stdin
 from sqlrs_engine.prepare.psql_args import is_connection_flag, refuse_nul_characters
 from sqlrs_engine.prepare.textutil import go_trim_space
 from sqlrs_engine.runtime.base import DB_NAME, DB_USER, ServerHandle
@@ -98,6 +99,11 @@ class _Body:
 def validate_run_request(body: dict[str, Any], lookup: InstanceLookup) -> RunPlan:
     """Apply the §5 checks in order; raise the first failing one as an `ApiError`."""
     request = _decode(body)
+    check_args(request.args, "args")
+    check_stdin([request.stdin], "stdin")
+    for index, step in enumerate(request.steps):
+        check_args(step.args, f"steps[{index}].args")
+    check_stdin((step.stdin for step in request.steps), "the steps' stdin")
     instance_ref = go_trim_space(request.instance_ref)
     if not instance_ref:
         raise invalid_argument("instance_ref is required")

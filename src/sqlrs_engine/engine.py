@@ -22,6 +22,7 @@ from sqlrs_engine.actors.instance import InstanceActor
 from sqlrs_engine.actors.prepare_job import PrepareJobActor
 from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_registry
 from sqlrs_engine.actors.snapshot import start_snapshot_actor
+from sqlrs_engine.cache.enforcer import CacheEnforcer, enforce_quietly
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.deletion.service import DeletionService
@@ -81,6 +82,7 @@ class Engine:
         self._http: HttpServer | None = None
         self._info: EngineInfo | None = None
         self._storage_health = StorageHealth()
+        self._cache: CacheEnforcer | None = None
 
     @property
     def registry(self) -> RegistryProxy:
@@ -150,6 +152,8 @@ class Engine:
         self._deletion = DeletionService(self._registry, snapshots)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()
+        self._cache = CacheEnforcer(root, self._registry, self._deletion, snapshots)
+        enforce_quietly(self._cache, "startup_recovery")
         self._registry.recover_jobs().get(timeout=STOP_TIMEOUT)
         ctx = ApiContext(
             registry=self._registry,
@@ -161,6 +165,7 @@ class Engine:
             runtime=runtime,
             deletion=self._deletion,
             storage=self._storage_health,
+            cache=self._cache,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()

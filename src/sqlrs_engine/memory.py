@@ -2,7 +2,7 @@
 
 A 31 MiB request body is read, decoded and refused within milliseconds, but glibc's malloc
 raises its mmap threshold dynamically after such an allocation is freed: later big buffers
-then come from the heap, whose freed space is rarely returned, and the engine stayed 200–540
+then come from the heap, whose freed space is rarely returned, and the engine stayed 200 to 540
 MB larger after a few of them (issue 11). A fixed threshold keeps every allocation of 256 KiB
 or more in its own mapping, unmapped on free; small objects are unaffected (Python's own
 allocator serves them).

@@ -194,6 +194,12 @@ class RegistryActor(pykka.ThreadingActor):
     def list_states(self, kind: str | None, image: str | None, id_prefix: str | None) -> list[Row]:
         return self._metadata.list_states(kind=kind, image=image, id_prefix=id_prefix)
 
+    def cache_inventory(self) -> tuple[list[Row], set[str]]:
+        """Every state entry (with `refcount`) and the ids unfinished jobs are about to use:
+        what cache enforcement decides on, read in one message."""
+        states = self._metadata.list_states(kind=None, image=None, id_prefix=None)
+        return states, self._jobs.states_used_by_unfinished_jobs()
+
     def get_state(self, state_id: str) -> Row | None:
         return self._metadata.get_state(state_id)
 
@@ -470,6 +476,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     instance_row = proxy_method(RegistryActor.instance_row)
     list_states = proxy_method(RegistryActor.list_states)
     get_state = proxy_method(RegistryActor.get_state)
+    cache_inventory = proxy_method(RegistryActor.cache_inventory)
     list_jobs = proxy_method(RegistryActor.list_jobs)
     job_status = proxy_method(RegistryActor.job_status)
     list_tasks = proxy_method(RegistryActor.list_tasks)

@@ -19,6 +19,7 @@ import pykka
 
 from sqlrs_engine.errors import ApiError, internal_error
 from sqlrs_engine.http import (
+    routes_cache,
     routes_delete,
     routes_jobs,
     routes_registry,
@@ -44,6 +45,7 @@ def build_app(ctx: ApiContext) -> WsgiApp:
     app.error(404)(_not_found)
     app.error(405)(_method_not_allowed)
     routes_system.register(app, ctx)
+    routes_cache.register(app, ctx)
     routes_registry.register(app, ctx)
     routes_jobs.register(app, ctx)
     routes_delete.register(app, ctx)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlrs_engine.actors.registry import RegistryProxy
+from sqlrs_engine.cache.enforcer import CacheEnforcer
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.persistence.guard import StorageHealth
 from sqlrs_engine.runtime.base import Runtime
@@ -29,5 +30,7 @@ class ApiContext:
     """The container runtime, for routes that plan without a job (cache explain)."""
     deletion: DeletionService | None = None
     """Carries out DELETEs (instances, states, jobs)."""
+    cache: CacheEnforcer | None = None
+    """Cache capacity status and enforcement (SPEC §10)."""
     storage: StorageHealth = field(default_factory=StorageHealth)
     """Whether state.db can be written (reported by `/v1/health`)."""

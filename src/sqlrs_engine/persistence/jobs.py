@@ -116,6 +116,21 @@ class JobQueries:
         self.update_job(job_id, result=result)
         return True
 
+    def states_used_by_unfinished_jobs(self) -> set[str]:
+        """State ids that queued or running jobs start from or will produce (their plans):
+        eviction must leave them alone (issue 14)."""
+        rows = fetch(
+            self._db,
+            """SELECT t.input_id AS id FROM prepare_tasks t
+                   JOIN prepare_jobs j ON j.job_id = t.job_id
+                   WHERE j.status IN ('queued', 'running') AND t.input_kind = 'state'
+               UNION
+               SELECT t.output_state_id AS id FROM prepare_tasks t
+                   JOIN prepare_jobs j ON j.job_id = t.job_id
+                   WHERE j.status IN ('queued', 'running') AND t.output_state_id IS NOT NULL""",
+        )
+        return {str(row["id"]) for row in rows if row["id"]}
+
     def delete_job(self, job_id: str) -> None:
         """Delete a job; its tasks and events go with it (ON DELETE CASCADE)."""
         execute(self._db, "DELETE FROM prepare_jobs WHERE job_id = :id", id=job_id)

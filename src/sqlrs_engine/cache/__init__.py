@@ -1,0 +1,1 @@
+"""Cache capacity: policy (pure), enforcement and status (SPEC §10)."""

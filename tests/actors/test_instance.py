@@ -67,9 +67,13 @@ class RecordingRegistry:
 
     def __init__(self) -> None:
         self.runtime_ids: list[tuple[str, str | None]] = []
+        self.ports: list[int | None] = []
 
-    def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> pykka.Future[None]:
+    def set_instance_runtime(
+        self, instance_id: str, runtime_id: str | None, port: int | None = None
+    ) -> pykka.Future[None]:
         self.runtime_ids.append((instance_id, runtime_id))
+        self.ports.append(port)
         future: pykka.Future[None] = pykka.ThreadingFuture()
         future.set(None)
         return future

@@ -18,15 +18,16 @@ If removing a directory fails (a busy mount, say), the rows of the nodes already
 still deleted, the failing node keeps both its row and its files, and the request answers
 500 with what failed: never a row pointing nowhere, never files without a row.
 
-Deletions are serialized by one lock: they are rare, and serializing them makes concurrent
-DELETEs of the same object answer "deleted" once and 404 afterwards.
+Deletions claim exactly the objects of their tree (`deletion/claims.py`): two deletions that
+share an object are serialized — so concurrent DELETEs of the same object answer "deleted"
+once and 404 afterwards — while deletions of independent objects run at the same time (a hung
+instance's connection probe holds up nothing else).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ import pykka
 from sqlrs_engine.actors.registry import RegistryProxy
 from sqlrs_engine.actors.snapshot import SnapshotClient
 from sqlrs_engine.cancel import NEVER_CANCELLED
+from sqlrs_engine.deletion.claims import Claims
 from sqlrs_engine.deletion.tree import (
     DeleteNode,
     instance_node,
@@ -49,6 +51,9 @@ from sqlrs_engine.faults import fault_point
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT = 60.0
+PROBE_TIMEOUT = 15.0
+"""Seconds to wait for an instance's connection count (its probe gives up after 10 s)."""
+CLAIM_ATTEMPTS = 10
 JOB_STOP_TIMEOUT = 60.0
 
 DeleteResult = tuple[int, dict[str, Any]]
@@ -60,16 +65,19 @@ class DeletionService:
     def __init__(self, registry: RegistryProxy, snapshots: SnapshotClient) -> None:
         self._registry = registry
         self._snapshots = snapshots
-        self._lock = threading.Lock()
+        self._claims = Claims()
 
     # -- instances -------------------------------------------------------------------------
 
     def delete_instance(self, instance_id: str, force: bool, dry_run: bool) -> DeleteResult:
-        with self._lock:
+        row = self._registry.instance_row(instance_id).get(timeout=ASK_TIMEOUT)
+        if row is None:
+            raise not_found("instance not found")
+        with self._claims.hold(_instance_keys(row)):
             row = self._registry.instance_row(instance_id).get(timeout=ASK_TIMEOUT)
-            if row is None:
+            if row is None:  # deleted by the deletion we waited for
                 raise not_found("instance not found")
-            root = instance_node(row, self._connections(instance_id), force)
+            root = instance_node(row, self._connections(instance_id, force), force)
             return self._finish(root, dry_run, "delete instance failed")
 
     # -- states ----------------------------------------------------------------------------
@@ -77,16 +85,31 @@ class DeletionService:
     def delete_state(
         self, state_id: str, recurse: bool, force: bool, dry_run: bool
     ) -> DeleteResult:
-        with self._lock:
+        for _ in range(CLAIM_ATTEMPTS):
             subtree = self._registry.state_subtree(state_id).get(timeout=ASK_TIMEOUT)
             if subtree is None:
                 raise not_found("state not found")
-            root = self._state_tree(subtree, recurse, force)
-            return self._finish(root, dry_run, "delete state failed")
+            keys = _subtree_keys(subtree)
+            with self._claims.hold(keys):
+                subtree = self._registry.state_subtree(state_id).get(timeout=ASK_TIMEOUT)
+                if subtree is None:
+                    raise not_found("state not found")
+                if not _subtree_keys(subtree) <= keys:
+                    continue  # the tree grew while we waited: claim the new one
+                root = self._state_tree(subtree, recurse, force)
+                return self._finish(root, dry_run, "delete state failed")
+        raise ApiError(
+            503,
+            "unavailable",
+            "delete state failed",
+            f"the tree of state {state_id} kept changing; retry",
+        )
 
     def _state_tree(self, subtree: dict[str, Any], recurse: bool, force: bool) -> DeleteNode:
         children: list[DeleteNode] = [
-            instance_node(row, self._connections(row["instance_id"]) if recurse else 0, force)
+            instance_node(
+                row, self._connections(row["instance_id"], force) if recurse else 0, force
+            )
             for row in subtree["instances"]
         ]
         children += [self._state_tree(child, recurse, force) for child in subtree["children"]]
@@ -103,9 +126,9 @@ class DeletionService:
         status, body = result(root, dry_run)
         if dry_run or root.is_blocked:
             return status, body
-        # Not under the lock: the job's own last act (retention) takes it too.
+        # Not under the claim: the job's own last act (retention) takes it too.
         self._stop_job(job_id)
-        with self._lock:
+        with self._claims.hold({f"job:{job_id}"}):
             if self._registry.job_row(job_id).get(timeout=ASK_TIMEOUT) is None:
                 raise not_found("job not found")
             try:
@@ -117,22 +140,20 @@ class DeletionService:
 
     def trim_jobs(self, signature: str) -> list[str]:
         """Retention (§4.11): remove terminal jobs with `signature` beyond the configured N."""
-        with self._lock:
-            victims: list[str] = self._registry.retention_victims(signature).get(
-                timeout=ASK_TIMEOUT
-            )
-            removed = []
-            for job_id in victims:
+        victims: list[str] = self._registry.retention_victims(signature).get(timeout=ASK_TIMEOUT)
+        removed = []
+        for job_id in victims:
+            with self._claims.hold({f"job:{job_id}"}):
                 try:
                     self._remove_job_dir(job_id)
                 except JobFailure as failure:
                     log.warning("retention: cannot remove job %s: %s", job_id, _why(failure))
                     continue
                 removed.append(job_id)
-            if removed:
-                self._registry.delete_job_rows(removed).get(timeout=ASK_TIMEOUT)
-                log.info("retention removed %d job(s) with signature %s", len(removed), signature)
-            return removed
+        if removed:
+            self._registry.delete_job_rows(removed).get(timeout=ASK_TIMEOUT)
+            log.info("retention removed %d job(s) with signature %s", len(removed), signature)
+        return removed
 
     def _stop_job(self, job_id: str) -> None:
         """Force on an active job: cancel it and wait until its actor has stopped."""
@@ -163,14 +184,38 @@ class DeletionService:
 
     # -- common ----------------------------------------------------------------------------
 
-    def _connections(self, instance_id: str) -> int:
+    def _connections(self, instance_id: str, force: bool) -> int:
+        """Client connections of an instance (SPEC §0.5), asked of its actor.
+
+        A server that does not answer (hung, stopped with SIGSTOP) cannot be counted: without
+        `force` that is a 409 saying so; with `force` the deletion goes on (it stops the
+        server anyway) and the node reports 0.
+        """
         ref = self._registry.instance_actor(instance_id).get(timeout=ASK_TIMEOUT)
         if ref is None:
             return 0
         try:
-            count: int = ref.proxy().connections().get(timeout=ASK_TIMEOUT)
+            count: int = ref.proxy().connections().get(timeout=PROBE_TIMEOUT)
         except pykka.ActorDeadError:
             return 0
+        except (pykka.Timeout, JobFailure) as error:
+            why = (
+                f"no answer within {PROBE_TIMEOUT:.0f} s"
+                if isinstance(error, pykka.Timeout)
+                else _why(error)
+            )
+            if force:
+                log.warning(
+                    "instance %s: connections unknown (%s); forced delete", instance_id, why
+                )
+                return 0
+            raise ApiError(
+                409,
+                "conflict",
+                "instance is not responding",
+                f"its client connections cannot be counted ({why}); delete it with "
+                "force=true to stop its server anyway",
+            ) from None
         return count
 
     def _finish(self, root: DeleteNode, dry_run: bool, failure_message: str) -> DeleteResult:
@@ -220,10 +265,10 @@ class DeletionService:
         Returns what was removed; whatever still cannot be removed keeps its mark and is
         logged (the next start tries again).
         """
-        with self._lock:
-            instance_rows, state_rows = self._registry.rows_marked_deleting().get(
-                timeout=ASK_TIMEOUT
-            )
+        instance_rows, state_rows = self._registry.rows_marked_deleting().get(timeout=ASK_TIMEOUT)
+        keys = {key for row in instance_rows for key in _instance_keys(row)}
+        keys |= {f"state:{row['state_id']}" for row in state_rows}
+        with self._claims.hold(keys):
             instances: list[str] = []
             states: list[str] = []
             for row in instance_rows:
@@ -293,3 +338,20 @@ def _why(failure: Exception) -> str:
     if isinstance(failure, JobFailure):
         return failure.message + (f": {failure.details}" if failure.details else "")
     return str(failure)
+
+
+def _instance_keys(row: dict[str, Any]) -> set[str]:
+    """An instance, and the job dir its data dir lives in (removed when it empties)."""
+    keys = {f"instance:{row['instance_id']}"}
+    if row.get("runtime_dir"):
+        keys.add(f"job:{Path(row['runtime_dir']).parent.name}")
+    return keys
+
+
+def _subtree_keys(subtree: dict[str, Any]) -> set[str]:
+    keys = {f"state:{subtree['row']['state_id']}"}
+    for row in subtree["instances"]:
+        keys |= _instance_keys(row)
+    for child in subtree["children"]:
+        keys |= _subtree_keys(child)
+    return keys

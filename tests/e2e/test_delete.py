@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import requests
 
+from sqlrs_engine.runtime import procs
 from tests.support.dirs import servers_under
 from tests.support.engine_process import EngineProcess
 from tests.support.prepare import (
@@ -275,3 +280,41 @@ def test_full_cycle_leaves_nothing_behind(engine: EngineProcess) -> None:
     mounts = Path("/proc/self/mounts").read_text()
     assert str(engine.state_store / "jobs" / first.job_id) not in mounts
     assert str(engine.state_store / "jobs" / second.job_id) not in mounts
+
+
+def test_a_hung_instance_holds_up_no_other_deletion_and_is_a_clear_409(
+    engine: EngineProcess,
+) -> None:
+    """Issue 14: its server stopped with SIGSTOP, an instance's connection probe hangs
+    (~10 s). Deleting an unrelated instance meanwhile must not wait for it; the hung one's
+    own delete is a 409 that says what to do, and force deletes it."""
+    hung = prepare(engine, psql_body("-c", "create table hung(a int)")).result["instance_id"]
+    other = prepare(engine, psql_body("-c", "create table other(a int)")).result["instance_id"]
+    pid = int(engine.get(f"/v1/instances/{hung}").json()["runtime_id"].removeprefix("host:"))
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        finished: dict[str, float] = {}
+
+        def delete(instance_id: str, force: bool) -> requests.Response:
+            response = engine.delete(
+                f"/v1/instances/{instance_id}", params={"force": str(force).lower()}
+            )
+            finished[instance_id] = time.monotonic()
+            return response
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(delete, hung, False)
+            time.sleep(0.5)  # let the hung probe start first
+            fast = pool.submit(delete, other, True)
+            assert fast.result().status_code == 200
+            answer = slow.result()
+        assert finished[other] < finished[hung], "the unrelated delete waited for the hung probe"
+        assert answer.status_code == 409
+        assert answer.json()["message"] == "instance is not responding"
+        assert "force=true" in answer.json()["details"]
+        forced = engine.delete(f"/v1/instances/{hung}", params={"force": "true"})
+        assert forced.status_code == 200 and forced.json()["outcome"] == "deleted"
+        assert procs.wait_dead([pid], 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)

@@ -259,7 +259,12 @@ class OverlayBackend:
         self.root = root
         self.max_depth = max_depth
         self.options_limit = options_limit
-        self._mount_lock = threading.Lock()
+        self._layers = threading.RLock()
+        """The layer lock: "is this layer in use" (a mounted clone stands on it) is decided
+        and acted on under it — removal checks and removes, clones mount, a job's snapshot
+        unmounts and remounts its clone — so no removal can slip into the moment a clone is
+        briefly unmounted, nor pull a layer from under a clone being mounted (issue 14).
+        Within this process; engines sharing a store also serialize on the build locks."""
 
     # -- stacks --------------------------------------------------------------------------------
 
@@ -343,7 +348,13 @@ class OverlayBackend:
                 dst, {"backend": self.kind, "format": FORMAT, "lowers": _lowers_json(dst, stack)}
             )
             cancel.raise_if_cancelled()
-            mount_overlay([layer.path for layer in stack], dst / UPPER, dst / WORK, dst / MERGED)
+            with self._layers:
+                problem = self._stack_problem(stack)  # again: a removal may have won the race
+                if problem is not None:
+                    raise SnapshotError(what, f"{problem} ({src})")
+                mount_overlay(
+                    [layer.path for layer in stack], dst / UPPER, dst / WORK, dst / MERGED
+                )
             self._hide_store_metadata(dst / MERGED)
         except BaseException as exc:
             self._discard(dst, created=created)
@@ -424,9 +435,11 @@ class OverlayBackend:
                     len(lowers) + 1,
                 )
                 layer = self._flatten_into(src_mount_dir, dst, cancel)
-                self._rebase_clone(src_mount_dir.parent, [layer])
+                with self._layers:
+                    self._rebase_clone(src_mount_dir.parent, [layer])
             else:
-                self._promote(src_mount_dir.parent, dst, lowers)
+                with self._layers:
+                    self._promote(src_mount_dir.parent, dst, lowers)
         except BaseException as exc:
             with contextlib.suppress(OSError, SnapshotError):
                 clear_dir(dst, {BUILD_LOCK}, self.remove)
@@ -540,9 +553,10 @@ class OverlayBackend:
         Refused for a state whose layer a mounted clone stands on (a running instance or
         job): removing it would pull files from under a live server.
         """
-        self._refuse_if_in_use(path)
-        release_mounts_under(path, fs_type="overlay")
-        remove_tree(path)
+        with self._layers:
+            self._refuse_if_in_use(path)
+            release_mounts_under(path, fs_type="overlay")
+            remove_tree(path)
 
     @staticmethod
     def _refuse_if_in_use(path: Path) -> None:
@@ -594,7 +608,7 @@ class OverlayBackend:
     def ensure_mounted(self, dst: Path) -> bool:
         """Mount the clone at `dst` again if it is not mounted (True when it mounted it)."""
         merged = dst / MERGED
-        with self._mount_lock:
+        with self._layers:
             if is_mount_point(merged):
                 return False
             lowers = _lowers_of(dst, read_meta(dst / META))

@@ -234,12 +234,14 @@ def test_ensure_base_concurrent_initializes_once(
     for t in threads:
         t.join()
     assert not errors
-    assert initialized == [base], "initdb ran exactly once"
+    staging = base / ".init-staging"
+    assert initialized == [staging], "initdb ran exactly once (in the staging dir)"
     assert (base / INIT_MARKER).is_file()
-    # a leftover PG_VERSION without the marker is accepted as initialized
+    assert (base / "pgdata" / "PG_VERSION").is_file() and not staging.exists()
+    # A cluster without its marker is never trusted (a crash may have cut it short): rebuilt.
     (base / INIT_MARKER).unlink()
     store.ensure_base(resolved_image, init, CancelToken())
-    assert initialized == [base]
+    assert initialized == [staging, staging]
     assert (base / INIT_MARKER).is_file()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -303,6 +304,57 @@ def test_long_line_in_included_file_names_that_file(tmp_path: Path) -> None:
     write(tmp_path / "inc.sql", "ok;\n" + "z" * 70_000)
     details = failure_details([PsqlInput("command", "\\i inc.sql")], str(tmp_path))
     assert details.startswith(f"{tmp_path}/inc.sql: line 2 is longer than 64 KiB")
+
+
+@pytest.mark.parametrize(
+    ("line", "reported"),
+    [(MAX_LINE_BYTES + 1, "(65536 bytes,"), (MAX_LINE_BYTES + 10, "(at least 65537 bytes,")],
+)
+def test_a_long_line_in_a_file_is_reported_without_reading_it_whole(
+    tmp_path: Path, line: int, reported: str
+) -> None:
+    path = write(tmp_path / "long.sql", "ok;\n" + "y" * line + "\n")
+    details = failure_details([PsqlInput("file", str(path))], str(tmp_path))
+    assert details.startswith(f"{path}: line 2 is longer than 64 KiB {reported}")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "select 1;\nselect 2;\n",
+        "no newline at the end",
+        "crlf;\r\nlines;\r\n",
+        "\n\n\nblank lines\n\n",
+        "x" * MAX_LINE_BYTES + "\n" + "tail",
+        "",
+    ],
+    ids=["plain", "no-final-newline", "crlf", "blank", "longest-line", "empty"],
+)
+def test_a_file_digests_exactly_like_the_same_text_as_a_command(
+    tmp_path: Path, content: str
+) -> None:
+    """Files are streamed line by line; commands are split in memory: same digest."""
+    path = write(tmp_path / "same.sql", content)
+    from_file = compute_content_digest([PsqlInput("file", str(path))], str(tmp_path))
+    from_text = compute_content_digest([PsqlInput("command", content)], str(tmp_path))
+    assert from_file.hash == from_text.hash
+
+
+def test_a_large_file_is_digested_in_constant_memory(tmp_path: Path) -> None:
+    """64 MiB of SQL: the digest holds a line at a time, not the file."""
+    path = tmp_path / "large.sql"
+    line = b"insert into t values (" + b"1234567890" * 10 + b");\n"
+    with path.open("wb") as out:
+        for _ in range((64 << 20) // (1 << 20)):
+            out.write(line * ((1 << 20) // len(line)))
+    tracemalloc.start()
+    try:
+        digest = compute_content_digest([PsqlInput("file", str(path))], str(tmp_path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(digest.hash) == 64
+    assert peak < 4 << 20, f"peak {peak} bytes for a {path.stat().st_size} byte file"
 
 
 # ------------------------------------------------------------------ locks

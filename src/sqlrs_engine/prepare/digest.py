@@ -19,7 +19,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, Protocol
@@ -96,15 +96,21 @@ class ContentLocks:
             raise ContentError(f"cannot lock {path}: {_reason(exc)}") from None
         self._files[path] = handle
 
-    def read(self, path: str) -> bytes:
-        """Read a locked file from the start, through the locked handle."""
+    def read_lines(self, path: str) -> Iterator[bytes]:
+        """The lines of a locked file (without `\\n`), streamed: a file of any size is
+        digested in constant memory. A line longer than the limit is cut one byte past it,
+        so `lines` reports it without reading it whole."""
         handle = self._files.get(path)
         if handle is None:
             self.lock(path)
             handle = self._files[path]
         try:
             handle.seek(0)
-            return handle.read()
+            while True:
+                raw = handle.readline(MAX_LINE_BYTES + 2)
+                if not raw:
+                    return
+                yield raw[:-1] if raw.endswith(b"\n") else raw
         except OSError as exc:
             raise ContentError(f"read {path}: {_reason(exc)}") from None
 
@@ -133,6 +139,14 @@ class ContentDigest:
 
     hash: str
     files: tuple[str, ...]
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """`data` split at `\\n`; a final empty part (after a trailing newline) is dropped."""
+    parts = data.split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()
+    return parts
 
 
 def _text_bytes(text: str) -> bytes:
@@ -187,22 +201,26 @@ class _Expander:
         self.sink = sink
         self.stack: set[str] = set()
 
-    def lines(self, data: bytes, source: str) -> Iterator[str]:
-        parts = data.split(b"\n")
-        if parts[-1] == b"":
-            parts.pop()
-        for number, raw in enumerate(parts, start=1):
+    def lines(self, raw_lines: Iterable[bytes], source: str) -> Iterator[str]:
+        """Decoded lines of `raw_lines` (each without its `\n`), checked against the 64 KiB
+        limit, a trailing `\r` removed."""
+        for number, raw in enumerate(raw_lines, start=1):
             if len(raw) > MAX_LINE_BYTES:
+                size = (
+                    f"at least {len(raw)} bytes"
+                    if len(raw) > MAX_LINE_BYTES + 1
+                    else f"{len(raw)} bytes"
+                )
                 raise ContentError(
                     f"{source}: line {number} is longer than 64 KiB "
-                    f"({len(raw)} bytes, at most {MAX_LINE_BYTES} allowed)"
+                    f"({size}, at most {MAX_LINE_BYTES} allowed)"
                 )
             if raw.endswith(b"\r"):
                 raw = raw[:-1]
             yield raw.decode("utf-8", "surrogateescape")
 
-    def content(self, data: bytes, current_file: str, source: str) -> None:
-        for line in self.lines(data, source):
+    def content(self, raw_lines: Iterable[bytes], current_file: str, source: str) -> None:
+        for line in self.lines(raw_lines, source):
             include = parse_include(line)
             if include is None:
                 self.sink.update(line.encode("utf-8", "surrogateescape") + b"\n")
@@ -234,7 +252,7 @@ class _Expander:
         self.locks.lock(path)
         self.stack.add(path)
         try:
-            self.content(self.locks.read(path), path, path)
+            self.content(self.locks.read_lines(path), path, path)
         finally:
             self.stack.discard(path)
 
@@ -260,7 +278,7 @@ def compute_content_digest(
             if item.kind == "file":
                 expander.file(item.value)
             else:
-                expander.content(_text_bytes(item.value), "", item.kind)
+                expander.content(split_lines(_text_bytes(item.value)), "", item.kind)
         return ContentDigest(sink.hexdigest(), tuple(held.paths))
     except ContentError as exc:
         raise JobFailure("invalid_argument", CONTENT_HASH_ERROR, str(exc)) from None

@@ -33,23 +33,28 @@ def chattr(flag: str, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: str = "64k") -> Iterator[Path]:
-    """A tmpfs of `size` mounted at new dir `path` (to fill up), unmounted afterwards."""
+def _mounted(path: Path, fs_type: str, options: str) -> Iterator[Path]:
+    """A fresh filesystem of `fs_type` mounted at new dir `path`, unmounted afterwards."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        pytest.skip(f"mounting a {fs_type} needs root")
     path.mkdir()
     try:
         subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            ["mount", "-t", fs_type, "-o", options, fs_type, str(path)],
             check=True,
             capture_output=True,
         )
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+        pytest.skip(f"cannot mount a {fs_type} here: {exc}")
     try:
         yield path
     finally:
-        subprocess.run(["umount", str(path)], check=False, capture_output=True)
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def tmpfs(path: Path, size: str = "64k") -> contextlib.AbstractContextManager[Path]:
+    """A tmpfs of `size` mounted at new dir `path` (to fill up), unmounted afterwards."""
+    return _mounted(path, "tmpfs", f"size={size}")
 
 
 def fill(fs: Path, leave: int = 0) -> None:
@@ -65,26 +70,11 @@ def fill(fs: Path, leave: int = 0) -> None:
     os.close(fd)
 
 
-@contextlib.contextmanager
-def acl_less_fs(path: Path, mode: int = 0o700) -> Iterator[Path]:
+def acl_less_fs(path: Path, mode: int = 0o700) -> contextlib.AbstractContextManager[Path]:
     """A ramfs at new dir `path` (root dir `mode`, owned by root): a real filesystem that
     stores no extended attributes, so setting a POSIX ACL fails with EOPNOTSUPP.
 
     (This kernel's ext4 no longer accepts the `noacl` mount option; ramfs is the reliable
     ACL-less filesystem here.)
     """
-    if os.geteuid() != 0:
-        pytest.skip("mounting a ramfs needs root")
-    path.mkdir()
-    try:
-        subprocess.run(
-            ["mount", "-t", "ramfs", "-o", f"mode={mode:o}", "ramfs", str(path)],
-            check=True,
-            capture_output=True,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot mount a ramfs here: {exc}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+    return _mounted(path, "ramfs", f"mode={mode:o}")

@@ -152,6 +152,7 @@ class Engine:
         self._deletion = DeletionService(self._registry, snapshots)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()
+        self._deletion.reconcile_states()
         self._cache = CacheEnforcer(root, self._registry, self._deletion, snapshots)
         enforce_quietly(self._cache, "startup_recovery")
         self._registry.recover_jobs().get(timeout=STOP_TIMEOUT)

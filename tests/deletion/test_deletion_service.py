@@ -25,6 +25,7 @@ from sqlrs_engine.cancel import NEVER_CANCELLED
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.deletion.service import DeletionService, children_first
 from sqlrs_engine.errors import ApiError
+from sqlrs_engine.locks import FileLock
 from sqlrs_engine.persistence.metadata import InstanceRecord
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import ServerHandle
@@ -677,3 +678,30 @@ def test_start_up_completes_a_deletion_that_a_crash_interrupted(world: World) ->
 def test_children_first(parents: dict[str, str | None], order: list[str]) -> None:
     rows = [{"state_id": sid, "parent_state_id": parent} for sid, parent in parents.items()]
     assert [row["state_id"] for row in children_first(rows)] == order
+
+
+def test_start_up_makes_state_rows_and_dirs_agree(world: World) -> None:
+    """A row without a complete dir (crash between row and marker) goes when unused, stays
+    when used; a dir without a row goes unless its build lock is held."""
+    world.state(S)
+    world.state(C, parent=S)
+    world.state(X)
+    world.instance("i1", X)
+    world.seed.state(G)  # a row, but its build never completed: no dir at all
+    orphan = world.state_dir("a" * 64)
+    with world.store.build_state(IMAGE, "a" * 64) as build:  # a dir, but no row
+        build.snapshot(world.source, parent=None)
+        build.commit()
+    busy = world.state_dir("b" * 64)
+    busy.mkdir(parents=True)
+    service = world.start()
+    world.layout.build_marker(IMAGE, C).unlink()  # C lost its marker; S is its parent
+    world.layout.build_marker(IMAGE, X).unlink()  # X lost it too, but has an instance
+    with FileLock(world.layout.build_lock(IMAGE, "b" * 64)):
+        rows, dirs = service.reconcile_states()
+    assert sorted(rows) == sorted([G, C])
+    assert dirs == [orphan]
+    assert world.rows() == (["i1"], sorted([S, X]))
+    assert not world.state_dir(C).exists() and not orphan.exists()
+    assert busy.is_dir(), "someone builds it: left alone"
+    assert service.reconcile_states() == ([], [world.state_dir("b" * 64)])

@@ -175,6 +175,12 @@ class SnapshotClient:
     def remove_state(self, image_id: str, state_id: str, cancel: CancelToken) -> None:
         self._store.remove_state(image_id, state_id, cancel)
 
+    def state_dirs(self) -> list[Path]:
+        return self._call(lambda store: store.state_dirs())
+
+    def remove_orphan_state_dir(self, state_dir: Path) -> bool:
+        return self._call(lambda store: store.remove_orphan_state_dir(state_dir))
+
     def remove_runtime_dir(self, job_id: str) -> None:
         self._call(lambda store: store.remove_runtime_dir(job_id))
 

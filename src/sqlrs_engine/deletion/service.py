@@ -298,6 +298,46 @@ class DeletionService:
                 )
             return instances, states
 
+    def reconcile_states(self) -> tuple[list[str], list[Path]]:
+        """At start-up: state rows and state dirs agree afterwards (issue 14).
+
+        A row whose directory is missing or incomplete (a crash between storing the row and
+        writing the marker) is invalidated and deleted when nothing uses it — else it is kept
+        and rebuilt by the next job that needs it. A state dir without a row (a crash between
+        a snapshot and its row) is removed unless something is building it. Returns (deleted
+        rows, removed dirs).
+        """
+        entries, _in_use = self._registry.cache_inventory().get(timeout=ASK_TIMEOUT)
+        parents = {e.get("parent_state_id") for e in entries}
+        rows: list[str] = []
+        for entry in entries:
+            state_id, image_id = entry["state_id"], entry["image_id"]
+            problem = self._snapshots.validate_state(image_id, state_id)
+            if problem is None:
+                continue
+            if entry.get("refcount") or state_id in parents:
+                log.warning("state %s is incomplete (%s); kept: it is in use", state_id, problem)
+                continue
+            with self._claims.hold({f"state:{state_id}"}):
+                if self._snapshots.invalidate_state(image_id, state_id, NEVER_CANCELLED):
+                    self._registry.delete_metadata([], [state_id]).get(timeout=ASK_TIMEOUT)
+                    rows.append(state_id)
+                    log.warning("removed incomplete state %s (%s)", state_id, problem)
+        known = {e["state_id"] for e in entries}
+        dirs: list[Path] = []
+        for state_dir in self._snapshots.state_dirs():
+            if state_dir.name in known:
+                continue
+            try:
+                removed = self._snapshots.remove_orphan_state_dir(state_dir)
+            except (JobFailure, OSError) as failure:
+                log.warning("cannot remove state dir %s without a row: %s", state_dir, failure)
+                continue
+            if removed:
+                dirs.append(state_dir)
+                log.warning("removed state dir %s: it had no row", state_dir)
+        return rows, dirs
+
     def _reinstate(self, instance_ids: list[str]) -> None:
         for instance_id in instance_ids:
             ref = self._registry.instance_actor(instance_id).get(timeout=ASK_TIMEOUT)

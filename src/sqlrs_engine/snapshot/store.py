@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.faults import fault_point
-from sqlrs_engine.locks import FileLock
+from sqlrs_engine.locks import FileLock, LockTimeout
 from sqlrs_engine.runtime.procs import kill_processes_using
 from sqlrs_engine.snapshot.base import (
     MISSING_DIR_REASON,
@@ -57,6 +57,8 @@ from sqlrs_engine.snapshot.layout import (
     STORE_METADATA_NAMES,
     StoreLayout,
     is_stale_name,
+    state_build_lock,
+    state_build_marker,
 )
 from sqlrs_engine.snapshot.overlay import (
     LAYER,
@@ -67,6 +69,9 @@ from sqlrs_engine.snapshot.overlay import (
 )
 
 log = logging.getLogger(__name__)
+
+ORPHAN_LOCK_WAIT = 0.2
+"""Seconds a start-up sweep waits for a row-less state's build lock before leaving it."""
 
 _LOCK_ATTEMPTS = 20
 """How often to re-create a lock's directory that keeps being removed under us."""
@@ -539,6 +544,36 @@ class StateStore:
         Runs for every backend, so a store that moved away from overlay is cleaned too.
         """
         return sweep_mounts(self.layout.root)
+
+    def state_dirs(self) -> list[Path]:
+        """Every state dir on disk, whatever made it (`.build/` and stale leftovers aside)."""
+        found = []
+        for engine in _subdirs(self.layout.engines_dir):
+            for version in _subdirs(engine):
+                for state in _subdirs(version / "states"):
+                    if state.name != SEPARATE_BUILD_DIR and not is_stale_name(state.name):
+                        found.append(state)
+        return found
+
+    def remove_orphan_state_dir(self, state_dir: Path) -> bool:
+        """Remove a state dir that has no row, if nobody is building it (its build lock is
+        free right now); False when it is busy and was left alone."""
+        lock = FileLock(
+            state_build_lock(state_dir, separate=self.backend.separate_build_meta),
+            timeout=ORPHAN_LOCK_WAIT,
+        )
+        try:
+            lock.acquire()
+        except (LockTimeout, OSError):
+            return False
+        try:
+            marker = state_build_marker(state_dir, separate=self.backend.separate_build_meta)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()  # first: a half-removed dir must never look complete
+            self.remove_path(state_dir)
+        finally:
+            lock.release()
+        return True
 
     def foreign_states(self) -> dict[str, int]:
         """How many state dirs each *other* backend made (kind → count), for the start log."""

@@ -12,7 +12,7 @@ from tests.support.engine_process import EngineProcess, start_engine
 
 
 def test_overrides_start_empty_and_effective_has_defaults(engine: EngineProcess) -> None:
-    assert engine.get("/v1/config").json() == {"snapshot": {}}
+    assert engine.get("/v1/config").json() == {}
     effective = engine.get("/v1/config", params={"effective": "true"}).json()
     assert effective["snapshot"]["backend"] == "auto"
     assert effective["orchestrator"]["jobs"]["maxIdentical"] == 2

@@ -133,7 +133,7 @@ def test_patch_validation(
     assert error["message"] == message
     if details:
         assert error["details"].startswith(details)
-    assert engine.get("/v1/config").json() == {"snapshot": {}}
+    assert engine.get("/v1/config").json() == {}
 
 
 @pytest.mark.parametrize(

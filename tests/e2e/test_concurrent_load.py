@@ -422,39 +422,6 @@ def documented_delete_failure(call: Call) -> bool:
     return body.get("message") == "delete state failed" and "lower layer" in body.get("details", "")
 
 
-def stale_runtime_mount(problem: str) -> bool:
-    """A run that restarts the server of an instance while a delete removes it can remount
-    the overlay clone between the delete's unmount and its rename of the runtime dir: the
-    mount then moves to `jobs/<job>/runtime.stale-*/merged`, `rm` fails with EBUSY and the
-    mount stays until retention removes that job's dir or the engine restarts (actors/
-    instance.py `ensure_running` is not fenced against deletion/service.py
-    `_remove_instance`). Intermittent: described in the report, not asserted here."""
-    return (
-        re.fullmatch(
-            r"mount without an owner: .*/jobs/[0-9a-f]+/runtime\.stale-\d+/merged", problem
-        )
-        is not None
-    )
-
-
-def layer_removed_mid_snapshot(job: Job) -> bool:
-    """The overlay backend refuses to remove a state whose layer a *mounted* clone stands on
-    (overlay.py `_refuse_if_in_use`), but that check and the removal are not atomic with
-    mounting, and a job's clone is unmounted for a moment while its upper becomes the new
-    state's layer (`_promote`, then `_rebase_clone` mounts it again). A DELETE of an
-    ancestor state in that window passes the check and removes the ancestor's layer: either
-    before the remount (the job ends `overlay mount failed`, mount(2) … No such file or
-    directory) or just after it, under the mounted clone (the job ends `cannot commit
-    state`, `… parent layer … missing`/`rebuilt`). Intermittent: described in the report,
-    not asserted here."""
-    error = job.error or {}
-    message, details = error.get("message"), error.get("details", "")
-    return job.status == "failed" and (
-        (message == "overlay mount failed" and "No such file or directory" in details)
-        or (message == "cannot commit state" and "parent layer" in details)
-    )
-
-
 def chain_of_storm(api: Api) -> set[str]:
     return {
         s["state_id"]
@@ -530,30 +497,16 @@ def test_delete_storm_against_prepares_and_runs_of_the_chain(scratch_dir: Path) 
             f"job {j.job_id} ended {j.status} without a clear error: {j.error}"
             for j in jobs
             if j.status != "succeeded"
-            and not layer_removed_mid_snapshot(j)
             and (j.status != "failed" or (j.error or {}).get("message") not in CLEAR_JOB_ERRORS)
         ]
-        # A state whose commit failed that way keeps its row (stored before the marker) and
-        # its layer until the next delete of the chain: also forgiven here, not below.
-        torn = {
-            match.group(1)
-            for j in jobs
-            if layer_removed_mid_snapshot(j)
-            for match in [re.search(r"states/([0-9a-f]{64})\)$", (j.error or {})["details"])]
-            if match
-        }
-        problems += settled_store_problems(
-            api,
-            engine.state_store,
-            ignore=lambda p: stale_runtime_mount(p) or any(state in p for state in torn),
-        )
+        problems += settled_store_problems(api, engine.state_store)
         # Once nothing runs any more, the whole chain goes away.
         final = api.request("DELETE", f"/v1/states/{root}", params={"recurse": "1", "force": "1"})
         if final.status_code not in (200, 404):
             problems.append(f"final delete of the chain: {final.status_code} {final.text}")
         if chain_of_storm(api):
             problems.append(f"states of the chain survived its deletion: {chain_of_storm(api)}")
-        problems += settled_store_problems(api, engine.state_store, ignore=stale_runtime_mount)
+        problems += settled_store_problems(api, engine.state_store)
         problems += unexpected_exceptions(engine.stderr_text())
         assert problems == [], "\n".join(problems)
         # What the races above may leave (moved-aside runtimes, their mounts) is swept by the

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sqlrs_engine.snapshot.layout import StoreLayout
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.seed import IMAGE, Seeder
@@ -81,6 +82,15 @@ def seeded() -> Iterator[EngineProcess]:
         ],
     )
     seeder.close()
+    # Rows need their files: the engine's start-up repair removes rows of states whose
+    # directory is missing. Complete copy-backend states suffice for the read endpoints.
+    layout = StoreLayout(workdir / "state-store")
+    for state_id, image in ((S1, IMAGE), (S2, IMAGE), (S3, "postgres@host-16.1")):
+        state_dir = layout.state_dir(image, state_id)
+        (state_dir / "pgdata").mkdir(parents=True)
+        (state_dir / "pgdata" / "PG_VERSION").write_text("15\n")
+        (state_dir / ".build.ok").write_text("ok")
+    layout.config_json.write_text('{"snapshot": {"backend": "copy"}}')
     engine = start_engine(workdir, env={"SQLRS_STATE_STORE": str(workdir / "state-store")})
     try:
         yield engine

@@ -164,6 +164,7 @@ class Engine:
             pid=os.getpid(),
             cwd=self._cwd,
             runtime=runtime,
+            snapshots=snapshots,
             deletion=self._deletion,
             storage=self._storage_health,
             cache=self._cache,

@@ -22,8 +22,8 @@ from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.ids import new_job_id
+from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
 from sqlrs_engine.jobs.event_log import JobEventLog
-from sqlrs_engine.jobs.psql_job import PsqlJob
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.jobs.supervisor import RegistrySink
 from sqlrs_engine.jobs.tasks import TaskTracker

@@ -18,7 +18,8 @@ import pytest
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure
-from sqlrs_engine.jobs.psql_job import OUTPUT_TAIL, PsqlJob
+from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
+from sqlrs_engine.jobs.kinds.psql import OUTPUT_TAIL
 from sqlrs_engine.persistence.metadata import StateRecord
 from sqlrs_engine.runtime.base import OutputSink, pgdata_of
 from sqlrs_engine.snapshot.layout import state_build_marker

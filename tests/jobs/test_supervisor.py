@@ -229,15 +229,15 @@ def test_a_request_that_cannot_be_restored_fails_the_job(
     assert run.trimmed == []
 
 
-def test_an_unsupported_kind_fails_after_the_job_started(supervise: Callable[..., Run]) -> None:
-    run = supervise('{"prepare_kind": "lb", "image_id": "postgres:15"}')
+def test_a_stored_kind_missing_from_the_kind_table_cannot_be_restored(
+    supervise: Callable[..., Run],
+) -> None:
+    run = supervise('{"prepare_kind": "mysql", "image_id": "postgres:15"}')
     run.supervisor.run()
-    assert milestones(run.events) == ["status running", "status failed", "error"]
-    assert run.error == {
-        "code": "internal_error",
-        "message": "unsupported prepare_kind",
-        "details": "lb",
-    }
+    assert milestones(run.events) == ["status failed", "error"]
+    assert run.error["code"] == "internal_error"
+    assert run.error["message"] == "cannot restore job request"
+    assert "unsupported prepare_kind" in run.error["details"]
 
 
 def test_a_job_that_vanished_is_left_alone(world: World, caplog: pytest.LogCaptureFixture) -> None:

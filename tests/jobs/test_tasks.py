@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sqlrs_engine.jobs.psql_job import PsqlJob
+from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
 from sqlrs_engine.jobs.tasks import TaskTracker
 from tests.jobs.conftest import ASK, Parts, ScriptRuntime, World, psql_request, task_events
 

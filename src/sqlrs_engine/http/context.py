@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlrs_engine.actors.registry import RegistryProxy
+from sqlrs_engine.actors.snapshot import SnapshotClient
 from sqlrs_engine.cache.enforcer import CacheEnforcer
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.persistence.guard import StorageHealth
@@ -28,6 +29,8 @@ class ApiContext:
     """The engine's working directory: the psql work dir fallback (SPEC §2.2)."""
     runtime: Runtime | None = None
     """The container runtime, for routes that plan without a job (cache explain)."""
+    snapshots: SnapshotClient | None = None
+    """The state store, for planners that need a server on a base (lb cache explain)."""
     deletion: DeletionService | None = None
     """Carries out DELETEs (instances, states, jobs)."""
     cache: CacheEnforcer | None = None

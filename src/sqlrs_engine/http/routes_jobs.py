@@ -54,6 +54,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
             runtime=ctx.runtime,
             engine_version=ctx.version,
             cwd=ctx.cwd,
+            snapshots=ctx.snapshots,
         )
         return json_response(answer)
 

@@ -6,25 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from sqlrs_engine.clock import now_rfc3339
-from sqlrs_engine.errors import invalid_argument
 from sqlrs_engine.ids import new_job_id
+from sqlrs_engine.jobs.kinds import KINDS
 from sqlrs_engine.limits import check_args, check_stdin
 from sqlrs_engine.persistence.jobs import JobRecord
 from sqlrs_engine.persistence.rows import dump_json
 from sqlrs_engine.prepare.job_request import PrepareRequest, parse_prepare_request
-from sqlrs_engine.prepare.psql_args import parse_psql_args
-
-SUPPORTED_KINDS = ("psql",)
 
 
 def normalized_args(request: PrepareRequest, cwd: Path) -> str:
-    """Validate the kind-specific arguments; the job's `prepare_args_normalized`."""
-    if request.prepare_kind not in SUPPORTED_KINDS:
-        raise invalid_argument(
-            "unsupported prepare_kind",
-            f"{request.prepare_kind} (this engine supports: {', '.join(SUPPORTED_KINDS)})",
-        )
-    return parse_psql_args(request.psql_args, request.stdin, cwd).normalized
+    """Validate the kind-specific arguments (through the kind table); a 400 when wrong."""
+    return KINDS[request.prepare_kind].normalize(request, cwd)
 
 
 def check_request_size(request: PrepareRequest) -> None:

@@ -19,9 +19,9 @@ import ujson
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure, error_response
+from sqlrs_engine.jobs.builder import StateBuilder
 from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.failure_log import log_job_failure
-from sqlrs_engine.jobs.psql_job import PsqlJob
 from sqlrs_engine.jobs.resume import StoredPlan
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
@@ -57,7 +57,7 @@ class JobSupervisor:
         self.shutting_down = threading.Event()
         self.events = JobEventLog(RegistrySink(job_id, services), services.heartbeat)
         self.tasks = TaskTracker(job_id, services.registry, self.events)
-        self._job: PsqlJob | None = None
+        self._job: StateBuilder | None = None
 
     def cancel(self, shutdown: bool = False) -> None:
         if shutdown:
@@ -106,9 +106,7 @@ class JobSupervisor:
         self.events.status("running")
 
     def _run(self, request: PrepareRequest, stored: StoredPlan) -> None:
-        if request.prepare_kind != "psql":
-            raise JobFailure("internal_error", "unsupported prepare_kind", request.prepare_kind)
-        job = self._job = PsqlJob(
+        job = self._job = StateBuilder(
             self.job_id, request, self.services, self.events, self.tasks, self.token
         )
         if not request.plan_only:

@@ -11,6 +11,7 @@ import dataset
 from sqlrs_engine.dbms.dsn import with_port
 from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
 from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
+from sqlrs_engine.prepare.plan import PlanTask
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
 
@@ -297,46 +298,15 @@ def _job_entry(row: Mapping[str, Any]) -> Row:
     )
 
 
-def _task_input(row: Mapping[str, Any]) -> Row | None:
-    if not row["input_kind"]:
-        return None
-    return {"kind": row["input_kind"], "id": row["input_id"]}
-
-
-def _task_fields(row: Mapping[str, Any]) -> Row:
-    """Fields shared by plan tasks in job status and by /v1/tasks entries."""
-    fields = compact(
-        {
-            "task_id": row["task_id"],
-            "type": row["type"],
-            "planner_kind": row["planner_kind"],
-            "input": _task_input(row),
-            "image_id": row["image_id"],
-            "resolved_image_id": row["resolved_image_id"],
-            "task_hash": row["task_hash"],
-            "output_state_id": row["output_state_id"],
-            "instance_mode": row["instance_mode"],
-            "changeset_id": row["changeset_id"],
-            "changeset_author": row["changeset_author"],
-            "changeset_path": row["changeset_path"],
-        }
-    )
-    if row["type"] == "state_execute":
-        fields["cached"] = bool(row["cached"])
-    return fields
-
-
 def _plan_task(row: Mapping[str, Any]) -> Row:
-    return _task_fields(row)
+    """A job status `tasks` entry: rendered by `PlanTask`, the one owner of task shapes."""
+    return PlanTask.from_task_row(row).to_status_json()
 
 
 def _task_entry(row: Mapping[str, Any]) -> Row:
-    entry = _task_fields(row)
-    entry["job_id"] = row["job_id"]
-    entry["status"] = row["status"]
-    if row["type"] == "state_execute" and row["args_summary"]:
-        entry["args_summary"] = row["args_summary"]
-    return entry
+    """A `/v1/tasks` entry (SPEC §4.9), rendered by `PlanTask` like the status entries."""
+    task = PlanTask.from_task_row(row, args_summary=row.get("args_summary") or "")
+    return task.to_task_entry(str(row["job_id"]), str(row["status"]))
 
 
 def is_terminal(status: str | None) -> bool:

@@ -19,7 +19,6 @@ from typing import Any
 from sqlrs_engine.errors import ApiError, invalid_argument
 from sqlrs_engine.prepare.textutil import go_trim_space
 
-PREPARE_KINDS = ("psql", "lb")
 INVALID_JSON = "invalid json payload"
 
 
@@ -150,6 +149,14 @@ def _bool(body: Mapping[str, Any], name: str) -> bool:
     return value
 
 
+def _kind_names() -> tuple[str, ...]:
+    # The kind table lives with the kinds (jobs/kinds/), which build on this module; looked
+    # up at call time so that this pure parser and the table cannot disagree.
+    from sqlrs_engine.jobs.kinds import kind_names
+
+    return kind_names()
+
+
 def parse_prepare_request(body: object) -> PrepareRequest:
     """Decode and validate the common fields of a prepare request.
 
@@ -176,7 +183,7 @@ def parse_prepare_request(body: object) -> PrepareRequest:
     kind = go_trim_space(prepare_kind)
     if not kind:
         raise invalid_argument("prepare_kind is required")
-    if kind not in PREPARE_KINDS:
+    if kind not in _kind_names():
         raise invalid_argument("unsupported prepare_kind", kind)
     image = go_trim_space(image_id)
     if not image:

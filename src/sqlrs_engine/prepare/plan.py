@@ -37,6 +37,11 @@ def execute_task_id(index: int) -> str:
     return f"execute-{index}"
 
 
+def step_index(task: PlanTask) -> int:
+    """The step number of an `execute-<index>` task."""
+    return int(task.task_id.rsplit("-", 1)[1])
+
+
 @dataclass(frozen=True)
 class TaskInput:
     """What a task starts from: an image or a state."""

@@ -1,8 +1,11 @@
-"""Planning and executing a `psql` prepare job (SPEC §2.3 to §2.12).
+"""The kind-independent state builder: plan a prepare job, build its states, make the instance.
 
-Runs on the job's worker thread. Every failure is raised as `JobFailure` and turned into
-the job's error by the supervisor (jobs/supervisor.py); this module only describes the
-successful path and the checks along it.
+Runs on the job's worker thread (SPEC §2.8 to §2.12, §4.8). A prepare kind (jobs/kinds/)
+supplies the plan and runs each step against a server; everything else is here, once: the
+cache check with dirty-state invalidation (§0.1), the state build lock (§9.4), a server on
+exactly the state a step starts from, stop/snapshot/restart, the state row, and handing the
+running server to the instance. Every failure is raised as `JobFailure` and turned into the
+job's error by the supervisor (jobs/supervisor.py).
 """
 
 from __future__ import annotations
@@ -17,17 +20,14 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure, failures_reported_as
 from sqlrs_engine.ids import new_instance_id
 from sqlrs_engine.jobs.event_log import JobEventLog
-from sqlrs_engine.jobs.planning import plan_psql
+from sqlrs_engine.jobs.kinds import kind_for
+from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
 from sqlrs_engine.jobs.resume import Resumption, StoredPlan, resume_stored_plan
 from sqlrs_engine.jobs.runtime_session import RuntimeSession
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.persistence.metadata import InstanceRecord, StateRecord
-from sqlrs_engine.prepare.digest import (
-    ContentLocks,
-    step_digest,
-)
-from sqlrs_engine.prepare.hashing import psql_task_hash, state_id
+from sqlrs_engine.prepare.hashing import state_id
 from sqlrs_engine.prepare.job_request import PrepareRequest
 from sqlrs_engine.prepare.plan import (
     TASK_PREPARE_INSTANCE,
@@ -35,18 +35,13 @@ from sqlrs_engine.prepare.plan import (
     TASK_STATE_EXECUTE,
     PlanTask,
 )
-from sqlrs_engine.prepare.psql_args import PsqlPlanInput, PsqlStep
-from sqlrs_engine.process import LineBuffer
 from sqlrs_engine.runtime.base import ServerHandle
 
 log = logging.getLogger(__name__)
 
-OUTPUT_TAIL = 16 * 1024
-"""Bytes of psql output kept for a failed step's error details."""
 
-
-class PsqlJob:
-    """One psql job's plan and execution, on its worker thread."""
+class StateBuilder:
+    """One prepare job's plan and execution, whatever its kind, on its worker thread."""
 
     def __init__(
         self,
@@ -59,6 +54,7 @@ class PsqlJob:
     ) -> None:
         self.job_id = job_id
         self.request = request
+        self.kind = kind_for(request.prepare_kind)
         self.services = services
         self.events = events
         self.tasks = tasks
@@ -68,28 +64,33 @@ class PsqlJob:
         self.plan: list[PlanTask] = []
         self.session: RuntimeSession | None = None
         self.signature: str | None = None
-        self._args: PsqlPlanInput | None = None
+        self._planned: KindPlan | None = None
         self.done: frozenset[str] = frozenset()
         """Tasks a resumed job completed before the engine stopped (not run again)."""
 
     # -- planning --------------------------------------------------------------------------
 
-    def make_plan(self, stored: StoredPlan | None = None) -> list[PlanTask]:
-        """Plan (jobs/planning.py) and persist the tasks and the signature (§2.8).
-
-        A recovered job passes what it had `stored`: without drift its stored tasks are
-        reused instead of replaced (§4.8, jobs/resume.py).
-        """
-        planned = plan_psql(
-            self.request,
+    def plan_context(self) -> PlanContext:
+        """What the kind may use while planning (a planning server comes from this job)."""
+        return PlanContext(
             runtime=self.services.runtime,
             engine_version=self.services.engine_version,
             state_exists=self._state_exists,
             cwd=self.services.cwd,
             log=self.events.log,
             cancel=self.cancel,
+            planning_server=self._planning_server,
+            store_root=self.services.snapshots.layout.root,
+            config_value=self._config_value,
         )
-        self._args = planned.args
+
+    def make_plan(self, stored: StoredPlan | None = None) -> list[PlanTask]:
+        """Plan (through the kind) and persist the tasks and the signature (§2.8).
+
+        A recovered job passes what it had `stored`: without drift its stored tasks are
+        reused instead of replaced (§4.8, jobs/resume.py).
+        """
+        planned = self._planned = self.kind.plan(self.request, self.plan_context())
         self.effective_image = planned.effective_image
         self.plan = planned.tasks
         self.signature = planned.signature
@@ -128,55 +129,52 @@ class PsqlJob:
         exists: bool = self.registry.state_exists(state).get(timeout=ASK_TIMEOUT)
         return exists
 
+    def _config_value(self, path: str) -> object:
+        try:
+            return self.registry.config_get(path, True).get(timeout=ASK_TIMEOUT)
+        except Exception:
+            return None
+
+    def _planning_server(self, image: str) -> ServerHandle:
+        """A server on `image`'s base; kept for `execute-0` when the job goes on (§3.3)."""
+        self.effective_image = image
+        return self._server_on(self._base_dir(), is_state=False)
+
     # -- execution -------------------------------------------------------------------------
 
     def execute(self) -> dict[str, Any]:
         """Run every task after planning; returns the job result (§2.12)."""
-        assert self._args is not None
-        self.session = RuntimeSession(
-            self.job_id,
-            self.effective_image,
-            self.services.runtime,
-            self.services.snapshots,
-            self.events.log,
-            self.cancel,
-        )
-        steps = self._args.steps
         for position in range(len(self.plan)):
             task = self.plan[position]  # re-read: a step may re-plan the tasks after it
             if task.type == TASK_RESOLVE_IMAGE:
                 if task.task_id not in self.done:
                     self.tasks.succeed(task.task_id)
             elif task.type == TASK_STATE_EXECUTE:
-                index = int(task.task_id.rsplit("-", 1)[1])
                 self.cancel.raise_if_cancelled("job cancelled")
-                self._execute_step(task, steps[index])
+                self._execute_step(task)
             elif task.type == TASK_PREPARE_INSTANCE:
                 self.cancel.raise_if_cancelled("job cancelled")
                 return self._prepare_instance(task)
         raise JobFailure("internal_error", "plan has no prepare-instance task")
 
-    def _execute_step(self, task: PlanTask, step: PsqlStep) -> None:
+    def _execute_step(self, task: PlanTask) -> None:
+        assert self._planned is not None
         resumed = task.task_id in self.done
         if (task.cached or resumed) and self._cached_state_usable(task):
             if not resumed:
                 self.tasks.succeed(task.task_id)
             return
         self.tasks.start(task.task_id)
-        assert self._args is not None
-        with ContentLocks() as locks:
-            # Re-derive the hashes under the file locks held for the whole step (§2.9.2).
-            digest = step_digest(self._args, step.index, locks)
-            task_hash = psql_task_hash(digest.hash, self.services.engine_version)
+        with self._planned.steps.inputs(task) as task_hash:
             output = state_id(task.input_kind, task.input_id, task_hash)
             if task_hash != task.task_hash or output != task.output_state_id:
                 self._replan_from(task, task_hash, output)
                 task = next(t for t in self.plan if t.task_id == task.task_id)
-            self._build_state(task, step)
+            self._build_state(task)
         self.tasks.succeed(task.task_id)
 
     def _replan_from(self, task: PlanTask, task_hash: str, output: str) -> None:
-        """A file changed since planning: rewrite this task and the chain after it."""
+        """An input changed since planning: rewrite this task and the chain after it."""
         self.events.log(f"inputs of {task.task_id} changed since planning; re-hashing")
         updated: list[PlanTask] = []
         previous_output = None
@@ -237,16 +235,18 @@ class PsqlJob:
             size = self.services.snapshots.state_size(self.effective_image, row["state_id"])
             self.registry.set_state_size(row["state_id"], size)
 
+    def _base_dir(self) -> Path:
+        snapshots = self.services.snapshots
+        return snapshots.ensure_base(self.effective_image, self._init_base, self.cancel)
+
     def _input_source(self, task: PlanTask) -> tuple[Path, bool]:
         """The directory a runtime for `task` starts from: the base, or the input state."""
-        snapshots = self.services.snapshots
         if task.input_kind == "image":
-            base = snapshots.ensure_base(self.effective_image, self._init_base, self.cancel)
-            return base, False
+            return self._base_dir(), False
         row = self.registry.state_row(task.input_id).get(timeout=ASK_TIMEOUT)
         if row is None:
             raise JobFailure("internal_error", "input state not found", task.input_id)
-        return snapshots.state_dir(self.effective_image, task.input_id), True
+        return self.services.snapshots.state_dir(self.effective_image, task.input_id), True
 
     def _init_base(self, base_dir: Path) -> None:
         self.events.log(f"host: init base {self.effective_image}")
@@ -266,14 +266,22 @@ class PsqlJob:
         from. After a rebuilt step, a cached step does not touch the server, which then still
         holds the earlier state: it is replaced rather than handed over or built upon.
         """
-        assert self.session is not None
+        if self.session is None:
+            self.session = RuntimeSession(
+                self.job_id,
+                self.effective_image,
+                self.services.runtime,
+                self.services.snapshots,
+                self.events.log,
+                self.cancel,
+            )
         if self.session.handle is not None and self.session.source == source:
             return self.session.handle
         return self.session.start_from(source, is_state)
 
-    def _build_state(self, task: PlanTask, step: PsqlStep) -> None:
+    def _build_state(self, task: PlanTask) -> None:
         """Under the state's build lock: run the step, snapshot, store the row (§2.9.5-13)."""
-        assert self.session is not None
+        assert self._planned is not None
         snapshots = self.services.snapshots
         with snapshots.build_state(
             self.effective_image, task.output_state_id, self.cancel
@@ -281,11 +289,13 @@ class PsqlJob:
             if build.already_built and self._state_exists(task.output_state_id):
                 # Another job built it while we waited: reuse it, drop our runtime (§2.9.3).
                 self.events.log(f"state {task.output_state_id} was built by another job")
-                self.session.release()
+                if self.session is not None:
+                    self.session.release()
                 self.tasks.update(task.task_id, cached=True)
                 return
             handle = self._ensure_runtime(task)
-            self._run_psql(handle, step)
+            assert self.session is not None
+            self._planned.steps.run(task, handle)
             data_dir = self.session.stop_for_snapshot()
             try:
                 self.events.log("snapshot: start")
@@ -300,49 +310,13 @@ class PsqlJob:
             # The running server now holds exactly this state: the next step's parent.
             self.session.source = build.state_dir
 
-    def _run_psql(self, handle: ServerHandle, step: PsqlStep) -> None:
-        assert self._args is not None
-        self.events.log("psql: start")
-        tail: list[str] = []
-        tail_size = 0
-
-        def on_line(_stream: str, line: str) -> None:
-            nonlocal tail_size
-            self.events.log(f"psql: {line}")
-            tail.append(line)
-            tail_size += len(line) + 1
-            while tail_size > OUTPUT_TAIL and len(tail) > 1:
-                tail_size -= len(tail.pop(0)) + 1
-
-        lines = LineBuffer(on_line)
-        stdin = (
-            self.request.stdin.encode("utf-8")
-            if step.uses_stdin and self.request.stdin is not None
-            else None
-        )
-        exit_code = self.services.runtime.run_client(
-            handle,
-            "psql",
-            [*step.exec_args, handle.dsn],
-            stdin=stdin,
-            cwd=self._args.work_dir,
-            on_output=lines.feed,
-            cancel=self.cancel,
-        )
-        lines.flush()
-        if exit_code != 0:
-            output = "\n".join(tail).strip() or f"psql exited with code {exit_code}"
-            if "no space left on device" in output.lower():
-                raise JobFailure("cache_limit_too_small", "psql execution failed", output)
-            raise JobFailure("internal_error", "psql execution failed", output)
-
     def _store_state(self, task: PlanTask, size: int) -> None:
         record = StateRecord(
             state_id=task.output_state_id,
             parent_state_id=task.input_id if task.input_kind == "state" else None,
             image_id=self.effective_image,
-            prepare_kind="psql",
-            prepare_args_normalized=self._args.normalized if self._args else "",
+            prepare_kind=self.kind.name,
+            prepare_args_normalized=self._planned.normalized if self._planned else "",
             created_at=now_rfc3339(),
             size_bytes=size,
             snapshot_backend=self.services.snapshots.kind,
@@ -354,12 +328,13 @@ class PsqlJob:
 
     def _prepare_instance(self, task: PlanTask) -> dict[str, Any]:
         """Hand the running server to a new instance (starting one if every step was cached)."""
-        assert self.session is not None and self._args is not None
+        assert self._planned is not None
         self.tasks.start(task.task_id)
         final_state = task.input_id
         self._server_on(
             self.services.snapshots.state_dir(self.effective_image, final_state), is_state=True
         )
+        assert self.session is not None
         handle, runtime_dir = self.session.hand_over()
         instance_id = new_instance_id()
         record = InstanceRecord(
@@ -384,8 +359,8 @@ class PsqlJob:
             "instance_id": instance_id,
             "state_id": final_state,
             "image_id": self.effective_image,
-            "prepare_kind": "psql",
-            "prepare_args_normalized": self._args.normalized,
+            "prepare_kind": self.kind.name,
+            "prepare_args_normalized": self._planned.normalized,
         }
 
     def release(self) -> None:

@@ -1,0 +1,120 @@
+"""`prepare_kind: "psql"` (SPEC §2.2 to §2.6, §2.11): one state per `-c` / `-f` input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlrs_engine.cancel import CancelToken
+from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
+from sqlrs_engine.jobs.planning import plan_psql
+from sqlrs_engine.prepare.digest import ContentLocks, step_digest
+from sqlrs_engine.prepare.hashing import psql_task_hash
+from sqlrs_engine.prepare.job_request import PrepareRequest
+from sqlrs_engine.prepare.plan import PlanTask, step_index
+from sqlrs_engine.prepare.psql_args import PsqlPlanInput, parse_psql_args
+from sqlrs_engine.process import LineBuffer
+from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
+
+OUTPUT_TAIL = 16 * 1024
+"""Bytes of psql output kept for a failed step's error details."""
+
+
+class PsqlSteps:
+    """Runs one psql job's steps: `psql -X -v ON_ERROR_STOP=1 <step args> <dsn>` each."""
+
+    def __init__(
+        self,
+        request: PrepareRequest,
+        args: PsqlPlanInput,
+        runtime: Runtime,
+        engine_version: str,
+        log: LogSink,
+        cancel: CancelToken,
+    ) -> None:
+        self._request = request
+        self._args = args
+        self._runtime = runtime
+        self._engine_version = engine_version
+        self._log = log
+        self._cancel = cancel
+
+    @contextmanager
+    def inputs(self, task: PlanTask) -> Iterator[str]:
+        """Re-digest the step's files under locks held for the whole step (§2.9.2)."""
+        with ContentLocks() as locks:
+            digest = step_digest(self._args, step_index(task), locks)
+            yield psql_task_hash(digest.hash, self._engine_version)
+
+    def run(self, task: PlanTask, handle: ServerHandle) -> None:
+        step = self._args.steps[step_index(task)]
+        self._log("psql: start")
+        tail: list[str] = []
+        tail_size = 0
+
+        def on_line(_stream: str, line: str) -> None:
+            nonlocal tail_size
+            self._log(f"psql: {line}")
+            tail.append(line)
+            tail_size += len(line) + 1
+            while tail_size > OUTPUT_TAIL and len(tail) > 1:
+                tail_size -= len(tail.pop(0)) + 1
+
+        lines = LineBuffer(on_line)
+        stdin = (
+            self._request.stdin.encode("utf-8")
+            if step.uses_stdin and self._request.stdin is not None
+            else None
+        )
+        exit_code = self._runtime.run_client(
+            handle,
+            "psql",
+            [*step.exec_args, handle.dsn],
+            stdin=stdin,
+            cwd=self._args.work_dir,
+            on_output=lines.feed,
+            cancel=self._cancel,
+        )
+        lines.flush()
+        if exit_code != 0:
+            output = "\n".join(tail).strip() or f"psql exited with code {exit_code}"
+            if "no space left on device" in output.lower():
+                raise JobFailure("cache_limit_too_small", "psql execution failed", output)
+            raise JobFailure("internal_error", "psql execution failed", output)
+
+
+class PsqlKind:
+    """The psql kind: scripts and commands run by the server's own `psql`."""
+
+    name = "psql"
+
+    def normalize(self, request: PrepareRequest, cwd: Path) -> str:
+        return parse_psql_args(request.psql_args, request.stdin, cwd).normalized
+
+    def plan(self, request: PrepareRequest, context: PlanContext) -> KindPlan:
+        planned = plan_psql(
+            request,
+            runtime=context.runtime,
+            engine_version=context.engine_version,
+            state_exists=context.state_exists,
+            cwd=context.cwd,
+            log=context.log,
+            cancel=context.cancel,
+        )
+        steps = PsqlSteps(
+            request,
+            planned.args,
+            context.runtime,
+            context.engine_version,
+            context.log,
+            context.cancel,
+        )
+        return KindPlan(
+            effective_image=planned.effective_image,
+            tasks=planned.tasks,
+            signature=planned.signature,
+            normalized=planned.args.normalized,
+            steps=steps,
+        )

@@ -45,6 +45,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "cache.capacity.reserveBytes",
         "container.runtime",
         "http.threads",
+        "liquibase.exec",
         "log.level",
         "orchestrator.jobs.maxIdentical",
         "orchestrator.jobs.minAge",
@@ -132,8 +133,9 @@ def test_schema_allows_additional_properties_at_every_object() -> None:
         return found
 
     nodes = objects(SCHEMA)
-    # root, cache, capacity, container, http, log, orchestrator, jobs, runtime, host, snapshot
-    assert len(nodes) == 11
+    # root, cache, capacity, container, http, liquibase, log, orchestrator, jobs, runtime,
+    # host, snapshot
+    assert len(nodes) == 12
     assert all(node["additionalProperties"] is True for node in nodes)
 
 

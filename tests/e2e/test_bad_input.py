@@ -922,7 +922,7 @@ PREPARE_REJECTED = [
         {"prepare_kind": TRAVERSAL}, "unsupported prepare_kind", TRAVERSAL, id="kind-path"
     ),
     pytest.param({"prepare_kind": "PSQL"}, "unsupported prepare_kind", "PSQL", id="kind-case"),
-    pytest.param({"prepare_kind": "lb"}, "unsupported prepare_kind", "lb", id="kind-lb"),
+    pytest.param({"prepare_kind": "lb"}, "lb command is required", None, id="kind-lb"),
     pytest.param({"image_id": 15}, "invalid json payload", "image_id", id="image-number"),
     pytest.param({"image_id": [IMAGE]}, "invalid json payload", "image_id", id="image-list"),
     pytest.param({"image_id": {}}, "invalid json payload", "image_id", id="image-object"),
@@ -1331,7 +1331,7 @@ EXPLAIN_CASES = [
     # overrides of a valid body, expected status, ErrorResponse message
     pytest.param({"prepare_kind": DROP}, 400, "prepare_kind is required", id="no-kind"),
     pytest.param({"prepare_kind": 5}, 400, "invalid json payload", id="kind-number"),
-    pytest.param({"prepare_kind": "lb"}, 400, "unsupported prepare_kind", id="lb"),
+    pytest.param({"prepare_kind": "lb"}, 400, "lb command is required", id="lb"),
     pytest.param({"image_id": [1]}, 400, "invalid json payload", id="image-list"),
     pytest.param({"psql_args": ["-h", "evil"]}, 400, CONNECTION_FLAGS_MESSAGE, id="flag-h"),
     pytest.param({"psql_args": ["postgres://evil"]}, 400, POSITIONAL_MESSAGE, id="dsn"),

@@ -150,6 +150,19 @@ SCHEMA: dict[str, Any] = {
                     )
                 }
             ),
+            "liquibase": _obj(
+                {
+                    "exec": {
+                        "type": ["string", "null"],
+                        "minLength": 1,
+                        "default": None,
+                        "description": "Absolute path of the liquibase executable used by lb "
+                        "prepares when the request has no liquibase_exec and no liquibase is "
+                        "on the engine's PATH.",
+                    },
+                },
+                "Liquibase (prepare_kind lb).",
+            ),
             "runtime": _obj(
                 {
                     "host": _obj(

@@ -176,6 +176,11 @@ def _abs_dirs(name: str, value: Any) -> None:
             )
 
 
+def _abs_file(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not posixpath.isabs(value):
+        raise InvalidValue(f"{name} must be an absolute file path (got {_show(value)})")
+
+
 def _http_threads(name: str, value: Any) -> None:
     if not is_integer(value) or not MIN_HTTP_THREADS <= value <= MAX_HTTP_THREADS:
         raise InvalidValue(
@@ -198,6 +203,7 @@ RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("runtime", "host", "user"): _user_name,
     ("runtime", "host", "binDirs"): _abs_dirs,
     ("http", "threads"): _http_threads,
+    ("liquibase", "exec"): _abs_file,
 }
 """Checks by path; each gets the path text and a non-null value and raises `InvalidValue`."""
 

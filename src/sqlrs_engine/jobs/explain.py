@@ -73,7 +73,10 @@ def explain_prepare(
         return exists
 
     def config_value(path: str) -> object:
-        return registry.config_get(path, True).get(timeout=ASK_TIMEOUT)
+        try:
+            return registry.config_get(path, True).get(timeout=ASK_TIMEOUT)
+        except Exception:
+            return None
 
     server = _TemporaryServer(runtime, snapshots)
     context = PlanContext(

@@ -18,7 +18,9 @@ from sqlrs_engine.prepare.hashing import sha256_hex
 from sqlrs_engine.prepare.plan import LbChangeset
 
 HEADER = "-- Changeset "
-_INSERT = re.compile(r"^\s*INSERT\s+INTO\s+.*?\((?P<cols>[^()]*)\)\s*VALUES\s*\((?P<vals>.*)\)\s*;?\s*$", re.I)
+_INSERT = re.compile(
+    r"^\s*INSERT\s+INTO\s+.*?\((?P<cols>[^()]*)\)\s*VALUES\s*\((?P<vals>.*)\)\s*;?\s*$", re.I
+)
 PARSE_ERROR = "cannot parse liquibase changesets"
 
 

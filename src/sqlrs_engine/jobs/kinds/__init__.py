@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext, PrepareKind, StepRunner
+from sqlrs_engine.jobs.kinds.lb import LbKind
 from sqlrs_engine.jobs.kinds.psql import PsqlKind
 
-KINDS: dict[str, PrepareKind] = {kind.name: kind for kind in (PsqlKind(),)}
+KINDS: dict[str, PrepareKind] = {kind.name: kind for kind in (PsqlKind(), LbKind())}
 """Prepare kinds by their `prepare_kind` name."""
 
 

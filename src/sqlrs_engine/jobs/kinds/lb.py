@@ -1,0 +1,412 @@
+"""`prepare_kind: "lb"` (SPEC §3): Liquibase changelogs, one state per changeset.
+
+Planning asks Liquibase itself which changesets are pending: `updateSQL` against a server
+started from the input state prints every pending changeset with its checksum, and each
+changeset becomes one chained task whose hash is that checksum on its parent state (§3.4).
+Each task then applies exactly one changeset (`update-count --count 1`) on the server that
+holds the previous changeset's state, and the builder snapshots the result.
+
+Beyond the reference engine, a plan is kept under `<store>/plans/lb/<fingerprint>.json`,
+where the fingerprint covers the input state, the arguments, the Liquibase executable, its
+environment and the content of every file Liquibase would read (prepare/lb_inputs.py): when
+nothing of that changed, planning reuses the stored changesets without a server or a JVM.
+
+Two guards keep a changelog edited while a job runs from producing a wrongly named state:
+before each step its inputs are fingerprinted again (a change fails the job), and after each
+step the row Liquibase recorded in `databasechangelog` must be the planned changeset with
+the planned checksum.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import ujson
+
+from sqlrs_engine.cancel import CancelToken
+from sqlrs_engine.errors import ApiError, JobFailure
+from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
+from sqlrs_engine.prepare.digest import ContentError, ContentLocks
+from sqlrs_engine.prepare.hashing import lb_job_signature
+from sqlrs_engine.prepare.images import has_digest
+from sqlrs_engine.prepare.job_request import PrepareRequest
+from sqlrs_engine.prepare.lb_args import (
+    LbArgs,
+    check_exec_mode,
+    connection_args,
+    parse_lb_args,
+    planning_args,
+    sanitize_exec,
+    step_args,
+)
+from sqlrs_engine.prepare.lb_inputs import Uncacheable, inputs_fingerprint, lockable_files
+from sqlrs_engine.prepare.lb_output import parse_update_sql
+from sqlrs_engine.prepare.plan import (
+    LbChangeset,
+    PlanTask,
+    build_lb_plan,
+    execute_tasks,
+    step_index,
+)
+from sqlrs_engine.prepare.psql_args import refuse_nul_characters
+from sqlrs_engine.process import LineBuffer, ProcessError, exit_status, run
+from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
+
+EXEC_CONFIG_KEY = "liquibase.exec"
+OUTPUT_TAIL = 16 * 1024
+"""Bytes of Liquibase output kept for a failed run's error details."""
+EXECUTION_FAILED = "liquibase execution failed"
+INPUTS_CHANGED = "liquibase inputs changed since planning"
+NOT_INSTALLED = (
+    "liquibase is not installed: put a liquibase executable on the engine's PATH, set config "
+    "liquibase.exec to its absolute path, or give liquibase_exec in the request "
+    "(scripts/bootstrap installs Liquibase 4.28 from npm; it needs Java 17)"
+)
+PLAN_CACHE_VERSION = "lb-plan-v1"
+_ENVIRONMENT_PREFIXES = ("LIQUIBASE_", "JAVA_", "JDK_")
+_CHANGELOG_QUERY = (
+    "SELECT (SELECT count(*) FROM databasechangelog), id, author, filename, md5sum "
+    "FROM databasechangelog ORDER BY orderexecuted DESC LIMIT 1"
+)
+
+
+def liquibase_cwd(lb: LbArgs, cwd: Path) -> str:
+    """Where Liquibase runs: `work_dir`, else the changelog's directory, else the engine's.
+
+    Liquibase 4 finds changelogs through its search path, which is its working directory:
+    an absolute changelog outside it is "not found". Running next to the changelog (as the
+    reference engine's Windows mode does, §3.6) keeps recorded changeset paths short and
+    independent of where the project is checked out.
+    """
+    if lb.work_dir:
+        return lb.work_dir
+    if lb.changelog and os.path.isabs(lb.changelog):
+        return os.path.dirname(lb.changelog)
+    return str(cwd)
+
+
+def _with_work_dir(lb: LbArgs, cwd: Path) -> LbArgs:
+    return LbArgs(
+        lb.normalized_args, lb.changelog, lb.defaults_file, lb.search_paths, liquibase_cwd(lb, cwd)
+    )
+
+
+def _password_of(dsn: str) -> str | None:
+    password = urlsplit(dsn).password
+    return unquote(password) if password else None
+
+
+class Liquibase:
+    """Runs one Liquibase command against a server, streaming its lines as log events."""
+
+    def __init__(
+        self,
+        executable: str,
+        lb: LbArgs,
+        extra_env: Mapping[str, str],
+        log: LogSink,
+        cancel: CancelToken,
+    ) -> None:
+        self.executable = executable
+        self.lb = lb
+        self.extra_env = dict(extra_env)
+        self._log = log
+        self._cancel = cancel
+
+    def run(self, args: list[str], handle: ServerHandle, cancel_message: str) -> list[str]:
+        """Run; the output lines on success, `JobFailure` with the output's tail otherwise."""
+        argv = [self.executable, *connection_args(handle.host, handle.port), *args]
+        env = dict(os.environ)
+        env.pop("LIQUIBASE_COMMAND_PASSWORD", None)
+        if self.extra_env:
+            env.update(self.extra_env)
+        password = _password_of(handle.dsn)
+        if password:
+            # Through the environment: never on a command line or in a log event.
+            env["LIQUIBASE_COMMAND_PASSWORD"] = password
+        self._log(f"liquibase: exec {shlex.join(argv)}")
+        self._log("liquibase: start")
+        lines: list[str] = []
+
+        def on_line(_stream: str, line: str) -> None:
+            self._log(f"liquibase: {line}")
+            lines.append(line)
+
+        buffer = LineBuffer(on_line)
+        try:
+            result = run(
+                argv,
+                env=env,
+                inherit_env=False,
+                cwd=self.lb.work_dir,
+                on_output=buffer.feed,
+                cancel=self._cancel,
+            )
+        except ProcessError as error:
+            raise JobFailure("internal_error", EXECUTION_FAILED, str(error)) from None
+        buffer.flush()
+        self._cancel.raise_if_cancelled(cancel_message)
+        code = exit_status(result.exit_code)
+        if code != 0:
+            raise JobFailure("internal_error", EXECUTION_FAILED, _failure_details(lines, code))
+        return lines
+
+
+def _failure_details(lines: list[str], code: int) -> str:
+    """Liquibase's own error lines (its `ERROR:` block and the final message), else the tail."""
+    errors = [line for line in lines if line.startswith(("ERROR", "Unexpected error"))]
+    chosen = errors or lines
+    text = "\n".join(chosen).strip()
+    if len(text) > OUTPUT_TAIL:
+        text = text[-OUTPUT_TAIL:]
+    return text or f"liquibase exited with code {code}"
+
+
+def find_executable(request: PrepareRequest, config_value: object) -> str:
+    """`liquibase_exec`, else `liquibase` on PATH, else config `liquibase.exec` (§3.6)."""
+    requested = sanitize_exec(request.liquibase_exec)
+    candidates = [requested] if requested else []
+    if not requested:
+        found = shutil.which("liquibase")
+        if found:
+            candidates.append(found)
+        if isinstance(config_value, str) and config_value.strip():
+            candidates.append(config_value.strip())
+    for candidate in candidates:
+        path = shutil.which(candidate) if os.sep not in candidate else candidate
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    if requested:
+        raise JobFailure(
+            "internal_error",
+            "liquibase is not installed",
+            f"liquibase_exec {requested!r} is not an executable file; {NOT_INSTALLED}",
+        )
+    raise JobFailure("internal_error", "liquibase is not installed", NOT_INSTALLED)
+
+
+def _environment(request: PrepareRequest) -> list[tuple[str, str]]:
+    seen = {k: v for k, v in os.environ.items() if k.startswith(_ENVIRONMENT_PREFIXES)}
+    seen.update(request.liquibase_env)
+    return sorted(seen.items())
+
+
+def _identity(image: str, engine_version: str, executable: str) -> list[tuple[str, str]]:
+    real = os.path.realpath(executable)
+    try:
+        info = os.stat(real)
+        stamp = f"{info.st_size}:{info.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    return [
+        ("schema", PLAN_CACHE_VERSION),
+        ("input", image),
+        ("engine_version", engine_version),
+        ("executable", f"{real}:{stamp}"),
+    ]
+
+
+class PlanCache:
+    """Stored changeset lists by inputs fingerprint, one small JSON file each."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = root / "plans" / "lb"
+
+    def load(self, fingerprint: str) -> list[LbChangeset] | None:
+        try:
+            data = ujson.loads((self.dir / f"{fingerprint}.json").read_text(encoding="utf-8"))
+            return [LbChangeset(*item) for item in data["changesets"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def store(self, fingerprint: str, changesets: list[LbChangeset]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = ujson.dumps(
+            {
+                "changesets": [
+                    [c.changeset_id, c.author, c.path, c.changeset_hash] for c in changesets
+                ]
+            }
+        )
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(body)
+            os.replace(tmp, self.dir / f"{fingerprint}.json")
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextmanager
+def _locked(paths: list[str | None]) -> Iterator[None]:
+    """Shared non-blocking locks on the existing files among `paths` (§3.2)."""
+    with ContentLocks() as locks:
+        try:
+            for path in lockable_files(paths):
+                locks.lock(path)
+        except ContentError as error:
+            raise JobFailure(
+                "invalid_argument", "cannot lock liquibase inputs", str(error)
+            ) from None
+        yield
+
+
+class LbSteps:
+    """Applies one planned changeset per task and checks what Liquibase recorded."""
+
+    def __init__(
+        self,
+        liquibase: Liquibase,
+        runtime: Runtime,
+        changeset_hashes: Mapping[str, str],
+        fingerprint: str | None,
+        refingerprint: Callable[[], str | None],
+        cancel: CancelToken,
+    ) -> None:
+        self._liquibase = liquibase
+        self._runtime = runtime
+        self._changeset_hashes = dict(changeset_hashes)
+        self._fingerprint = fingerprint
+        self._refingerprint = refingerprint
+        self._cancel = cancel
+
+    def _changeset_file(self, task: PlanTask) -> str | None:
+        if not task.changeset_path:
+            return None
+        lb = self._liquibase.lb
+        if os.path.isabs(task.changeset_path):
+            return task.changeset_path
+        for root in [lb.work_dir or "", *lb.search_paths]:
+            candidate = os.path.join(root, task.changeset_path)
+            if root and os.path.isfile(candidate):
+                return candidate
+        return None
+
+    @contextmanager
+    def inputs(self, task: PlanTask) -> Iterator[str]:
+        lb = self._liquibase.lb
+        with _locked([lb.changelog, lb.defaults_file, self._changeset_file(task)]):
+            if self._fingerprint is not None:
+                now = self._refingerprint()
+                if now != self._fingerprint:
+                    raise JobFailure(
+                        "invalid_argument",
+                        INPUTS_CHANGED,
+                        f"the changelog or a file it reads changed before {task.task_id}; "
+                        "no state was stored for it: run the prepare again to plan the change",
+                    )
+            yield task.task_hash
+
+    def run(self, task: PlanTask, handle: ServerHandle) -> None:
+        self._liquibase.run(step_args(self._liquibase.lb), handle, "task cancelled")
+        self._verify(task, handle)
+
+    def _verify(self, task: PlanTask, handle: ServerHandle) -> None:
+        """The server must now hold exactly the planned changesets, the last one this task's."""
+        expected = step_index(task) + 1 if task.changeset_id else 0
+        chunks: list[bytes] = []
+        code = self._runtime.run_client(
+            handle,
+            "psql",
+            ["-X", "-q", "-A", "-t", "-F", "\t", "-c", _CHANGELOG_QUERY, handle.dsn],
+            stdin=None,
+            cwd=None,
+            on_output=lambda _stream, chunk: chunks.append(chunk),
+            cancel=self._cancel,
+        )
+        output = b"".join(chunks).decode("utf-8", "replace").strip()
+        if code != 0:
+            if expected == 0 and "does not exist" in output:
+                return
+            raise JobFailure("internal_error", "cannot read databasechangelog", output)
+        fields = output.split("\t") if output else ["0"]
+        count = int(fields[0]) if fields[0].isdigit() else -1
+        applied = fields[1:4]
+        checksum = fields[4] if len(fields) > 4 else ""
+        planned = [task.changeset_id, task.changeset_author, task.changeset_path]
+        planned_hash = self._changeset_hashes.get(task.task_id, "")
+        wrong_checksum = ":" in planned_hash and checksum != planned_hash
+        if count != expected or (expected and (applied != planned or wrong_checksum)):
+            raise JobFailure(
+                "invalid_argument",
+                INPUTS_CHANGED,
+                f"{task.task_id} applied {'::'.join(applied) or 'nothing'} "
+                f"(changesets recorded: {count}), planned {'::'.join(planned) or 'nothing'} "
+                f"(expected {expected}); no state was stored for it: run the prepare again",
+            )
+
+
+class LbKind:
+    """The lb kind: Liquibase on the host, against the job's server on 127.0.0.1."""
+
+    name = "lb"
+
+    def normalize(self, request: PrepareRequest, cwd: Path) -> str:
+        check_exec_mode(request.liquibase_exec_mode, request.liquibase_exec)
+        refuse_nul_characters([request.liquibase_exec, request.work_dir], "liquibase")
+        refuse_nul_characters(
+            [f"{k}={v}" for k, v in request.liquibase_env.items()], "liquibase_env"
+        )
+        return parse_lb_args(request.liquibase_args, cwd, request.work_dir).normalized
+
+    def plan(self, request: PrepareRequest, context: PlanContext) -> KindPlan:
+        try:
+            self.normalize(request, context.cwd)
+            lb = _with_work_dir(
+                parse_lb_args(request.liquibase_args, context.cwd, request.work_dir), context.cwd
+            )
+        except ApiError as error:
+            raise JobFailure(error.code, error.message, error.details) from None
+        effective = request.image_id
+        if not has_digest(request.image_id):
+            effective = context.runtime.resolve_image(request.image_id, context.log, context.cancel)
+        executable = find_executable(request, context.config_value(EXEC_CONFIG_KEY))
+        liquibase = Liquibase(executable, lb, request.liquibase_env, context.log, context.cancel)
+
+        def refingerprint() -> str | None:
+            try:
+                return inputs_fingerprint(
+                    lb,
+                    liquibase_cwd=lb.work_dir or str(context.cwd),
+                    environment=_environment(request),
+                    identity=_identity(effective, context.engine_version, executable),
+                )
+            except (Uncacheable, OSError) as error:
+                context.log(f"liquibase: plan not cacheable ({error})")
+                return None
+
+        fingerprint = refingerprint()
+        cache = PlanCache(context.store_root)
+        changesets = cache.load(fingerprint) if fingerprint else None
+        if changesets is not None:
+            context.log("liquibase: plan reused (changelog, arguments and input unchanged)")
+        else:
+            handle = context.planning_server(effective)
+            with _locked([lb.changelog, lb.defaults_file]):
+                lines = liquibase.run(planning_args(lb), handle, "task cancelled")
+            changesets = parse_update_sql(lines)
+            if fingerprint is not None and refingerprint() == fingerprint:
+                cache.store(fingerprint, changesets)
+        tasks = build_lb_plan(
+            requested_image_id=request.image_id,
+            effective_image_id=effective,
+            changesets=changesets,
+            state_exists=context.state_exists,
+        )
+        signature = lb_job_signature(effective, request.plan_only, context.engine_version, tasks)
+        hashes = {
+            task.task_id: changeset.changeset_hash
+            for task, changeset in zip(execute_tasks(tasks), changesets, strict=False)
+        }
+        steps = LbSteps(
+            liquibase, context.runtime, hashes, fingerprint, refingerprint, context.cancel
+        )
+        return KindPlan(effective, tasks, signature, lb.normalized, steps)

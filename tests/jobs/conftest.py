@@ -24,13 +24,13 @@ from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.ids import new_job_id
 from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
 from sqlrs_engine.jobs.event_log import JobEventLog
+from sqlrs_engine.jobs.kinds import KINDS
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.jobs.supervisor import RegistrySink
 from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.persistence.jobs import JobRecord
 from sqlrs_engine.persistence.rows import Row, dump_json
 from sqlrs_engine.prepare.job_request import PrepareRequest
-from sqlrs_engine.prepare.psql_args import parse_psql_args
 from sqlrs_engine.runtime.base import OutputSink, Runtime, ServerHandle, pgdata_of
 from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.snapshot.copy import CopyBackend
@@ -193,7 +193,7 @@ class World:
     def add_job(self, request: PrepareRequest, job_id: str | None = None) -> str:
         """A queued job row holding `request` as the submit route stores it."""
         job_id = job_id or new_job_id()
-        normalized = parse_psql_args(request.psql_args, request.stdin, self.root).normalized
+        normalized = KINDS[request.prepare_kind].normalize(request, self.root)
         self.seed.jobs.insert_job(
             JobRecord(
                 job_id,

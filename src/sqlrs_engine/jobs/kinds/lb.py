@@ -11,10 +11,10 @@ where the fingerprint covers the input state, the arguments, the Liquibase execu
 environment and the content of every file Liquibase would read (prepare/lb_inputs.py): when
 nothing of that changed, planning reuses the stored changesets without a server or a JVM.
 
-Two guards keep a changelog edited while a job runs from producing a wrongly named state:
-before each step its inputs are fingerprinted again (a change fails the job), and after each
-step the row Liquibase recorded in `databasechangelog` must be the planned changeset with
-the planned checksum.
+A changelog edited while a job runs never produces a wrongly named state: after each step,
+the rows Liquibase recorded in `databasechangelog` must be exactly the planned changesets so
+far, the last one with the planned id, author, path and checksum; otherwise the job fails
+before the builder snapshots anything. (Changesets before the edit keep their states.)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import os
 import shlex
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -266,16 +266,12 @@ class LbSteps:
         self,
         liquibase: Liquibase,
         runtime: Runtime,
-        changeset_hashes: Mapping[str, str],
-        fingerprint: str | None,
-        refingerprint: Callable[[], str | None],
+        changesets: Mapping[str, LbChangeset],
         cancel: CancelToken,
     ) -> None:
         self._liquibase = liquibase
         self._runtime = runtime
-        self._changeset_hashes = dict(changeset_hashes)
-        self._fingerprint = fingerprint
-        self._refingerprint = refingerprint
+        self._changesets = dict(changesets)
         self._cancel = cancel
 
     def _changeset_file(self, task: PlanTask) -> str | None:
@@ -292,17 +288,14 @@ class LbSteps:
 
     @contextmanager
     def inputs(self, task: PlanTask) -> Iterator[str]:
+        """Lock the changelog, defaults file and this changeset's file for the whole step.
+
+        Stored task hashes are trusted (§3.5): re-hashing one changeset would need Liquibase.
+        Instead `run` checks afterwards that Liquibase applied exactly the planned changeset
+        with the planned checksum, before the builder snapshots anything.
+        """
         lb = self._liquibase.lb
         with _locked([lb.changelog, lb.defaults_file, self._changeset_file(task)]):
-            if self._fingerprint is not None:
-                now = self._refingerprint()
-                if now != self._fingerprint:
-                    raise JobFailure(
-                        "invalid_argument",
-                        INPUTS_CHANGED,
-                        f"the changelog or a file it reads changed before {task.task_id}; "
-                        "no state was stored for it: run the prepare again to plan the change",
-                    )
             yield task.task_hash
 
     def run(self, task: PlanTask, handle: ServerHandle) -> None:
@@ -332,7 +325,8 @@ class LbSteps:
         applied = fields[1:4]
         checksum = fields[4] if len(fields) > 4 else ""
         planned = [task.changeset_id, task.changeset_author, task.changeset_path]
-        planned_hash = self._changeset_hashes.get(task.task_id, "")
+        planned_changeset = self._changesets.get(task.task_id)
+        planned_hash = planned_changeset.changeset_hash if planned_changeset else ""
         wrong_checksum = ":" in planned_hash and checksum != planned_hash
         if count != expected or (expected and (applied != planned or wrong_checksum)):
             raise JobFailure(
@@ -402,11 +396,14 @@ class LbKind:
             state_exists=context.state_exists,
         )
         signature = lb_job_signature(effective, request.plan_only, context.engine_version, tasks)
-        hashes = {
-            task.task_id: changeset.changeset_hash
+        by_task = {
+            task.task_id: changeset
             for task, changeset in zip(execute_tasks(tasks), changesets, strict=False)
         }
         steps = LbSteps(
-            liquibase, context.runtime, hashes, fingerprint, refingerprint, context.cancel
+            liquibase,
+            context.runtime,
+            by_task,
+            context.cancel,
         )
         return KindPlan(effective, tasks, signature, lb.normalized, steps)

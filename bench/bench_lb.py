@@ -1,0 +1,199 @@
+"""prepare:lb benchmark (issue 13): one state per Liquibase changeset.
+
+Measures, medians over repeated runs in one invocation, for a 10-changeset SQL changelog:
+  (a) a cold lb prepare through HTTP (fresh store: base initdb, updateSQL, ten
+      `update-count --count 1` with a snapshot each) against `liquibase update` run by hand on
+      a freshly initdb'ed and started server (initdb + start + one JVM + stop);
+  (b) the time per changeset, split into JVM start (`liquibase --version`), Liquibase work
+      (the rest of the task's Liquibase run) and the engine's stop/snapshot/restart/state row;
+  (c) a fully cached re-run (POST → DSN) against a psql cache hit on the same engine.
+
+Run: .venv/bin/python bench/bench_lb.py [--cold N] [--raw N] [--hits N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from common import engine_in_scratch, median, save, timed  # type: ignore[import-not-found]
+from tests.support.prepare import prepare, psql_body, query
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path("/usr/lib/postgresql/15/bin")
+LIQUIBASE = ROOT / ".venv" / "bin" / "liquibase"
+ENV = {"PATH": f"{LIQUIBASE.parent}:{os.environ['PATH']}"}
+CHANGESETS = 10
+
+
+def write_changelog(directory: Path) -> Path:
+    lines = ["--liquibase formatted sql", ""]
+    for index in range(CHANGESETS):
+        lines += [
+            f"--changeset bench:{index}",
+            f"create table t{index}(id int primary key, payload text);",
+            f"insert into t{index} select g, md5(g::text) from generate_series(1, 1000) g;",
+            "",
+        ]
+    path = directory / "changelog.sql"
+    path.write_text("\n".join(lines))
+    path.chmod(0o644)
+    return path
+
+
+def jvm_start() -> float:
+    return timed(
+        lambda: subprocess.run([str(LIQUIBASE), "--version"], check=True, capture_output=True)
+    )
+
+
+def raw_baseline(changelog: Path) -> float:
+    """initdb + start + `liquibase update` + stop, by hand (the server as `postgres`)."""
+    work = Path(tempfile.mkdtemp(prefix="sqlrs-raw-", dir="/var/tmp"))
+    work.chmod(0o711)
+    pgdata = work / "pgdata"
+    user = pwd.getpwnam("postgres")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    os.chown(work, user.pw_uid, user.pw_gid)
+    port = "54998"
+
+    def run() -> None:
+        subprocess.run(
+            [*as_user, str(BIN / "initdb"), "-D", str(pgdata), "--username=sqlrs",
+             "--auth=trust", "--no-sync", "--encoding=UTF8", "--locale=C.UTF-8"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            [*as_user, str(BIN / "pg_ctl"), "-D", str(pgdata), "-w", "-l", str(work / "log"),
+             "-o", f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={work}",
+             "start"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            [str(LIQUIBASE), f"--url=jdbc:postgresql://127.0.0.1:{port}/postgres",
+             "--username=sqlrs", "--changelog-file", changelog.name, "update"],
+            check=True, capture_output=True, cwd=changelog.parent,
+        )  # fmt: skip
+        subprocess.run(
+            [*as_user, str(BIN / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    try:
+        return timed(run)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return datetime.datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+
+
+def per_changeset(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(Liquibase run, stop+snapshot+restart+row) seconds of each execute task."""
+    out = []
+    current: dict[str, float] = {}
+    for event in events:
+        message = event.get("message", "")
+        if event["type"] == "task" and event["task_id"].startswith("execute"):
+            if event["status"] == "running":
+                current = {}
+            elif event["status"] == "succeeded" and "start" in current:
+                done = _ts(event)
+                out.append((current["stop"] - current["start"], done - current["stop"]))
+        elif message == "liquibase: start":
+            current["start"] = _ts(event)
+        elif message == "pg_ctl: stop for snapshot":
+            current["stop"] = _ts(event)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--cold", type=int, default=3)
+    parser.add_argument("--raw", type=int, default=3)
+    parser.add_argument("--hits", type=int, default=10)
+    parser.add_argument("--jvm", type=int, default=5)
+    parser.add_argument("--backend", default="copy", help="snapshot.backend for the engine")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="sqlrs-bench-lb-", dir="/var/tmp"))
+    work.chmod(0o755)
+    changelog = write_changelog(work)
+    body = {
+        "prepare_kind": "lb",
+        "image_id": "postgres:15",
+        "liquibase_args": ["update", "--changelog-file", str(changelog)],
+    }
+
+    jvm = [jvm_start() for _ in range(args.jvm)]
+    raw = [raw_baseline(changelog) for _ in range(args.raw)]
+    cold: list[float] = []
+    lb_runs: list[float] = []
+    snapshots: list[float] = []
+    for _ in range(args.cold):
+        with engine_in_scratch(args.backend, env=ENV) as engine:  # nothing cached
+            holder: dict[str, Any] = {}
+            cold.append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
+            outcome = holder["o"]
+            assert outcome.status["status"] == "succeeded", outcome.status
+            assert query(outcome.dsn, "select count(*) from databasechangelog") == "10"
+            for run, snap in per_changeset(outcome.events):
+                lb_runs.append(run)
+                snapshots.append(snap)
+
+    hits: list[float] = []
+    psql_hits: list[float] = []
+    with engine_in_scratch(args.backend, env=ENV) as engine:
+        prepare(engine, body)
+        psql = psql_body("-c", "create table hit(a int)")
+        prepare(engine, psql)
+        for _ in range(args.hits):
+            holder = {}
+            hits.append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
+            logs = holder["o"].log_lines()
+            assert not any(line.startswith("liquibase: exec") for line in logs), logs
+            psql_hits.append(timed(lambda e=engine: prepare(e, psql)))
+
+    shutil.rmtree(work, ignore_errors=True)
+    work_s = median(lb_runs) - median(jvm)
+    figures = {
+        "backend": args.backend,
+        "changesets": CHANGESETS,
+        "raw_liquibase_update_s": median(raw),
+        "cold_prepare_s": median(cold),
+        "cold_vs_raw_ratio": median(cold) / median(raw),
+        "jvm_start_s": median(jvm),
+        "per_changeset_liquibase_run_s": median(lb_runs),
+        "per_changeset_liquibase_work_s": work_s,
+        "per_changeset_snapshot_s": median(snapshots),
+        "cached_rerun_s": median(hits),
+        "psql_cache_hit_s": median(psql_hits),
+        "samples": {"raw": raw, "cold": cold, "jvm": jvm, "hits": hits, "psql_hits": psql_hits},
+    }
+    path = save("lb", figures)
+    print(f"{CHANGESETS}-changeset SQL changelog, snapshot backend {args.backend}")
+    print(f"liquibase update by hand (initdb+start+update+stop): median {median(raw):.2f}s")
+    print(
+        f"cold lb prepare through HTTP:                       median {median(cold):.2f}s"
+        f"  → {figures['cold_vs_raw_ratio']:.1f}x"
+    )
+    print(
+        f"per changeset: JVM start {median(jvm):.2f}s + Liquibase work {work_s:.2f}s"
+        f" + stop/snapshot/restart {median(snapshots):.2f}s"
+    )
+    print(
+        f"fully cached re-run (POST → DSN): median {median(hits):.3f}s;"
+        f" psql cache hit {median(psql_hits):.3f}s"
+    )
+    print(f"raw numbers: {path}")
+
+
+if __name__ == "__main__":
+    main()

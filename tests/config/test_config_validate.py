@@ -66,6 +66,8 @@ ACCEPT: list[tuple[str, str]] = [
     ("runtime.host.binDirs", "[]"),
     ("runtime.host.binDirs", "null"),
     ("runtime.host.binDirs[0]", '"/opt/pg/bin"'),
+    ("liquibase.exec", '"/opt/liquibase/liquibase"'),
+    ("liquibase.exec", "null"),
     ("http.threads", "4"),
     ("http.threads", "64"),
     ("http.threads", "4096"),
@@ -123,6 +125,8 @@ REJECT: list[tuple[str, str, str]] = [
     ("runtime.host.binDirs", '["/ok", "./rel"]', "binDirs[1] must be an absolute"),
     ("runtime.host.binDirs", '["/ok", null]', "binDirs[1] must be an absolute"),
     ("runtime.host.binDirs", '[""]', "binDirs[0] must be an absolute"),
+    ("liquibase.exec", '"liquibase"', "liquibase.exec must be an absolute file path"),
+    ("liquibase.exec", '["/x"]', "liquibase.exec must be an absolute file path"),
     ("runtime.host.binDirs", "[1]", "binDirs[0] must be an absolute"),
     ("runtime.host.binDirs[1]", '"/x"', "binDirs[0] must be an absolute"),  # padded null
     ("http.threads", "3", "integer from 4 to 4096"),

@@ -70,6 +70,12 @@ NOT_INSTALLED = (
     "(scripts/bootstrap installs Liquibase 4.28 from npm; it needs Java 17)"
 )
 PLAN_CACHE_VERSION = "lb-plan-v1"
+FAST_START_JAVA_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+"""JVM options for Liquibase when neither the engine nor the request sets JAVA_OPTS.
+
+Every changeset is one short JVM run dominated by start-up and class loading; the C1-only
+JIT and the serial collector cut Liquibase's start from about 2.1 s to 1.4 s here
+(docs/performance.md). A request's `liquibase_env` JAVA_OPTS (even empty) replaces them."""
 _ENVIRONMENT_PREFIXES = ("LIQUIBASE_", "JAVA_", "JDK_")
 _CHANGELOG_QUERY = (
     "SELECT (SELECT count(*) FROM databasechangelog), id, author, filename, md5sum "
@@ -125,6 +131,8 @@ class Liquibase:
         argv = [self.executable, *connection_args(handle.host, handle.port), *args]
         env = dict(os.environ)
         env.pop("LIQUIBASE_COMMAND_PASSWORD", None)
+        if "JAVA_OPTS" not in env and "JAVA_OPTS" not in self.extra_env:
+            env["JAVA_OPTS"] = FAST_START_JAVA_OPTS
         if self.extra_env:
             env.update(self.extra_env)
         password = _password_of(handle.dsn)

@@ -2,8 +2,9 @@
 
 Measures, medians over repeated runs in one invocation, for a 10-changeset SQL changelog:
   (a) a cold lb prepare through HTTP (fresh store: base initdb, updateSQL, ten
-      `update-count --count 1` with a snapshot each) against `liquibase update` run by hand on
-      a freshly initdb'ed and started server (initdb + start + one JVM + stop);
+      `update-count --count 1` with a snapshot each), with the job's commands in one warm JVM
+      and with one JVM per command, against `liquibase update` run by hand on a freshly
+      initdb'ed and started server (initdb + start + one JVM + stop);
   (b) the time per changeset, split into JVM start (`liquibase --version`), Liquibase work
       (the rest of the task's Liquibase run) and the engine's stop/snapshot/restart/state row;
   (c) a fully cached re-run (POST → DSN) against a psql cache hit on the same engine.
@@ -24,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from common import engine_in_scratch, median, save, timed  # type: ignore[import-not-found]
-from sqlrs_engine.jobs.kinds.lb import FAST_START_JAVA_OPTS
 from tests.support.prepare import prepare, psql_body, query
+
+from sqlrs_engine.jobs.kinds.lb import FAST_START_JAVA_OPTS
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path("/usr/lib/postgresql/15/bin")
@@ -142,19 +144,23 @@ def main() -> None:
     jvm = [jvm_start(FAST_START_JAVA_OPTS) for _ in range(args.jvm)]
     jvm_default = [jvm_start("") for _ in range(args.jvm)]
     raw = [raw_baseline(changelog) for _ in range(args.raw)]
-    cold: list[float] = []
-    lb_runs: list[float] = []
+    cold: dict[str, list[float]] = {"warm": [], "process": []}
+    lb_runs: dict[str, list[float]] = {"warm": [], "process": []}
     snapshots: list[float] = []
     for _ in range(args.cold):
-        with engine_in_scratch(args.backend, env=ENV) as engine:  # nothing cached
-            holder: dict[str, Any] = {}
-            cold.append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
-            outcome = holder["o"]
-            assert outcome.status["status"] == "succeeded", outcome.status
-            assert query(outcome.dsn, "select count(*) from databasechangelog") == "10"
-            for run, snap in per_changeset(outcome.events):
-                lb_runs.append(run)
-                snapshots.append(snap)
+        for mode in ("warm", "process"):
+            with engine_in_scratch(args.backend, env=ENV) as engine:  # nothing cached
+                engine.patch(
+                    "/v1/config", json={"path": "liquibase.warmJvm", "value": mode == "warm"}
+                )
+                holder: dict[str, Any] = {}
+                cold[mode].append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
+                outcome = holder["o"]
+                assert outcome.status["status"] == "succeeded", outcome.status
+                assert query(outcome.dsn, "select count(*) from databasechangelog") == "10"
+                for run, snap in per_changeset(outcome.events):
+                    lb_runs[mode].append(run)
+                    snapshots.append(snap)
 
     hits: list[float] = []
     psql_hits: list[float] = []
@@ -170,26 +176,31 @@ def main() -> None:
             psql_hits.append(timed(lambda e=engine: prepare(e, psql)))
 
     shutil.rmtree(work, ignore_errors=True)
-    work_s = median(lb_runs) - median(jvm)
+    work_s = median(lb_runs["process"]) - median(jvm)
     figures = {
         "backend": args.backend,
         "changesets": CHANGESETS,
         "raw_liquibase_update_s": median(raw),
-        "cold_prepare_s": median(cold),
-        "cold_vs_raw_ratio": median(cold) / median(raw),
+        "cold_prepare_warm_jvm_s": median(cold["warm"]),
+        "cold_prepare_process_per_command_s": median(cold["process"]),
+        "cold_warm_vs_raw_ratio": median(cold["warm"]) / median(raw),
+        "cold_process_vs_raw_ratio": median(cold["process"]) / median(raw),
         "jvm_start_s": median(jvm),
         "jvm_start_default_opts_s": median(jvm_default),
-        "per_changeset_liquibase_run_s": median(lb_runs),
-        "per_changeset_liquibase_work_s": work_s,
+        "per_changeset_liquibase_run_process_s": median(lb_runs["process"]),
+        "per_changeset_liquibase_work_process_s": work_s,
+        "per_changeset_liquibase_run_warm_s": median(lb_runs["warm"]),
         "per_changeset_snapshot_s": median(snapshots),
         "cached_rerun_s": median(hits),
         "psql_cache_hit_s": median(psql_hits),
         "samples": {
             "raw": raw,
-            "cold": cold,
+            "cold_warm": cold["warm"],
+            "cold_process": cold["process"],
             "jvm": jvm,
             "jvm_default": jvm_default,
-            "liquibase_runs": lb_runs,
+            "liquibase_runs_warm": lb_runs["warm"],
+            "liquibase_runs_process": lb_runs["process"],
             "snapshots": snapshots,
             "hits": hits,
             "psql_hits": psql_hits,
@@ -198,17 +209,17 @@ def main() -> None:
     path = save("lb", figures)
     print(f"{CHANGESETS}-changeset SQL changelog, snapshot backend {args.backend}")
     print(f"liquibase update by hand (initdb+start+update+stop): median {median(raw):.2f}s")
-    print(
-        f"cold lb prepare through HTTP:                       median {median(cold):.2f}s"
-        f"  → {figures['cold_vs_raw_ratio']:.1f}x"
-    )
+    for mode, label in (("warm", "one warm JVM per job"), ("process", "one JVM per command")):
+        ratio = median(cold[mode]) / median(raw)
+        print(f"cold lb prepare, {label}: median {median(cold[mode]):.2f}s → {ratio:.1f}x")
     print(
         f"JVM start (liquibase --version): {median(jvm):.2f}s with the engine's JAVA_OPTS,"
         f" {median(jvm_default):.2f}s without"
     )
     print(
-        f"per changeset: JVM start {median(jvm):.2f}s + Liquibase work {work_s:.2f}s"
-        f" + stop/snapshot/restart {median(snapshots):.2f}s"
+        f"per changeset, one JVM per command: JVM start {median(jvm):.2f}s + Liquibase work"
+        f" {work_s:.2f}s; warm JVM: Liquibase run {median(lb_runs['warm']):.2f}s;"
+        f" stop/snapshot/restart/row {median(snapshots):.2f}s"
     )
     print(
         f"fully cached re-run (POST → DSN): median {median(hits):.3f}s;"

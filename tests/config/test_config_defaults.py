@@ -46,6 +46,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "container.runtime",
         "http.threads",
         "liquibase.exec",
+        "liquibase.warmJvm",
         "log.level",
         "orchestrator.jobs.maxIdentical",
         "orchestrator.jobs.minAge",

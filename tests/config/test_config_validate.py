@@ -68,6 +68,7 @@ ACCEPT: list[tuple[str, str]] = [
     ("runtime.host.binDirs[0]", '"/opt/pg/bin"'),
     ("liquibase.exec", '"/opt/liquibase/liquibase"'),
     ("liquibase.exec", "null"),
+    ("liquibase.warmJvm", "false"),
     ("http.threads", "4"),
     ("http.threads", "64"),
     ("http.threads", "4096"),
@@ -127,6 +128,7 @@ REJECT: list[tuple[str, str, str]] = [
     ("runtime.host.binDirs", '[""]', "binDirs[0] must be an absolute"),
     ("liquibase.exec", '"liquibase"', "liquibase.exec must be an absolute file path"),
     ("liquibase.exec", '["/x"]', "liquibase.exec must be an absolute file path"),
+    ("liquibase.warmJvm", '"yes"', "liquibase.warmJvm must be true or false"),
     ("runtime.host.binDirs", "[1]", "binDirs[0] must be an absolute"),
     ("runtime.host.binDirs[1]", '"/x"', "binDirs[0] must be an absolute"),  # padded null
     ("http.threads", "3", "integer from 4 to 4096"),

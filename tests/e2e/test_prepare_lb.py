@@ -243,8 +243,14 @@ def test_liquibase_not_installed_fails_the_job_saying_how_to_fix_it(scratch_dir:
         # the config key is the documented fallback
         patched = bare.patch("/v1/config", json={"path": "liquibase.exec", "value": str(LIQUIBASE)})
         assert patched.status_code == 200, patched.text
+        # and with the warm JVM switched off, each command is its own liquibase process
+        off = bare.patch("/v1/config", json={"path": "liquibase.warmJvm", "value": False})
+        assert off.status_code == 200, off.text
         fixed = prepare(bare, lb_body("update", "--changelog-file", str(changelog), plan_only=True))
         assert fixed.status["status"] == "succeeded", fixed.status
+        assert "liquibase: -- Changeset c.sql::1::dev" in fixed.log_lines()
+        store = scratch_dir / "state-store"
+        assert not (store / "tools").exists(), "no warm JVM was prepared"
     finally:
         bare.stop()
 

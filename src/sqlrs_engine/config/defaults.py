@@ -55,7 +55,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "container": {"runtime": "auto"},
     "http": {"threads": DEFAULT_HTTP_THREADS},  # read once at startup
-    "liquibase": {"exec": None},  # null = only `liquibase` on the engine's PATH
+    "liquibase": {
+        "exec": None,  # null = only `liquibase` on the engine's PATH
+        "warmJvm": True,  # one JVM per lb job where the installation allows it
+    },
     "log": {"level": DEFAULT_LOG_LEVEL},
     # minAge: retention never trims a job that finished less than this ago (SPEC §0.1)
     "orchestrator": {

@@ -160,6 +160,14 @@ SCHEMA: dict[str, Any] = {
                         "prepares when the request has no liquibase_exec and no liquibase is "
                         "on the engine's PATH.",
                     },
+                    "warmJvm": {
+                        "type": ["boolean", "null"],
+                        "default": True,
+                        "description": "Run all Liquibase commands of an lb job in one warm "
+                        "JVM (needs a JDK and a standard Liquibase distribution; falls back "
+                        "to one process per command otherwise); false = always one process "
+                        "per command.",
+                    },
                 },
                 "Liquibase (prepare_kind lb).",
             ),

@@ -176,6 +176,11 @@ def _abs_dirs(name: str, value: Any) -> None:
             )
 
 
+def _boolean(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidValue(f"{name} must be true or false (got {_show(value)})")
+
+
 def _abs_file(name: str, value: Any) -> None:
     if not isinstance(value, str) or not posixpath.isabs(value):
         raise InvalidValue(f"{name} must be an absolute file path (got {_show(value)})")
@@ -204,6 +209,7 @@ RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("runtime", "host", "binDirs"): _abs_dirs,
     ("http", "threads"): _http_threads,
     ("liquibase", "exec"): _abs_file,
+    ("liquibase", "warmJvm"): _boolean,
 }
 """Checks by path; each gets the path text and a non-null value and raises `InvalidValue`."""
 

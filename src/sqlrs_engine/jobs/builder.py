@@ -364,5 +364,7 @@ class StateBuilder:
         }
 
     def release(self) -> None:
+        if self._planned is not None:
+            self._planned.steps.close()
         if self.session is not None:
             self.session.release()

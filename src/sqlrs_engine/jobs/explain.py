@@ -102,6 +102,7 @@ def explain_prepare(
         raise ApiError(500, "internal_error", "internal error", reason) from None
     finally:
         server.release()
+    plan.steps.close()
     final = plan.final_state_id
     hit = state_exists(final)
     answer: dict[str, Any] = {

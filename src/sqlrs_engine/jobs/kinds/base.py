@@ -12,7 +12,8 @@ fields and its tool:
   `StepRunner` bound to this job;
 * `StepRunner.inputs(task)`: just before a step runs, re-check its inputs (under the locks held
   for the whole step) and yield the step's task hash as it is *now*;
-* `StepRunner.run(task, handle)`: execute the step against the running server.
+* `StepRunner.run(task, handle)`: execute the step against the running server;
+* `StepRunner.close()`: release what it keeps between steps, when the job ends.
 
 The one table of kinds is `jobs/kinds/__init__.py`.
 """
@@ -67,6 +68,10 @@ class StepRunner(Protocol):
 
     def run(self, task: PlanTask, handle: ServerHandle) -> None:
         """Run the step on `handle`'s server; raise `JobFailure` when it fails."""
+        ...
+
+    def close(self) -> None:
+        """Release what the runner keeps between steps (e.g. a warm JVM); idempotent."""
         ...
 
 

@@ -33,6 +33,7 @@ import ujson
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import ApiError, JobFailure
 from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
+from sqlrs_engine.jobs.kinds.lb_jvm import WarmLiquibase
 from sqlrs_engine.prepare.digest import ContentError, ContentLocks
 from sqlrs_engine.prepare.hashing import lb_job_signature
 from sqlrs_engine.prepare.images import has_digest
@@ -60,6 +61,7 @@ from sqlrs_engine.process import LineBuffer, ProcessError, exit_status, run
 from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
 
 EXEC_CONFIG_KEY = "liquibase.exec"
+WARM_JVM_CONFIG_KEY = "liquibase.warmJvm"
 OUTPUT_TAIL = 16 * 1024
 """Bytes of Liquibase output kept for a failed run's error details."""
 EXECUTION_FAILED = "liquibase execution failed"
@@ -110,7 +112,12 @@ def _password_of(dsn: str) -> str | None:
 
 
 class Liquibase:
-    """Runs one Liquibase command against a server, streaming its lines as log events."""
+    """Runs Liquibase commands against a server, streaming their lines as log events.
+
+    With `warm_jvm_dir` set, the commands of the job run in one warm JVM (jobs/kinds/lb_jvm.py)
+    when the installation allows it; otherwise, or when it is not set, each command is its
+    own `liquibase` process. Either way the log shows the same command line and output.
+    """
 
     def __init__(
         self,
@@ -119,26 +126,44 @@ class Liquibase:
         extra_env: Mapping[str, str],
         log: LogSink,
         cancel: CancelToken,
+        warm_jvm_dir: Path | None = None,
     ) -> None:
         self.executable = executable
         self.lb = lb
         self.extra_env = dict(extra_env)
         self._log = log
         self._cancel = cancel
+        self._warm_jvm_dir = warm_jvm_dir
+        self._warm: WarmLiquibase | None = None
 
-    def run(self, args: list[str], handle: ServerHandle, cancel_message: str) -> list[str]:
-        """Run; the output lines on success, `JobFailure` with the output's tail otherwise."""
-        argv = [self.executable, *connection_args(handle.host, handle.port), *args]
+    def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("LIQUIBASE_COMMAND_PASSWORD", None)
         if "JAVA_OPTS" not in env and "JAVA_OPTS" not in self.extra_env:
             env["JAVA_OPTS"] = FAST_START_JAVA_OPTS
         if self.extra_env:
             env.update(self.extra_env)
+        return env
+
+    def _warm_jvm(self) -> WarmLiquibase | None:
+        if self._warm is None and self._warm_jvm_dir is not None:
+            self._warm = WarmLiquibase.start(
+                self.executable,
+                tools_dir=self._warm_jvm_dir,
+                cwd=self.lb.work_dir,
+                env=self._environment(),
+                cancel=self._cancel,
+            )
+            if self._warm is None:
+                self._warm_jvm_dir = None  # not available here: one process per command
+        return self._warm
+
+    def run(self, args: list[str], handle: ServerHandle, cancel_message: str) -> list[str]:
+        """Run; the output lines on success, `JobFailure` with the output's tail otherwise."""
+        connection = connection_args(handle.host, handle.port)
+        argv = [self.executable, *connection, *args]
         password = _password_of(handle.dsn)
-        if password:
-            # Through the environment: never on a command line or in a log event.
-            env["LIQUIBASE_COMMAND_PASSWORD"] = password
+        warm = self._warm_jvm()
         self._log(f"liquibase: exec {shlex.join(argv)}")
         self._log("liquibase: start")
         lines: list[str] = []
@@ -147,24 +172,38 @@ class Liquibase:
             self._log(f"liquibase: {line}")
             lines.append(line)
 
-        buffer = LineBuffer(on_line)
-        try:
-            result = run(
-                argv,
-                env=env,
-                inherit_env=False,
-                cwd=self.lb.work_dir,
-                on_output=buffer.feed,
-                cancel=self._cancel,
-            )
-        except ProcessError as error:
-            raise JobFailure("internal_error", EXECUTION_FAILED, str(error)) from None
-        buffer.flush()
+        if warm is not None:
+            # The password travels on the JVM's stdin: never on a command line or in a log.
+            secret = [f"--password={password}"] if password else []
+            code = warm.run([*connection, *secret, *args], lambda line: on_line("", line))
+        else:
+            env = self._environment()
+            if password:
+                # Through the environment: never on a command line or in a log event.
+                env["LIQUIBASE_COMMAND_PASSWORD"] = password
+            buffer = LineBuffer(on_line)
+            try:
+                result = run(
+                    argv,
+                    env=env,
+                    inherit_env=False,
+                    cwd=self.lb.work_dir,
+                    on_output=buffer.feed,
+                    cancel=self._cancel,
+                )
+            except ProcessError as error:
+                raise JobFailure("internal_error", EXECUTION_FAILED, str(error)) from None
+            buffer.flush()
+            code = exit_status(result.exit_code)
         self._cancel.raise_if_cancelled(cancel_message)
-        code = exit_status(result.exit_code)
         if code != 0:
             raise JobFailure("internal_error", EXECUTION_FAILED, _failure_details(lines, code))
         return lines
+
+    def close(self) -> None:
+        warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.close()
 
 
 def _failure_details(lines: list[str], code: int) -> str:
@@ -306,6 +345,9 @@ class LbSteps:
         with _locked([lb.changelog, lb.defaults_file, self._changeset_file(task)]):
             yield task.task_hash
 
+    def close(self) -> None:
+        self._liquibase.close()
+
     def run(self, task: PlanTask, handle: ServerHandle) -> None:
         self._liquibase.run(step_args(self._liquibase.lb), handle, "task cancelled")
         self._verify(task, handle)
@@ -371,7 +413,15 @@ class LbKind:
         if not has_digest(request.image_id):
             effective = context.runtime.resolve_image(request.image_id, context.log, context.cancel)
         executable = find_executable(request, context.config_value(EXEC_CONFIG_KEY))
-        liquibase = Liquibase(executable, lb, request.liquibase_env, context.log, context.cancel)
+        warm = context.config_value(WARM_JVM_CONFIG_KEY) is not False
+        liquibase = Liquibase(
+            executable,
+            lb,
+            request.liquibase_env,
+            context.log,
+            context.cancel,
+            warm_jvm_dir=context.store_root / "tools" if warm else None,
+        )
 
         def refingerprint() -> str | None:
             try:
@@ -391,10 +441,14 @@ class LbKind:
         if changesets is not None:
             context.log("liquibase: plan reused (changelog, arguments and input unchanged)")
         else:
-            handle = context.planning_server(effective)
-            with _locked([lb.changelog, lb.defaults_file]):
-                lines = liquibase.run(planning_args(lb), handle, "task cancelled")
-            changesets = parse_update_sql(lines)
+            try:
+                handle = context.planning_server(effective)
+                with _locked([lb.changelog, lb.defaults_file]):
+                    lines = liquibase.run(planning_args(lb), handle, "task cancelled")
+                changesets = parse_update_sql(lines)
+            except BaseException:
+                liquibase.close()  # no plan, so no runner that the job would close
+                raise
             if fingerprint is not None and refingerprint() == fingerprint:
                 cache.store(fingerprint, changesets)
         tasks = build_lb_plan(

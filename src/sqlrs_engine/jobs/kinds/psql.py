@@ -48,6 +48,9 @@ class PsqlSteps:
             digest = step_digest(self._args, step_index(task), locks)
             yield psql_task_hash(digest.hash, self._engine_version)
 
+    def close(self) -> None:
+        """Nothing is kept between psql steps."""
+
     def run(self, task: PlanTask, handle: ServerHandle) -> None:
         step = self._args.steps[step_index(task)]
         self._log("psql: start")

@@ -339,3 +339,25 @@ def test_restart_resumes_an_lb_job(scratch_dir: Path) -> None:
         assert query(outcome.dsn, "select count(*) from databasechangelog") == "2"
     finally:
         second.stop()
+
+
+def test_a_changelog_edited_during_the_job_stores_no_misnamed_state(
+    engine: EngineProcess, scratch_dir: Path
+) -> None:
+    changes = ["create table e(a int); select pg_sleep(2);", "insert into e values (1);"]
+    changelog = sql_changelog(scratch_dir / "edited.sql", changes)
+    job_id = submit(engine, lb_body("update", "--changelog-file", str(changelog)))
+    _wait_for_log(engine, job_id, lambda line: "Running Changeset: edited.sql::1::dev" in line)
+    sql_changelog(changelog, [changes[0], "insert into e values (2);"])
+    outcome = wait(engine, job_id)
+    assert outcome.status["status"] == "failed", outcome.status
+    error = outcome.status["error"]
+    assert error["message"] == "liquibase did not apply the planned changeset"
+    assert "edited.sql" in error["details"]
+    first, second = [t for t in outcome.status["tasks"] if t["type"] == "state_execute"]
+    assert engine.get(f"/v1/states/{first['output_state_id']}").status_code == 200
+    assert engine.get(f"/v1/states/{second['output_state_id']}").status_code == 404
+    again = prepare(engine, lb_body("update", "--changelog-file", str(changelog)))
+    assert again.status["status"] == "succeeded", again.status
+    assert [c for _, c in execute_states(again.status)] == [True, False]
+    assert query(again.dsn, "select sum(a) from e") == "2"

@@ -19,7 +19,7 @@ from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.jobs.builder import StateBuilder
 from sqlrs_engine.jobs.event_log import JobEventLog
-from sqlrs_engine.jobs.kinds.lb import INPUTS_CHANGED
+from sqlrs_engine.jobs.kinds.lb import UNPLANNED_CHANGESET
 from sqlrs_engine.jobs.supervisor import RegistrySink
 from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.prepare.job_request import PrepareRequest
@@ -195,7 +195,10 @@ def test_inputs_changed_after_planning_never_store_a_misnamed_state(
             # Liquibase cannot re-plan one changeset: the job fails before the step runs
             with pytest.raises(JobFailure) as raised:
                 job.execute()
-            assert (raised.value.code, raised.value.message) == ("invalid_argument", INPUTS_CHANGED)
+            assert (raised.value.code, raised.value.message) == (
+                "invalid_argument",
+                UNPLANNED_CHANGESET,
+            )
             assert parts.state_row(planned[0]) is not None
             assert parts.state_row(planned[1]) is None
     finally:

@@ -65,7 +65,7 @@ WARM_JVM_CONFIG_KEY = "liquibase.warmJvm"
 OUTPUT_TAIL = 16 * 1024
 """Bytes of Liquibase output kept for a failed run's error details."""
 EXECUTION_FAILED = "liquibase execution failed"
-INPUTS_CHANGED = "liquibase inputs changed since planning"
+UNPLANNED_CHANGESET = "liquibase did not apply the planned changeset"
 NOT_INSTALLED = (
     "liquibase is not installed: put a liquibase executable on the engine's PATH, set config "
     "liquibase.exec to its absolute path, or give liquibase_exec in the request "
@@ -381,10 +381,14 @@ class LbSteps:
         if count != expected or (expected and (applied != planned or wrong_checksum)):
             raise JobFailure(
                 "invalid_argument",
-                INPUTS_CHANGED,
-                f"{task.task_id} applied {'::'.join(applied) or 'nothing'} "
-                f"(changesets recorded: {count}), planned {'::'.join(planned) or 'nothing'} "
-                f"(expected {expected}); no state was stored for it: run the prepare again",
+                UNPLANNED_CHANGESET,
+                f"{task.task_id} left {'::'.join(applied) or 'nothing'}"
+                f"{f' (checksum {checksum})' if checksum else ''} as the last of {count} "
+                f"recorded changesets; the plan expected {'::'.join(planned) or 'nothing'}"
+                f"{f' (checksum {planned_hash})' if planned_hash else ''} as the last of "
+                f"{expected}. No state was stored for it. The changelog probably changed after "
+                "planning (run the prepare again to plan the change); a runAlways changeset "
+                "cannot be prepared one state per changeset",
             )
 
 

@@ -414,7 +414,9 @@ class LbKind:
         except ApiError as error:
             raise JobFailure(error.code, error.message, error.details) from None
         effective = request.image_id
-        if not has_digest(request.image_id):
+        if has_digest(request.image_id):
+            context.runtime.check_image(request.image_id)  # fail at planning, like psql
+        else:
             effective = context.runtime.resolve_image(request.image_id, context.log, context.cancel)
         executable = find_executable(request, context.config_value(EXEC_CONFIG_KEY))
         warm = context.config_value(WARM_JVM_CONFIG_KEY) is not False

@@ -25,6 +25,7 @@ from sqlrs_engine.actors.snapshot import start_snapshot_actor
 from sqlrs_engine.cache.enforcer import CacheEnforcer, enforce_quietly
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
+from sqlrs_engine.deletion.expiry import ExpiryReaper
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.discovery import EngineInfo, remove_engine_json, write_engine_json
 from sqlrs_engine.errors import StartupRefused
@@ -76,6 +77,7 @@ class Engine:
         self._cwd = Path.cwd()
         self._snapshot_ref: pykka.ActorRef[Any] | None = None
         self._deletion: DeletionService | None = None
+        self._reaper: ExpiryReaper | None = None
         self._stopped = threading.Event()
         self._registry_ref: pykka.ActorRef[Any] | None = None
         self._registry: RegistryProxy | None = None
@@ -183,6 +185,8 @@ class Engine:
         )
         write_engine_json(self.options.engine_json, self._info)
         self._http.start()
+        self._reaper = ExpiryReaper(self._registry, self._deletion)
+        self._reaper.start()
         self.activity.touch()
         log.info(
             "engine serving endpoint=%s store=%s http_threads=%d",
@@ -208,7 +212,12 @@ class Engine:
         if timeout <= 0 or self.activity.idle_for() < timeout:
             return False
         try:
-            busy = self.registry.active_job_count().get(timeout=10) > 0
+            # Instances with a TTL keep the engine up until it has deleted them: servers
+            # outlive the engine, and nobody else would ever remove them.
+            busy = (
+                self.registry.active_job_count().get(timeout=10) > 0
+                or self.registry.expiring_instance_count().get(timeout=10) > 0
+            )
         except (pykka.Timeout, pykka.ActorDeadError):
             busy = True
         if busy:
@@ -220,6 +229,8 @@ class Engine:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._reaper is not None:
+            self._reaper.stop()
         if self._http is not None:
             self._http.stop()
         if self._registry is not None and self._registry_ref is not None:

@@ -291,6 +291,14 @@ class RegistryActor(pykka.ThreadingActor):
     def instance_runtime_dirs(self) -> set[str]:
         return self._metadata.runtime_dirs()
 
+    def expired_instance_ids(self) -> list[str]:
+        """Instances past their `expires_at` (TTL): the expiry reaper deletes them."""
+        return self._metadata.expired_instance_ids()
+
+    def expiring_instance_count(self) -> int:
+        """Instances that have an expiry, passed or not (they keep an idle engine alive)."""
+        return len(self._metadata.expiring_instances())
+
     def has_running_task(self, job_id: str) -> bool:
         return self._jobs.has_running_task(job_id)
 
@@ -507,6 +515,8 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     instance_runtime_dirs = proxy_method(RegistryActor.instance_runtime_dirs)
     mark_deleting = proxy_method(RegistryActor.mark_deleting)
     rows_marked_deleting = proxy_method(RegistryActor.rows_marked_deleting)
+    expired_instance_ids = proxy_method(RegistryActor.expired_instance_ids)
+    expiring_instance_count = proxy_method(RegistryActor.expiring_instance_count)
     has_running_task = proxy_method(RegistryActor.has_running_task)
     delete_job_rows = proxy_method(RegistryActor.delete_job_rows)
     retention_victims = proxy_method(RegistryActor.retention_victims)

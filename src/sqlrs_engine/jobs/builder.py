@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlrs_engine.cancel import CancelToken
-from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.clock import format_rfc3339, now_rfc3339, utcnow
 from sqlrs_engine.errors import JobFailure, failures_reported_as
 from sqlrs_engine.ids import new_instance_id
 from sqlrs_engine.jobs.event_log import JobEventLog
@@ -337,14 +337,16 @@ class StateBuilder:
         assert self.session is not None
         handle, runtime_dir = self.session.hand_over()
         instance_id = new_instance_id()
+        created = utcnow()
         record = InstanceRecord(
             instance_id=instance_id,
             state_id=final_state,
             image_id=self.effective_image,
-            created_at=now_rfc3339(),
+            created_at=format_rfc3339(created),
             runtime_id=handle.runtime_id,
             runtime_dir=str(runtime_dir),
             job_id=self.job_id,
+            expires_at=self.request.expires_at(created),
         )
         try:
             self.registry.create_instance(record, handle).get(timeout=ASK_TIMEOUT)
@@ -354,7 +356,7 @@ class StateBuilder:
             raise
         self.events.log(f"instance created {instance_id}")
         self.tasks.succeed(task.task_id)
-        return {
+        result = {
             "dsn": handle.dsn,
             "instance_id": instance_id,
             "state_id": final_state,
@@ -362,6 +364,9 @@ class StateBuilder:
             "prepare_kind": self.kind.name,
             "prepare_args_normalized": self._planned.normalized,
         }
+        if record.expires_at:
+            result["expires_at"] = record.expires_at
+        return result
 
     def release(self) -> None:
         if self._planned is not None:

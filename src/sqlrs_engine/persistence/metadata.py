@@ -240,6 +240,19 @@ class MetadataQueries:
         )
         return instances, states
 
+    def expiring_instances(self) -> list[tuple[str, str]]:
+        """`(instance_id, expires_at)` of every instance that has an expiry (TTL)."""
+        rows = fetch(
+            self._db,
+            "SELECT instance_id, expires_at FROM instances WHERE expires_at IS NOT NULL "
+            "AND expires_at != '' ORDER BY rowid",
+        )
+        return [(str(row["instance_id"]), str(row["expires_at"])) for row in rows]
+
+    def expired_instance_ids(self) -> list[str]:
+        """Instances whose `expires_at` has passed (parsed: the text has a variable fraction)."""
+        return [instance_id for instance_id, at in self.expiring_instances() if _expired(at)]
+
     def runtime_dirs(self) -> set[str]:
         """Data directories that instances live in (never removed with a job, §0.1)."""
         rows = fetch(self._db, "SELECT runtime_dir FROM instances WHERE runtime_dir IS NOT NULL")

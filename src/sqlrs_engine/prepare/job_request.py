@@ -14,8 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
+from sqlrs_engine.clock import format_rfc3339
+from sqlrs_engine.durations import DurationError, parse_duration
 from sqlrs_engine.errors import ApiError, invalid_argument
 from sqlrs_engine.prepare.textutil import go_trim_space
 
@@ -36,6 +39,16 @@ class PrepareRequest:
     liquibase_exec_mode: str = ""
     liquibase_env: dict[str, str] = field(default_factory=dict)
     work_dir: str = ""
+    ttl: str = ""
+    """Go duration after which the job's instance expires (beyond the reference: §7
+    `expires_at`); empty = never. Not part of any hash: it says how long the instance may
+    live, not what it contains."""
+
+    def expires_at(self, created: datetime) -> str | None:
+        """The `expires_at` of an instance created at `created` by this request."""
+        if not self.ttl:
+            return None
+        return format_rfc3339(created + timedelta(seconds=parse_duration(self.ttl)))
 
     def to_request_json(self) -> dict[str, Any]:
         """The JSON-able dict stored as `request_json` (empty optional fields omitted).
@@ -60,6 +73,8 @@ class PrepareRequest:
             out["work_dir"] = self.work_dir
         if self.plan_only:
             out["plan_only"] = True
+        if self.ttl:
+            out["ttl"] = self.ttl
         return out
 
     @classmethod
@@ -157,12 +172,34 @@ def _kind_names() -> tuple[str, ...]:
     return kind_names()
 
 
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600.0
+"""Ten years: longer is a mistake (and would overflow date arithmetic long before Go's)."""
+
+
+def parse_ttl(value: str) -> str:
+    """A validated, trimmed `ttl` ("" when absent); 400 `invalid ttl` for anything else."""
+    text = value.strip()
+    if not text:
+        return ""
+    try:
+        seconds = parse_duration(text)
+    except DurationError as error:
+        raise invalid_argument(
+            "invalid ttl", f"{error} (use a Go duration such as 30m or 1h30m)"
+        ) from None
+    if seconds <= 0:
+        raise invalid_argument("invalid ttl", f"ttl must be positive, got {text!r}")
+    if seconds > MAX_TTL_SECONDS:
+        raise invalid_argument("invalid ttl", f"ttl must be at most 87600h, got {text!r}")
+    return text
+
+
 def parse_prepare_request(body: object) -> PrepareRequest:
     """Decode and validate the common fields of a prepare request.
 
     Raises a 400 `ApiError`: `invalid json payload` (details name the field) for a wrong
     JSON type, then `prepare_kind is required`, `unsupported prepare_kind` (details = kind),
-    `image_id is required`. Kind-specific argument rules are checked separately
+    `image_id is required`, `invalid ttl`. Kind-specific argument rules are checked separately
     (`psql_args.parse_psql_args` for psql).
     """
     if not isinstance(body, Mapping):
@@ -179,6 +216,7 @@ def parse_prepare_request(body: object) -> PrepareRequest:
     liquibase_env = _string_map(body, "liquibase_env")
     work_dir = _string(body, "work_dir")
     plan_only = _bool(body, "plan_only")
+    ttl = _string(body, "ttl")
 
     kind = go_trim_space(prepare_kind)
     if not kind:
@@ -188,6 +226,7 @@ def parse_prepare_request(body: object) -> PrepareRequest:
     image = go_trim_space(image_id)
     if not image:
         raise invalid_argument("image_id is required")
+    ttl = parse_ttl(ttl)
 
     return PrepareRequest(
         prepare_kind=kind,
@@ -200,4 +239,5 @@ def parse_prepare_request(body: object) -> PrepareRequest:
         liquibase_exec_mode=liquibase_exec_mode,
         liquibase_env=liquibase_env,
         work_dir=work_dir,
+        ttl=ttl,
     )

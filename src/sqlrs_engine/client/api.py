@@ -28,6 +28,7 @@ from sqlrs_engine.client.errors import (
     DeleteBlocked,
     EngineUnavailable,
     JobFailed,
+    NotFound,
     UnsupportedEndpoint,
     api_error,
 )
@@ -247,20 +248,29 @@ class Client:
         return str(accepted["job_id"])
 
     def wait(self, job_id: str, *, progress: str | Reporter | None = None) -> Instance:
-        """Follow a job's events until it ends; its instance, or `JobFailed`."""
+        """Follow a job's events until it ends; its instance, or `JobFailed`.
+
+        Everything is taken from the stream, plus one status read while the stream is still
+        open: a finished job may be removed at any time afterwards by retention (§4.11).
+        """
         tracker = JobProgress(job_id, lambda: self.tasks(job_id), reporter_for(progress))
         outcome = "interrupted"
+        seen: list[Event] = []
+        status: dict[str, Any] | None = None
         try:
             for event in self.events(job_id):
                 tracker.on_event(event)
-            status = self.job_status(job_id)
-            outcome = str(status.get("status"))
+                seen.append(event)
+                if event.type == "result":
+                    with contextlib.suppress(NotFound):
+                        status = self.job_status(job_id)
+            outcome = _outcome(seen)
         except KeyboardInterrupt:
             self._cancel_quietly(job_id)
             raise
         finally:
             tracker.close(outcome)
-        return _instance_of(job_id, status)
+        return _instance_of(job_id, seen, status)
 
     def _cancel_quietly(self, job_id: str) -> None:
         with contextlib.suppress(Exception):
@@ -273,6 +283,7 @@ class Client:
         answers 200 instead of 206 is handled by skipping the events already seen).
         """
         index = start
+        ended = False
         while True:
             headers = {"Range": f"events={index}-"} if index else {}
             response = self._request(
@@ -291,14 +302,25 @@ class Client:
                             skip -= 1
                             position += 1
                             continue
-                        yield Event.from_json(position, ujson.loads(line))
+                        event = Event.from_json(position, ujson.loads(line))
+                        ended = (
+                            ended
+                            or event.type in ("result", "error")
+                            or (event.type == "status" and event.status in TERMINAL)
+                        )
+                        yield event
                         position += 1
                         index = position
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as error:
                 log.debug("events stream of %s dropped at %d: %s", job_id, index, error)
                 continue
-            if self.job_status(job_id).get("status") in TERMINAL:
+            if ended:
                 return  # the engine ends a stream only after the job's final event (§0.1)
+            try:
+                if self.job_status(job_id).get("status") in TERMINAL:
+                    return
+            except NotFound:
+                return  # the job was deleted while we followed it
 
     def job_status(self, job_id: str) -> dict[str, Any]:
         """`GET /v1/prepare-jobs/{id}` (SPEC §4.2)."""
@@ -447,22 +469,44 @@ def _never_sent(error: requests.ConnectionError) -> bool:
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
-def _instance_of(job_id: str, status: dict[str, Any]) -> Instance:
-    if status.get("status") != "succeeded":
-        error = status.get("error") or {}
+_NO_STEP_TASKS = ("plan", "resolve-image", "prepare-instance")
+
+
+def _outcome(events: Sequence[Event]) -> str:
+    for event in reversed(events):
+        if event.type == "result":
+            return "succeeded"
+        if event.type == "error":
+            return "failed"
+    return "ended"
+
+
+def _instance_of(job_id: str, events: Sequence[Event], status: dict[str, Any] | None) -> Instance:
+    """The instance of a finished job's `result` event, or `JobFailed` with its error."""
+    result = next((e.result for e in reversed(events) if e.type == "result"), None)
+    if result is None:
+        error = next((e.error for e in reversed(events) if e.type == "error"), None) or {
+            "code": "internal_error",
+            "message": "job ended without a result",
+        }
         raise JobFailed(
             job_id,
             str(error.get("code", "internal_error")),
-            str(error.get("message", f"job ended {status.get('status')}")),
+            str(error.get("message", "job failed")),
             error.get("details"),
         )
-    result = status.get("result") or {}
-    steps = [task for task in status.get("tasks", []) if task.get("type") == "state_execute"]
+    if status is not None and status.get("tasks"):
+        steps = [task for task in status["tasks"] if task.get("type") == "state_execute"]
+        cached = bool(steps) and all(task.get("cached") for task in steps)
+    else:
+        # The job is already gone: no task but planning ones ran means every step was cached.
+        ran = {e.task_id for e in events if e.type == "task" and e.status == "running"}
+        cached = ran <= set(_NO_STEP_TASKS)
     return Instance(
         instance_id=str(result["instance_id"]),
         state_id=str(result.get("state_id", "")),
         image_id=str(result.get("image_id", "")),
-        cached=bool(steps) and all(task.get("cached") for task in steps),
+        cached=cached,
         job_id=job_id,
         dsn=str(result["dsn"]),
         expires_at=result.get("expires_at"),

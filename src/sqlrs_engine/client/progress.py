@@ -61,8 +61,11 @@ class JobProgress:
         self.last: ProgressView | None = None
 
     def on_event(self, event: Event) -> None:
+        if isinstance(self._reporter, QuietReporter):
+            return  # nothing to show: no task list to fetch either
         if event.type == "status" and event.status:
             self._job_state = event.status
+            return  # shown with the next task event, or by close()
         elif event.type == "task" and event.task_id:
             if event.task_id not in {task.task_id for task in self._tasks}:
                 try:

@@ -187,3 +187,64 @@ def test_request_json_is_a_copy() -> None:
     stored = req.to_request_json()
     stored["psql_args"].append("-q")
     assert req.psql_args == ["-c", "x"]
+
+
+# -- ttl (beyond the reference: the instance's expires_at) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ttl", "stored"),
+    [
+        (None, ""),
+        ("", ""),
+        ("  ", ""),
+        ("30m", "30m"),
+        (" 1h30m ", "1h30m"),
+        ("1.5s", "1.5s"),
+        ("87600h", "87600h"),
+    ],
+)
+def test_valid_ttl(ttl: str | None, stored: str) -> None:
+    req = parse_prepare_request(with_fields(ttl=ttl))
+    assert req.ttl == stored
+    assert ("ttl" in req.to_request_json()) == bool(stored)
+    assert PrepareRequest.from_request_json(req.to_request_json()) == req
+
+
+@pytest.mark.parametrize(
+    ("ttl", "details_part"),
+    [
+        ("abc", 'time: invalid duration "abc"'),
+        ("30", 'time: missing unit in duration "30"'),
+        ("0s", "ttl must be positive"),
+        ("0", "ttl must be positive"),
+        ("-5m", "ttl must be positive"),
+        ("87601h", "at most 87600h"),
+    ],
+)
+def test_invalid_ttl_is_a_400(ttl: str, details_part: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_prepare_request(with_fields(ttl=ttl))
+    assert (caught.value.status, caught.value.code, caught.value.message) == (
+        400,
+        "invalid_argument",
+        "invalid ttl",
+    )
+    assert details_part in (caught.value.details or "")
+
+
+def test_ttl_must_be_a_string() -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_prepare_request(with_fields(ttl=30))
+    assert caught.value.message == "invalid json payload"
+    assert caught.value.details == "ttl: expected a string, got number"
+
+
+def test_expires_at_is_created_plus_ttl() -> None:
+    from datetime import UTC, datetime
+
+    created = datetime(2026, 1, 2, 3, 4, 5, 250000, tzinfo=UTC)
+    assert parse_prepare_request(with_fields(ttl="1h30m")).expires_at(created) == (
+        "2026-01-02T04:34:05.25Z"
+    )
+    assert parse_prepare_request(BASE).expires_at(created) is None

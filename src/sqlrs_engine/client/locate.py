@@ -109,6 +109,22 @@ def is_live(info: EngineEndpoint, timeout: float = HEALTH_TIMEOUT) -> bool:
     return isinstance(body, dict) and body.get("instanceId") == info.instance_id
 
 
+def make_private_dirs(path: Path) -> None:
+    """`mkdir -p` with mode 0700 for every directory created (Go `os.MkdirAll(p, 0700)`,
+    as the CLI does; `Path.mkdir(parents=True)` would give the parents the umask mode)."""
+    missing = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # a concurrent client created it
+        directory.chmod(0o700)  # the umask must not widen or narrow it
+
+
 _children: list[subprocess.Popen[bytes]] = []
 """Engines this process started: kept so they are reaped (no zombie, no ResourceWarning)."""
 _children_lock = threading.Lock()
@@ -144,7 +160,7 @@ class EngineLocator:
             raise EngineUnavailable(
                 f"no sqlrs engine is running for {self.engine_json} and auto-start is off"
             )
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        make_private_dirs(self.state_dir)
         try:
             with FileLock(self.state_dir / "engine.lock", timeout=self.start_timeout):
                 info = self.find()  # someone else may have started it while we waited

@@ -180,3 +180,14 @@ def test_cache_status_or_a_clear_unsupported_error(client: Client) -> None:
 def test_health(client: Client) -> None:
     health = client.health()
     assert health["ok"] is True and health["instanceId"] == client.engine.instance_id
+
+
+def test_config_read_and_write(client: Client) -> None:
+    assert client.set_config("orchestrator.jobs.maxIdentical", 3) == {
+        "path": "orchestrator.jobs.maxIdentical",
+        "value": 3,
+    }
+    assert client.get_config("orchestrator.jobs.maxIdentical")["value"] == 3
+    with pytest.raises(InvalidArgument):
+        client.set_config("orchestrator.jobs.maxIdentical", "many")
+    assert client.get_config()["orchestrator"]["jobs"]["maxIdentical"] == 3

@@ -173,6 +173,17 @@ class Client:
         result: dict[str, Any] = response.json()
         return result
 
+    # -- config ----------------------------------------------------------------------------
+
+    def get_config(self, path: str | None = None, *, effective: bool = False) -> Any:
+        """`GET /v1/config` (SPEC §8): the overrides, or the value at `path`."""
+        params = _params(path=path, effective="true" if effective else None)
+        return self._json("GET", "/v1/config", params=params)
+
+    def set_config(self, path: str, value: Any) -> Any:
+        """`PATCH /v1/config`: set one key (validated by the engine); `{path, value}`."""
+        return self._json("PATCH", "/v1/config", body={"path": path, "value": value})
+
     # -- prepare ---------------------------------------------------------------------------
 
     def prepare_psql(

@@ -12,6 +12,8 @@ In a `conftest.py`::
 Every test that uses `db` gets its own instance (its own server, writable, isolated), made by
 a prepare that hits the engine's cache; the instance is deleted after the test, whether it
 passed or failed (`--sqlrs-keep-on-failure` keeps a failed test's instance for debugging).
+The next test's instance is prepared while a test runs and deletions happen in the
+background (`client.pool.InstancePool`), so a test waits for neither.
 The state is built once: by the first prepare of the run, or by an earlier run (the cache
 outlives runs); under pytest-xdist, workers that ask while it is being built wait on the
 engine's build lock and reuse it. All workers share one engine, found or started through
@@ -25,9 +27,9 @@ the engine located on first use.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ import pytest
 
 if TYPE_CHECKING:
     from sqlrs_engine.client import Client, Instance
+    from sqlrs_engine.client.pool import InstancePool
 
 RUNTIMES = ("auto", "host", "docker", "podman")
 DEFAULT_TTL = "30m"
@@ -89,6 +92,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="show what the first prepare of each database is doing (default: lines)",
     )
     group.addoption(
+        "--sqlrs-prefetch",
+        type=int,
+        default=None,
+        help="instances of each database to prepare ahead while tests run (default: 1, "
+        "and 0 in pytest-xdist workers, which already keep the engine busy; 0 prepares "
+        "each instance when its test starts)",
+    )
+    group.addoption(
         "--sqlrs-idle-timeout",
         default="2m0s",
         help="--idle-timeout of an engine this run starts (Go duration; default 2m0s)",
@@ -106,52 +117,78 @@ def pytest_runtest_makereport(
 
 
 class SqlrsSession:
-    """One per pytest process: the client, the options, and which databases were prepared."""
+    """One per pytest process: the client, the options, the pool of ready instances."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self._client: Client | None = None
+        self._pool: InstancePool | None = None
         self._warm: set[tuple[str, ...]] = set()
+
+    def _new_client(self) -> Client:
+        from sqlrs_engine.client import Client
+
+        runtime = self.config.getoption("sqlrs_runtime")
+        env = dict(os.environ)
+        if runtime:
+            env["SQLRS_CONTAINER_RUNTIME"] = runtime
+        return Client(
+            state_dir=self.config.getoption("sqlrs_state_dir"),
+            engine_path=self.config.getoption("sqlrs_engine_path"),
+            idle_timeout=self.config.getoption("sqlrs_idle_timeout"),
+            env=env,
+        )
 
     @property
     def client(self) -> Client:
+        """The client of the test thread (for direct API calls from tests)."""
         if self._client is None:
-            from sqlrs_engine.client import Client
-
-            runtime = self.config.getoption("sqlrs_runtime")
-            env = dict(os.environ)
-            if runtime:
-                env["SQLRS_CONTAINER_RUNTIME"] = runtime
-            self._client = Client(
-                state_dir=self.config.getoption("sqlrs_state_dir"),
-                engine_path=self.config.getoption("sqlrs_engine_path"),
-                idle_timeout=self.config.getoption("sqlrs_idle_timeout"),
-                env=env,
-            )
+            self._client = self._new_client()
         return self._client
 
+    @property
+    def pool(self) -> InstancePool:
+        if self._pool is None:
+            from sqlrs_engine.client.pool import InstancePool
+
+            prefetch = self.config.getoption("sqlrs_prefetch")
+            if prefetch is None:
+                prefetch = 0 if hasattr(self.config, "workerinput") else 1
+            self._pool = InstancePool(self._new_client, prefetch)
+        return self._pool
+
     def close(self) -> None:
+        """Delete prefetched instances, wait for deletions; warn about any that failed."""
+        errors = self._pool.close() if self._pool is not None else []
         if self._client is not None:
             self._client.close()
+        if errors:
+            warnings.warn(
+                "sqlrs: could not delete (left to their TTL): " + "; ".join(errors),
+                stacklevel=1,
+            )
 
     def acquire(self, spec: DatabaseSpec) -> Instance:
         """A fresh instance of `spec`; the first one of this process shows progress."""
         image = spec.image or self.config.getoption("sqlrs_image") or None
         key = (image or "", *spec.psql_args)
-        progress: Any = None
-        if key not in self._warm:
-            progress = self._progress_reporter()
         kwargs: dict[str, Any] = {"ttl": spec.ttl or self.config.getoption("sqlrs_ttl")}
         if image:
             kwargs["image"] = image
-        instance = self.client.prepare_psql(spec.psql_args, progress=progress, **kwargs)
+
+        def prepare_now() -> Instance:
+            progress = None if key in self._warm else self._progress_reporter()
+            return self.client.prepare_psql(spec.psql_args, progress=progress, **kwargs)
+
+        def prepare_ahead(client: Client) -> Instance:
+            return client.prepare_psql(spec.psql_args, **kwargs)
+
+        instance = self.pool.acquire(key, prepare_now, prepare_ahead)
         self._warm.add(key)
         return instance
 
     def release(self, instance: Instance, item: pytest.Item) -> None:
-        """Delete the instance (forced: a test may leave connections open)."""
-        from sqlrs_engine.client import NotFound
-
+        """Delete the instance (in the background), unless kept for a failed test."""
         reports = item.stash.get(_REPORTS, {})
         failed = any(report.failed for report in reports.values())
         if failed and self.config.getoption("sqlrs_keep_on_failure"):
@@ -163,8 +200,7 @@ class SqlrsSession:
                 f"GET /v1/prepare-jobs/{instance.job_id}",
             )
             return
-        with contextlib.suppress(NotFound):  # already gone (expired, deleted by the test)
-            self.client.delete_instance(instance.instance_id, force=True)
+        self.pool.release(instance.instance_id)
 
     def _progress_reporter(self) -> Any:
         if self.config.getoption("sqlrs_progress") == "quiet" or hasattr(

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from common import ROOT, machine, save
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 
 from sqlrs_engine.client.locate import read_engine_json
 from sqlrs_engine.runtime import procs
-from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 
 EXAMPLE = ROOT / "examples" / "pytest"
 COMPARE = ROOT / "bench" / "pytest_compare"
@@ -44,8 +44,17 @@ def run_suite(project: Path, env: dict[str, str], mode: list[str], timings: Path
     timings.unlink(missing_ok=True)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "fixture_timing", "-q",
-         *mode],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "fixture_timing",
+            "-q",
+            *mode,
+        ],
         cwd=project,
         env={**env, "FIXTURE_TIMINGS": str(timings)},
         capture_output=True,
@@ -106,8 +115,10 @@ def main() -> None:
 
     summary: dict[str, Any] = {"rounds": options.rounds, "cold_sqlrs_sequential_s": cold}
     print(f"sqlrs cold run (engine start + state build), sequential: {cold:.2f} s")
-    print("| mode | sqlrs suite | baseline suite | baseline / sqlrs | sqlrs fixture/test "
-          "| baseline fixture/test |")
+    print(
+        "| mode | sqlrs suite | baseline suite | baseline / sqlrs | sqlrs fixture/test "
+        "| baseline fixture/test |"
+    )
     print("|---|---|---|---|---|---|")
     for mode in MODES:
         ours = statistics.median(walls[mode]["sqlrs"])
@@ -120,8 +131,10 @@ def main() -> None:
             "median_fixture_ms": {"sqlrs": ours_fixture, "baseline": theirs_fixture},
             "fixture_samples": {name: len(values) for name, values in fixture[mode].items()},
         }
-        print(f"| {mode} | {ours:.2f} s | {theirs:.2f} s | {theirs / ours:.2f} "
-              f"| {ours_fixture:.0f} ms | {theirs_fixture:.0f} ms |")
+        print(
+            f"| {mode} | {ours:.2f} s | {theirs:.2f} s | {theirs / ours:.2f} "
+            f"| {ours_fixture:.0f} ms | {theirs_fixture:.0f} ms |"
+        )
     print(json.dumps(machine()))
     print(f"raw numbers: {save('pytest', summary)}")
 

@@ -57,15 +57,36 @@ def pg_server() -> Iterator[Server]:
         os.chown(sockets, user.pw_uid, user.pw_gid)
     sudo = _as_server_user()
     subprocess.run(
-        [*sudo, str(BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
-         "--no-sync", "-E", "UTF8"],
+        [
+            *sudo,
+            str(BIN / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
         check=True,
         capture_output=True,
     )
     port = _free_port()
     subprocess.run(
-        [*sudo, str(BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(root / "log"), "-o",
-         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+        [
+            *sudo,
+            str(BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(root / "log"),
+            "-o",
+            f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        ],
         check=True,
         capture_output=True,
     )

@@ -38,8 +38,11 @@ def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
             with open(os.environ["FIXTURE_TIMINGS"], "a", encoding="utf-8") as out:
                 out.write(
                     json.dumps(
-                        {"test": item.nodeid, "setup": _setup.pop(item.nodeid),
-                         "teardown": teardown}
+                        {
+                            "test": item.nodeid,
+                            "setup": _setup.pop(item.nodeid),
+                            "teardown": teardown,
+                        }
                     )
                     + "\n"
                 )

@@ -15,9 +15,8 @@ def test_each_test_starts_from_the_seed(db, new_user):
 
 
 def test_constraints_come_from_the_schema(db):
-    with psycopg.connect(db.dsn) as conn:
-        with pytest.raises(psycopg.errors.UniqueViolation):
-            conn.execute("insert into users (email) values ('ada@example.com')")
+    with psycopg.connect(db.dsn) as conn, pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("insert into users (email) values ('ada@example.com')")
 
 
 def test_destructive_changes_stay_local(db):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from sqlrs_engine.clock import format_rfc3339, utcnow
 from sqlrs_engine.persistence.database import SchemaTooNewError, open_database, schema_version
 from sqlrs_engine.persistence.jobs import JobQueries, JobRecord
 from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
@@ -230,3 +232,39 @@ def test_a_rebuilt_state_refreshes_its_size_and_backend(
     row = metadata.state_row(STATE) or {}
     assert (row["size_bytes"], row["snapshot_backend"]) == (42, "btrfs")
     assert row["created_at"] == created
+
+
+def test_expired_instances_are_found_by_time_not_by_text(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    """`expires_at` has a variable fraction ("…05Z" sorts after "…05.5Z" as text)."""
+    metadata, _, _ = stores
+    seed_state(metadata)
+    now = utcnow()
+    expiries = {
+        "a" * 32: None,
+        "b" * 32: format_rfc3339(now - timedelta(seconds=1)),
+        "c" * 32: format_rfc3339(now + timedelta(hours=1)),
+        "d" * 32: format_rfc3339(now.replace(microsecond=0) - timedelta(seconds=2)),
+    }
+    for instance_id, expires_at in expiries.items():
+        metadata.insert_instance(
+            InstanceRecord(
+                instance_id,
+                STATE,
+                "img@x",
+                "2026-01-01T00:00:00Z",
+                None,
+                None,
+                expires_at=expires_at,
+            )
+        )
+    assert metadata.expired_instance_ids() == ["b" * 32, "d" * 32]
+    assert [i for i, _ in metadata.expiring_instances()] == ["b" * 32, "c" * 32, "d" * 32]
+    statuses = {e["instance_id"]: e["status"] for e in metadata.list_instances()}
+    assert statuses == {
+        "a" * 32: "orphaned",
+        "b" * 32: "expired",
+        "c" * 32: "orphaned",
+        "d" * 32: "expired",
+    }

@@ -78,9 +78,6 @@ def main() -> None:
 
     scratch = make_scratch_dir("sqlrs-bench-")
     state_home = scratch / "state"
-    (state_home / "sqlrs").mkdir(parents=True, mode=0o711)
-    for path in (state_home, state_home / "sqlrs"):
-        path.chmod(0o711)
     projects = {"sqlrs": scratch / "sqlrs", "baseline": scratch / "baseline"}
     for project in projects.values():
         shutil.copytree(EXAMPLE, project)

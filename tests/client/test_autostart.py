@@ -21,15 +21,10 @@ from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    """A sqlrs state dir in a scratch dir; engines started in it are stopped afterwards.
-
-    Pre-created traversable (0711): as root, PostgreSQL runs as `postgres`, which cannot
-    reach a store under the CLI's 0700 directory until the engine grants it an ACL entry.
-    """
+    """A sqlrs state dir that does not exist yet (the client creates it 0700, as the CLI
+    does); engines started in it are stopped afterwards."""
     scratch = make_scratch_dir()
     path = scratch / "state" / "sqlrs"
-    path.mkdir(parents=True, mode=0o711)
-    path.chmod(0o711)
     try:
         yield path
     finally:
@@ -66,6 +61,10 @@ def test_two_processes_starting_at_once_start_one_engine(state_dir: Path) -> Non
     assert engines == [info.pid]
     assert (state_dir / "logs" / "engine.log").is_file()
     assert (state_dir / "run").is_dir()
+    for directory in (state_dir.parent, state_dir):
+        # Created 0700; the group bits now show the mask of the ACL entry the engine added
+        # for the server user (search only): nobody else got anything.
+        assert stat.S_IMODE(directory.stat().st_mode) in (0o700, 0o710)
 
 
 def test_a_client_starts_a_new_engine_after_idle_shutdown(state_dir: Path) -> None:
@@ -110,6 +109,7 @@ def test_a_stale_engine_json_is_not_trusted(state_dir: Path) -> None:
         "authToken": "b" * 64,
         "version": "dev",
     }
+    state_dir.mkdir(parents=True, mode=0o700)
     (state_dir / "engine.json").write_text(json.dumps(stale))
     with Client(state_dir=state_dir) as client:
         health = client.health()

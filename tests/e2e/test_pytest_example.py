@@ -51,12 +51,7 @@ def project() -> Iterator[Project]:
     scratch = make_scratch_dir()
     path = scratch / "project"
     shutil.copytree(EXAMPLE, path)
-    state_home = scratch / "state"
-    # Traversable for the `postgres` server user (the engine's own fix for the CLI's 0700
-    # state dir is separate work); the plugin still finds and starts the engine there.
-    (state_home / "sqlrs").mkdir(parents=True, mode=0o711)
-    state_home.chmod(0o711)
-    (state_home / "sqlrs").chmod(0o711)
+    state_home = scratch / "state"  # created 0700 by the plugin's client, as by the CLI
     try:
         yield Project(path, state_home)
     finally:

@@ -46,6 +46,8 @@ class ExpiryReaper:
         self._thread: threading.Thread | None = None
         self._waiting: set[str] = set()
         """Expired instances kept because of connections (logged once, not every second)."""
+        self._failing: set[str] = set()
+        """Expired instances whose deletion failed (logged once; retried every check)."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="expiry-reaper", daemon=True)
@@ -76,6 +78,7 @@ class ExpiryReaper:
             if self._delete(instance_id):
                 deleted.append(instance_id)
         self._waiting &= set(expired)
+        self._failing &= set(expired)
         return deleted
 
     def _delete(self, instance_id: str) -> bool:
@@ -84,16 +87,20 @@ class ExpiryReaper:
         except ApiError as error:
             if error.status == 404:
                 return False  # deleted meanwhile by a client
-            log.error(
-                "expired instance %s: delete failed: %s %s",
-                instance_id,
-                error.message,
-                error.details or "",
-            )
+            if instance_id not in self._failing:
+                log.error(
+                    "expired instance %s: delete failed (retrying every %gs): %s %s",
+                    instance_id,
+                    self._interval,
+                    error.message,
+                    error.details or "",
+                )
+                self._failing.add(instance_id)
             return False
         if body.get("outcome") == "deleted":
             log.info("instance %s expired and was deleted", instance_id)
             self._waiting.discard(instance_id)
+            self._failing.discard(instance_id)
             return True
         if instance_id not in self._waiting:
             connections = body.get("root", {}).get("connections", 0)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import requests
 import ujson
 import urllib3
 
+from sqlrs_engine.client.bodies import lb_request, psql_request
 from sqlrs_engine.client.errors import (
     ApiError,
     DeleteBlocked,
@@ -43,7 +43,6 @@ from sqlrs_engine.client.models import (
     Task,
 )
 from sqlrs_engine.client.progress import JobProgress, Reporter, reporter_for
-from sqlrs_engine.client.psql_files import absolute_file_args
 
 log = logging.getLogger(__name__)
 
@@ -200,14 +199,7 @@ class Client:
         Relative `-f` paths are taken relative to this process's working directory.
         `ttl` (a Go duration such as `30m`) makes the engine delete the instance after it.
         """
-        request: dict[str, Any] = {
-            "prepare_kind": "psql",
-            "image_id": image,
-            "psql_args": absolute_file_args(args),
-        }
-        if stdin is not None:
-            request["stdin"] = stdin
-        return self.prepare(request, ttl=ttl, progress=progress)
+        return self.prepare(psql_request(args, image, stdin), ttl=ttl, progress=progress)
 
     def prepare_lb(
         self,
@@ -222,18 +214,14 @@ class Client:
         progress: str | Reporter | None = None,
     ) -> Instance:
         """Prepare from Liquibase arguments (SPEC §3); `work_dir` defaults to the cwd."""
-        request: dict[str, Any] = {
-            "prepare_kind": "lb",
-            "image_id": image,
-            "liquibase_args": list(args),
-            "work_dir": str(work_dir or os.getcwd()),
-        }
-        if liquibase_exec:
-            request["liquibase_exec"] = liquibase_exec
-        if exec_mode:
-            request["liquibase_exec_mode"] = exec_mode
-        if env:
-            request["liquibase_env"] = dict(env)
+        request = lb_request(
+            args,
+            image,
+            liquibase_exec=liquibase_exec,
+            exec_mode=exec_mode,
+            env=env,
+            work_dir=work_dir,
+        )
         return self.prepare(request, ttl=ttl, progress=progress)
 
     def prepare(

@@ -112,7 +112,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """Remember each phase's report, so a fixture knows at teardown whether its test failed."""
     report = yield
-    item.stash.setdefault(_REPORTS, {})[report.when] = report
+    if "sqlrs_session" in getattr(item, "fixturenames", ()):
+        item.stash.setdefault(_REPORTS, {})[report.when] = report
     return report
 
 

@@ -20,6 +20,7 @@ from sqlrs_engine.client.errors import (
     InvalidArgument,
     JobFailed,
     NotFound,
+    RunFailed,
     SqlrsError,
     UnsupportedEndpoint,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "NotFound",
     "ProgressView",
     "Reporter",
+    "RunFailed",
     "RunResult",
     "SqlrsError",
     "StateEntry",

@@ -29,6 +29,7 @@ from sqlrs_engine.client.errors import (
     EngineUnavailable,
     JobFailed,
     NotFound,
+    RunFailed,
     UnsupportedEndpoint,
     api_error,
 )
@@ -384,7 +385,7 @@ class Client:
                     exit_code = int(event.get("exit_code", 0))
                 elif kind_of == "error":
                     error = event.get("error") or {}
-                    raise ApiError(
+                    raise RunFailed(
                         200,
                         str(error.get("code", "internal_error")),
                         str(error.get("message", "run failed")),

@@ -43,6 +43,10 @@ class Conflict(ApiError):
     """409 with an ErrorResponse (a run with connection arguments, a missing runtime)."""
 
 
+class RunFailed(ApiError):
+    """A run that failed after its stream started (an `error` event; HTTP status was 200)."""
+
+
 class UnsupportedEndpoint(ApiError):
     """The engine does not serve this endpoint (a plain 404 for a route it lacks)."""
 

@@ -130,3 +130,32 @@ def test_the_plugin_is_inert_unless_used(project: Project) -> None:
         "--sqlrs-image",
     ):
         assert option in help_text
+
+
+def test_module_scope_and_psql_args(project: Project) -> None:
+    for test in project.path.glob("test_*.py"):
+        test.unlink()
+    (project.path / "conftest.py").write_text(
+        "from sqlrs_engine.pytest_plugin import sqlrs_database\n"
+        "shared = sqlrs_database(psql_args=['-c', 'create table seen(module text)'],\n"
+        "                        image='postgres:15', scope='module')\n"
+    )
+    body = (
+        "import psycopg\n"
+        "def test_first(shared):\n"
+        "    with psycopg.connect(shared.dsn) as conn:\n"
+        "        conn.execute('insert into seen values (%s)', (__name__,))\n"
+        "def test_second(shared):\n"
+        "    with psycopg.connect(shared.dsn) as conn:\n"
+        "        rows = conn.execute('select module from seen').fetchall()\n"
+        "    assert rows == [(__name__,)]  # the module's tests share one instance\n"
+    )
+    (project.path / "test_a.py").write_text(body)
+    (project.path / "test_b.py").write_text(body)
+    run = project.pytest("-q", "--sqlrs-progress", "quiet")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "4 passed" in run.stdout
+    assert "sqlrs:" not in run.stdout
+    with Client(state_dir=project.state_dir, autostart=False) as client:
+        assert client.list_instances() == []
+        assert len(client.list_states()) == 1

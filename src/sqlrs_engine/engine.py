@@ -185,8 +185,12 @@ class Engine:
         )
         write_engine_json(self.options.engine_json, self._info)
         self._http.start()
-        self._reaper = ExpiryReaper(self._registry, self._deletion)
-        self._reaper.start()
+        expiry_interval = config.expiry_interval()
+        if expiry_interval > 0:
+            self._reaper = ExpiryReaper(self._registry, self._deletion, expiry_interval)
+            self._reaper.start()
+        else:
+            log.info("instances.expiryInterval is 0: expired instances are not deleted")
         self.activity.touch()
         log.info(
             "engine serving endpoint=%s store=%s http_threads=%d",
@@ -214,9 +218,9 @@ class Engine:
         try:
             # Instances with a TTL keep the engine up until it has deleted them: servers
             # outlive the engine, and nobody else would ever remove them.
-            busy = (
-                self.registry.active_job_count().get(timeout=10) > 0
-                or self.registry.expiring_instance_count().get(timeout=10) > 0
+            busy = self.registry.active_job_count().get(timeout=10) > 0 or (
+                self._reaper is not None
+                and self.registry.expiring_instance_count().get(timeout=10) > 0
             )
         except (pykka.Timeout, pykka.ActorDeadError):
             busy = True

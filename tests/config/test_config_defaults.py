@@ -26,6 +26,7 @@ from sqlrs_engine.config.schema import SCHEMA, config_schema
         ("snapshot.backend", "auto"),
         ("orchestrator.jobs.maxIdentical", 2),
         ("orchestrator.jobs.minAge", "5m"),
+        ("instances.expiryInterval", "1s"),
         ("runtime.host.user", None),
         ("runtime.host.binDirs", None),
         ("http.threads", 64),
@@ -45,6 +46,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "cache.capacity.reserveBytes",
         "container.runtime",
         "http.threads",
+        "instances.expiryInterval",
         "liquibase.exec",
         "liquibase.warmJvm",
         "log.level",
@@ -134,9 +136,9 @@ def test_schema_allows_additional_properties_at_every_object() -> None:
         return found
 
     nodes = objects(SCHEMA)
-    # root, cache, capacity, container, http, liquibase, log, orchestrator, jobs, runtime,
-    # host, snapshot
-    assert len(nodes) == 12
+    # root, cache, capacity, container, http, instances, liquibase, log, orchestrator, jobs,
+    # runtime, host, snapshot
+    assert len(nodes) == 13
     assert all(node["additionalProperties"] is True for node in nodes)
 
 

@@ -476,8 +476,9 @@ ACCESSORS = [
     "host_bin_dirs",
     "http_threads",
     "log_level",
+    "expiry_interval",
 ]
-DEFAULT_READINGS = ["auto", "auto", 2, None, [], 64, "info"]
+DEFAULT_READINGS = ["auto", "auto", 2, None, [], 64, "info", 1.0]
 
 
 def test_accessor_defaults(store: ConfigStore) -> None:
@@ -504,6 +505,10 @@ def test_accessor_defaults(store: ConfigStore) -> None:
         ("http.threads", None, "http_threads", 64),
         ("log.level", "ERROR", "log_level", "error"),
         ("log.level", None, "log_level", "info"),
+        ("instances.expiryInterval", "250ms", "expiry_interval", 0.25),
+        ("instances.expiryInterval", "0", "expiry_interval", 0.0),
+        ("instances.expiryInterval", "-1s", "expiry_interval", 0.0),
+        ("instances.expiryInterval", None, "expiry_interval", 1.0),
     ],
 )
 def test_accessors_read_overrides(
@@ -526,6 +531,7 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
                 "runtime": {"host": {"user": "", "binDirs": ["/ok", "rel", 5]}},
                 "http": {"threads": 1.5},
                 "log": {"level": "loud"},
+                "instances": {"expiryInterval": "soon"},
             }
         ),
     )
@@ -538,6 +544,7 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
         ["/ok"],
         64,
         "info",
+        1.0,
     ]
 
 

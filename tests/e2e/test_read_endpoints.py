@@ -90,7 +90,11 @@ def seeded() -> Iterator[EngineProcess]:
         (state_dir / "pgdata").mkdir(parents=True)
         (state_dir / "pgdata" / "PG_VERSION").write_text("15\n")
         (state_dir / ".build.ok").write_text("ok")
-    layout.config_json.write_text('{"snapshot": {"backend": "copy"}}')
+    # I2 expired long ago: keep it listed (status `expired`) instead of letting the engine's
+    # expiry check delete it, which is what it does by default (tests/e2e/test_instance_ttl.py).
+    layout.config_json.write_text(
+        json.dumps({"snapshot": {"backend": "copy"}, "instances": {"expiryInterval": "0"}})
+    )
     engine = start_engine(workdir, env={"SQLRS_STATE_STORE": str(workdir / "state-store")})
     try:
         yield engine

@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "CONTAINER_RUNTIMES",
     "DEFAULTS",
+    "DEFAULT_EXPIRY_INTERVAL",
     "DEFAULT_HIGH_WATERMARK",
     "DEFAULT_HTTP_THREADS",
     "DEFAULT_JOB_MIN_AGE",
@@ -37,6 +38,7 @@ DEFAULT_LOW_WATERMARK = 0.8
 DEFAULT_MIN_STATE_AGE = "10m"
 DEFAULT_MAX_IDENTICAL = 2
 DEFAULT_JOB_MIN_AGE = "5m"
+DEFAULT_EXPIRY_INTERVAL = "1s"
 DEFAULT_HTTP_THREADS = 64
 # Cheroot needs a few threads besides long-lived event/run streams; the upper bound keeps a
 # typo from making the engine try to start millions of threads at its next start.
@@ -55,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     },
     "container": {"runtime": "auto"},
     "http": {"threads": DEFAULT_HTTP_THREADS},  # read once at startup
+    # expiryInterval: how often expired instances (TTL) are deleted; 0 = never (startup)
+    "instances": {"expiryInterval": DEFAULT_EXPIRY_INTERVAL},
     "liquibase": {
         "exec": None,  # null = only `liquibase` on the engine's PATH
         "warmJvm": True,  # one JVM per lb job where the installation allows it

@@ -122,6 +122,17 @@ SCHEMA: dict[str, Any] = {
                     }
                 }
             ),
+            "instances": _obj(
+                {
+                    "expiryInterval": {
+                        "type": ["string", "null"],
+                        "default": DEFAULTS["instances"]["expiryInterval"],
+                        "description": "Go duration; how often instances past their "
+                        "expires_at (a prepare's ttl) are deleted; 0 = never (expires_at "
+                        "then only shows); read once at startup.",
+                    }
+                }
+            ),
             "log": _obj(
                 {
                     "level": _enum(

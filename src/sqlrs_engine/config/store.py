@@ -20,6 +20,7 @@ from typing import Any
 from sqlrs_engine.config.atomic import ConfigLoadError, read_json_object, write_json_atomic
 from sqlrs_engine.config.defaults import (
     CONTAINER_RUNTIMES,
+    DEFAULT_EXPIRY_INTERVAL,
     DEFAULT_HTTP_THREADS,
     DEFAULT_JOB_MIN_AGE,
     DEFAULT_LOG_LEVEL,
@@ -232,6 +233,16 @@ class ConfigStore:
             except DurationError:
                 pass
         return parse_duration(DEFAULT_JOB_MIN_AGE)
+
+    def expiry_interval(self) -> float:
+        """`instances.expiryInterval` in seconds; 0 (or negative) = expired instances stay."""
+        value = self._lookup("instances", "expiryInterval")
+        if isinstance(value, str):
+            try:
+                return max(0.0, parse_duration(value))
+            except DurationError:
+                pass
+        return parse_duration(DEFAULT_EXPIRY_INTERVAL)
 
     def host_user(self) -> str | None:
         """`runtime.host.user`; None = the runtime's default (`postgres` when root)."""

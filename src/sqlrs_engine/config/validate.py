@@ -197,6 +197,7 @@ def _http_threads(name: str, value: Any) -> None:
 RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("orchestrator", "jobs", "maxIdentical"): _non_negative_int,
     ("orchestrator", "jobs", "minAge"): _duration,
+    ("instances", "expiryInterval"): _duration,
     ("cache", "capacity", "maxBytes"): _non_negative_int,
     ("cache", "capacity", "reserveBytes"): _non_negative_int,
     HIGH_WATERMARK: _watermark,

@@ -31,6 +31,7 @@ import inspect
 import os
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,13 +236,13 @@ def sqlrs_session(request: pytest.FixtureRequest) -> Iterator[SqlrsSession]:
         session.close()
 
 
+@dataclass(frozen=True)
 class DatabaseSpec:
-    """What a `sqlrs_database` fixture prepares: psql arguments and an image."""
+    """What a `sqlrs_database` fixture prepares: psql arguments, image, TTL."""
 
-    def __init__(self, psql_args: Sequence[str], image: str | None, ttl: str | None) -> None:
-        self.psql_args = list(psql_args)
-        self.image = image
-        self.ttl = ttl
+    psql_args: list[str]
+    image: str | None
+    ttl: str | None
 
 
 def sqlrs_database(

@@ -132,11 +132,22 @@ def chain_gone(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     assert engine.get("/v1/states").json() == []
 
 
+def instance_adopted(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    """The job resumed after its instance was created: it hands out that very instance."""
+    outcome = wait(engine, ctx["job_id"])
+    assert outcome.status["status"] == "succeeded", outcome.status
+    instances = engine.get("/v1/instances").json()
+    assert [i["instance_id"] for i in instances] == [outcome.result["instance_id"]]
+    assert any("was created before a restart" in line for line in outcome.log_lines())
+    assert query(outcome.dsn, "select count(*) from crashed") == "0"
+
+
 SCENARIOS = {
     "during-initdb": Scenario("spawned:initdb", nothing, submit_prepare, job_resumed),
     "base-initialized": Scenario("base:initialized", nothing, submit_prepare, job_resumed),
     "base-published": Scenario("base:published", nothing, submit_prepare, job_resumed),
     "during-step-psql": Scenario("spawned:psql", nothing, submit_prepare, job_resumed),
+    "instance-created": Scenario("job:instance-created", nothing, submit_prepare, instance_adopted),
     "delete-marked": Scenario("delete:marked", chain_with_instance, delete_chain, chain_gone),
     "delete-midway": Scenario("delete:node-removed", chain_with_instance, delete_chain, chain_gone),
 }

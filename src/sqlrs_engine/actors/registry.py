@@ -253,6 +253,10 @@ class RegistryActor(pykka.ThreadingActor):
         assert row is not None
         self._start_instance_actor(row, handle)
 
+    def instance_of_job(self, job_id: str) -> Row | None:
+        """The instance a job created, if any (a resumed job adopts it)."""
+        return self._metadata.instance_of_job(job_id)
+
     def _start_instance_actor(self, row: Row, handle: ServerHandle | None) -> None:
         factory = self._settings.instance_actor_factory
         if factory is not None:
@@ -485,6 +489,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     list_states = proxy_method(RegistryActor.list_states)
     get_state = proxy_method(RegistryActor.get_state)
     cache_inventory = proxy_method(RegistryActor.cache_inventory)
+    instance_of_job = proxy_method(RegistryActor.instance_of_job)
     list_jobs = proxy_method(RegistryActor.list_jobs)
     job_status = proxy_method(RegistryActor.job_status)
     list_tasks = proxy_method(RegistryActor.list_tasks)

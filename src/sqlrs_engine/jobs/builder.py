@@ -18,6 +18,7 @@ from typing import Any
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import format_rfc3339, now_rfc3339, utcnow
 from sqlrs_engine.errors import JobFailure, failures_reported_as
+from sqlrs_engine.faults import fault_point
 from sqlrs_engine.ids import new_instance_id
 from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.kinds import kind_for
@@ -354,6 +355,7 @@ class StateBuilder:
             self.services.runtime.kill(handle)
             self.services.snapshots.remove_runtime_dir(self.job_id)
             raise
+        fault_point("job:instance-created")
         self.events.log(f"instance created {instance_id}")
         self.tasks.succeed(task.task_id)
         result = {

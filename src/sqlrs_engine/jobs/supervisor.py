@@ -16,6 +16,7 @@ from typing import Any
 
 import ujson
 
+from sqlrs_engine.actors.instance import instance_proxy
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure, error_response
@@ -29,6 +30,9 @@ from sqlrs_engine.persistence.guard import StorageError
 from sqlrs_engine.prepare.job_request import PrepareRequest
 
 log = logging.getLogger(__name__)
+
+ADOPT_TIMEOUT = 180.0
+"""Seconds to wait for an adopted instance's server (a restart runs pg_ctl start -w)."""
 
 RECORD_RETRY_SECONDS = 60.0
 """How long a job keeps trying to record how it ended while state.db refuses writes."""
@@ -77,6 +81,10 @@ class JobSupervisor:
             )
             self._mark_running()
             self.events.start_heartbeat()
+            adopted = self._adopt_created_instance(row, stored)
+            if adopted is not None:
+                self._succeed(adopted)
+                return
             self._run(request, stored)
         except JobFailure as failure:
             self._fail(failure.to_dict())
@@ -104,6 +112,41 @@ class JobSupervisor:
             self.job_id, {"status": "running", "started_at": now_rfc3339()}
         ).get(timeout=ASK_TIMEOUT)
         self.events.status("running")
+
+    def _adopt_created_instance(
+        self, row: dict[str, Any], stored: StoredPlan
+    ) -> dict[str, Any] | None:
+        """A resumed job whose instance already exists (the engine died between creating
+        it and recording the job's success) finishes by handing out *that* instance: never
+        a rebuild over its data directory, never a second instance row (issue 11)."""
+        registry = self.services.registry
+        instance = registry.instance_of_job(self.job_id).get(timeout=ASK_TIMEOUT)
+        if instance is None:
+            return None
+        instance_id = instance["instance_id"]
+        ref = registry.instance_actor(instance_id).get(timeout=ASK_TIMEOUT)
+        if ref is None:
+            raise JobFailure(
+                "internal_error", "instance not found", f"instance {instance_id} has no actor"
+            )
+        self.events.log(f"instance {instance_id} was created before a restart: handing it out")
+        server = (
+            instance_proxy(ref).ensure_running(self.events.log, registry).get(timeout=ADOPT_TIMEOUT)
+        )
+        for task in stored.rows:
+            if task.get("status") != "succeeded":
+                self.tasks.succeed(task["task_id"])
+        result: dict[str, Any] = {
+            "dsn": server.handle.dsn,
+            "instance_id": instance_id,
+            "state_id": instance["state_id"],
+            "image_id": instance["image_id"],
+            "prepare_kind": row["prepare_kind"],
+            "prepare_args_normalized": row["prepare_args_normalized"],
+        }
+        if instance.get("expires_at"):
+            result["expires_at"] = instance["expires_at"]
+        return result
 
     def _run(self, request: PrepareRequest, stored: StoredPlan) -> None:
         job = self._job = StateBuilder(

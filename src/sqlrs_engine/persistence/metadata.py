@@ -182,6 +182,11 @@ class MetadataQueries:
             self._db, "SELECT * FROM instances WHERE instance_id = :id", id=instance_id
         )
 
+    def instance_of_job(self, job_id: str) -> Row | None:
+        return fetch_one(
+            self._db, "SELECT * FROM instances WHERE job_id = :id ORDER BY rowid", id=job_id
+        )
+
     def all_instance_rows(self) -> list[Row]:
         return fetch(self._db, "SELECT * FROM instances ORDER BY rowid")
 

@@ -147,6 +147,8 @@ SCENARIOS = {
     "base-initialized": Scenario("base:initialized", nothing, submit_prepare, job_resumed),
     "base-published": Scenario("base:published", nothing, submit_prepare, job_resumed),
     "during-step-psql": Scenario("spawned:psql", nothing, submit_prepare, job_resumed),
+    "snapshotted": Scenario("build:snapshotted", nothing, submit_prepare, job_resumed),
+    "row-stored": Scenario("build:row-stored", nothing, submit_prepare, job_resumed),
     "instance-created": Scenario("job:instance-created", nothing, submit_prepare, instance_adopted),
     "delete-marked": Scenario("delete:marked", chain_with_instance, delete_chain, chain_gone),
     "delete-midway": Scenario("delete:node-removed", chain_with_instance, delete_chain, chain_gone),

@@ -319,7 +319,14 @@ class DeletionService:
                 log.warning("state %s is incomplete (%s); kept: it is in use", state_id, problem)
                 continue
             with self._claims.hold({f"state:{state_id}"}):
-                if self._snapshots.invalidate_state(image_id, state_id, NEVER_CANCELLED):
+                try:
+                    invalid = self._snapshots.invalidate_state(image_id, state_id, NEVER_CANCELLED)
+                except (JobFailure, OSError) as failure:
+                    # A clone of an interrupted job may still stand on it: the resumed job
+                    # rebuilds it (the row alone never makes it served).
+                    log.warning("incomplete state %s kept for now: %s", state_id, _why(failure))
+                    continue
+                if invalid:
                     self._registry.delete_metadata([], [state_id]).get(timeout=ASK_TIMEOUT)
                     rows.append(state_id)
                     log.warning("removed incomplete state %s (%s)", state_id, problem)

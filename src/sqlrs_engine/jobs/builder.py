@@ -10,6 +10,7 @@ job's error by the supervisor (jobs/supervisor.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -268,17 +269,31 @@ class StateBuilder:
         holds the earlier state: it is replaced rather than handed over or built upon.
         """
         if self.session is None:
-            self.session = RuntimeSession(
-                self.job_id,
-                self.effective_image,
-                self.services.runtime,
-                self.services.snapshots,
-                self.events.log,
-                self.cancel,
-            )
+            self.session = self._new_session()
         if self.session.handle is not None and self.session.source == source:
             return self.session.handle
         return self.session.start_from(source, is_state)
+
+    def _new_session(self) -> RuntimeSession:
+        return RuntimeSession(
+            self.job_id,
+            self.effective_image,
+            self.services.runtime,
+            self.services.snapshots,
+            self.events.log,
+            self.cancel,
+        )
+
+    def discard_interrupted_runtime(self) -> None:
+        """A job resumed after a crash may find its old clone (and server) still there.
+
+        Called before planning (which may start this run's own server): a clone standing on a
+        state the crash left incomplete would keep that state from being invalidated and
+        rebuilt. (An instance the job created is
+        never here: a job with an instance was finished by adopting it.)
+        """
+        if self.services.snapshots.layout.job_runtime_dir(self.job_id).exists():
+            self._new_session().discard_leftovers()
 
     def _build_state(self, task: PlanTask) -> None:
         """Under the state's build lock: run the step, snapshot, store the row (§2.9.5-13)."""
@@ -306,8 +321,17 @@ class StateBuilder:
                 self.session.restart_after_failure()
                 raise
             self.session.restart()
+            fault_point("build:snapshotted")
             self._store_state(task, size)
-            build.commit()
+            fault_point("build:row-stored")
+            try:
+                build.commit()
+            except BaseException:
+                # Row and marker go together: a failed commit leaves neither (issue 14). A
+                # row that outlived an invalidation (still referenced) stays, as before.
+                with contextlib.suppress(Exception):
+                    self.registry.forget_state(task.output_state_id).get(timeout=ASK_TIMEOUT)
+                raise
             # The running server now holds exactly this state: the next step's parent.
             self.session.source = build.state_dir
 

@@ -64,6 +64,11 @@ class RuntimeSession:
         self.handle = self._runtime.start(self.image_id, self.mount_dir, self._log, self._cancel)
         return self.handle
 
+    def discard_leftovers(self) -> None:
+        """Stop a server an interrupted run of this job left, and remove its clone."""
+        self._stop_leftover_server()
+        self._snapshots.remove_runtime_dir(self.job_id)
+
     def _stop_leftover_server(self) -> None:
         """A job resumed after an engine crash may find its old server still running."""
         if not self.runtime_dir.exists():

@@ -152,6 +152,7 @@ class JobSupervisor:
         job = self._job = StateBuilder(
             self.job_id, request, self.services, self.events, self.tasks, self.token
         )
+        job.discard_interrupted_runtime()
         if not request.plan_only:
             self.tasks.start("plan")  # its row is written by planning itself
         job.make_plan(stored)

@@ -123,7 +123,13 @@ class Engine:
 
         def start_job(job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
             services = JobServices(
-                registry, runtime, snapshots, version, self._cwd, trim_jobs=self._trim_jobs
+                registry,
+                runtime,
+                snapshots,
+                version,
+                self._cwd,
+                trim_jobs=self._trim_jobs,
+                check_cache=self._check_cache,
             )
             return PrepareJobActor.start(job_id, services)
 
@@ -199,6 +205,10 @@ class Engine:
             threads,
         )
         return self._info
+
+    def _check_cache(self, trigger: str, protected: frozenset[str]) -> None:
+        if self._cache is not None:
+            self._cache.check(trigger, protected)
 
     def _trim_jobs(self, signature: str) -> None:
         if self._deletion is not None:

@@ -67,8 +67,16 @@ def test_unusable_settings(config: dict[str, Any], says: str) -> None:
     ("settings", "total", "reserve", "effective", "high", "low"),
     [
         (CapacitySettings(), 100 * GIB, 10 * GIB, 90 * GIB, int(81 * GIB), int(72 * GIB)),
-        (CapacitySettings(), 200 * GIB, 20 * GIB, 180 * GIB, int(162 * GIB), int(144 * GIB)),
-        (CapacitySettings(), 5 * GIB, 10 * GIB, 0, 0, 0),  # a small disk: the reserve eats it
+        (CapacitySettings(), 200 * GIB, 10 * GIB, 190 * GIB, int(171 * GIB), int(152 * GIB)),
+        # A small disk keeps 10% free (the reference's 10 GiB would leave nothing usable).
+        (
+            CapacitySettings(),
+            10 * 2**20,
+            2**20,
+            9 * 2**20,
+            int(9 * 2**20 * 0.9),
+            int(9 * 2**20 * 0.8),
+        ),
         (CapacitySettings(max_bytes=1000), 100 * GIB, 10 * GIB, 1000, 900, 800),
         (CapacitySettings(reserve_bytes=0), 1000, 0, 1000, 900, 800),
         (CapacitySettings(max_bytes=10**15, reserve_bytes=0), 1000, 0, 1000, 900, 800),

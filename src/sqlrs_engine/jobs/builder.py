@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sqlrs_engine.cache.policy import no_space, no_space_as_cache_error
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import format_rfc3339, now_rfc3339, utcnow
 from sqlrs_engine.errors import JobFailure, failures_reported_as
@@ -28,6 +29,7 @@ from sqlrs_engine.jobs.resume import Resumption, StoredPlan, resume_stored_plan
 from sqlrs_engine.jobs.runtime_session import RuntimeSession
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
 from sqlrs_engine.jobs.tasks import TaskTracker
+from sqlrs_engine.persistence.guard import StorageError
 from sqlrs_engine.persistence.metadata import InstanceRecord, StateRecord
 from sqlrs_engine.prepare.hashing import state_id
 from sqlrs_engine.prepare.job_request import PrepareRequest
@@ -299,6 +301,7 @@ class StateBuilder:
         """Under the state's build lock: run the step, snapshot, store the row (§2.9.5-13)."""
         assert self._planned is not None
         snapshots = self.services.snapshots
+        self.services.check_cache("prepare_step", self._chain())
         with snapshots.build_state(
             self.effective_image, task.output_state_id, self.cancel
         ) as build:
@@ -311,11 +314,14 @@ class StateBuilder:
                 return
             handle = self._ensure_runtime(task)
             assert self.session is not None
-            self._planned.steps.run(task, handle)
+            with no_space_as_cache_error("prepare_step"):
+                self._planned.steps.run(task, handle)
+            self.services.check_cache("snapshot", self._chain())
             data_dir = self.session.stop_for_snapshot()
             try:
                 self.events.log("snapshot: start")
-                size = snapshots.snapshot(build, data_dir, self.session.source, self.cancel)
+                with no_space_as_cache_error("snapshot"):
+                    size = snapshots.snapshot(build, data_dir, self.session.source, self.cancel)
                 self.events.log("snapshot: complete")
             except BaseException:
                 self.session.restart_after_failure()
@@ -334,6 +340,13 @@ class StateBuilder:
                 raise
             # The running server now holds exactly this state: the next step's parent.
             self.session.source = build.state_dir
+        self.services.check_cache("metadata_commit", self._chain() | {task.output_state_id})
+
+    def _chain(self) -> frozenset[str]:
+        """The states this job starts from or builds: never evicted while it runs."""
+        ids = {t.input_id for t in self.plan if t.input_kind == "state" and t.input_id}
+        ids |= {t.output_state_id for t in self.plan if t.output_state_id}
+        return frozenset(ids)
 
     def _store_state(self, task: PlanTask, size: int) -> None:
         record = StateRecord(
@@ -348,6 +361,10 @@ class StateBuilder:
         )
         try:
             self.registry.store_built_state(record).get(timeout=ASK_TIMEOUT)
+        except StorageError as error:
+            if error.code == "storage_full":
+                raise no_space("metadata_commit", str(error)) from None
+            raise JobFailure("internal_error", "cannot store state", str(error)) from None
         except Exception as error:
             raise JobFailure("internal_error", "cannot store state", str(error)) from None
 

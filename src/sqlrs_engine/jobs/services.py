@@ -27,3 +27,6 @@ class JobServices:
     heartbeat: float = DEFAULT_HEARTBEAT
     trim_jobs: Callable[[str], object] = lambda _signature: None
     """Retention by signature (SPEC §4.11), run when a job is planned and when it ends."""
+    check_cache: Callable[[str, frozenset[str]], object] = lambda _trigger, _protected: None
+    """Cache capacity enforcement (SPEC §10.2) with a trigger name and states to protect;
+    raises a `JobFailure` with a §10 code when the store cannot make room."""

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ujson
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
@@ -107,7 +108,8 @@ def printing(*chunks: tuple[str, bytes], code: int = 0) -> ClientBehaviour:
             [("stderr", b"ERROR:  could not extend file: No space left on device\n")],
             1,
             "cache_limit_too_small",
-            "ERROR:  could not extend file: No space left on device",
+            '{"phase":"prepare_step","error":'
+            '"ERROR:  could not extend file: No space left on device"}',
             id="disk-full",
         ),
     ],
@@ -135,10 +137,11 @@ def test_a_failing_step_is_a_job_failure_with_the_psql_output(
     )
     logged = log_lines(parts.events(job_id))
     psql = logged[logged.index("psql: start") + 1 :]
+    output = ujson.loads(details)["error"] if code == "cache_limit_too_small" else details
     if details.startswith("psql exited"):
         assert all(line == "psql: " for line in psql)
     else:
-        assert psql == [f"psql: {line}" for line in details.split("\n")]
+        assert psql == [f"psql: {line}" for line in output.split("\n")]
     assert runtime.running == set(), "released"
     assert parts.registry.list_states(None, None, None).get(timeout=ASK) == []
     assert not any(parts.store.layout.states_dir(RESOLVED).glob("*/PG_VERSION"))

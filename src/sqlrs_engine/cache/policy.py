@@ -298,5 +298,6 @@ def no_space_as_cache_error(phase: str) -> Iterator[None]:
             raise
         text = f"{failure.message}: {failure.details or ''}"
         if getattr(failure, "no_space", False) or NO_SPACE_TEXT in text.lower():
-            raise no_space(phase, text) from None
+            details = ujson.dumps({"phase": phase, "error": failure.details or failure.message})
+            raise JobFailure("cache_limit_too_small", failure.message, details) from None
         raise

@@ -60,13 +60,17 @@ def ran(outcome: Any) -> list[str]:
     """The execute tasks that really ran (a `running` event), in order."""
     return [
         e["task_id"]
-        for e in outcome.events
+        for e in outcome.without_heartbeats()
         if e["type"] == "task" and e["status"] == "running" and e["task_id"].startswith("execute")
     ]
 
 
 def jvm_runs(outcome: Any) -> int:
-    return sum(1 for line in outcome.log_lines() if line.startswith("liquibase: exec "))
+    return sum(
+        1
+        for e in outcome.without_heartbeats()
+        if e["type"] == "log" and e["message"].startswith("liquibase: exec ")
+    )
 
 
 def test_one_state_per_changeset_and_caching_users_can_see(

@@ -30,8 +30,26 @@ class JobOutcome:
     def log_lines(self) -> list[str]:
         return [e["message"] for e in self.events if e["type"] == "log"]
 
+    def without_heartbeats(self) -> list[dict[str, Any]]:
+        """The events with heartbeats dropped: a heartbeat re-appends the previous event (a
+        `task running` or a log line) when nothing else happened for 500 ms (SPEC §4.4), so
+        it is an event identical, but for its `ts`, to the one right before it."""
+        kept: list[dict[str, Any]] = []
+        previous: dict[str, Any] | None = None
+        for event in self.events:
+            bare = {k: v for k, v in event.items() if k != "ts"}
+            if bare != previous:
+                kept.append(event)
+            previous = bare
+        return kept
+
     def task_events(self, task_id: str) -> list[str]:
-        return [e["status"] for e in self.events if e["type"] == "task" and e["task_id"] == task_id]
+        """The statuses a task went through (heartbeat repeats left out)."""
+        return [
+            e["status"]
+            for e in self.without_heartbeats()
+            if e["type"] == "task" and e["task_id"] == task_id
+        ]
 
 
 def psql_body(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pykka
 
-from sqlrs_engine.actors.instance import InstanceActor
+from sqlrs_engine.actors.instance import InstanceActor, instance_proxy
 from sqlrs_engine.actors.prepare_job import PrepareJobActor
 from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_registry
 from sqlrs_engine.actors.snapshot import start_snapshot_actor
@@ -160,6 +160,7 @@ class Engine:
         self._deletion = DeletionService(self._registry, snapshots)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()
+        _record_adopted_servers(self._registry)
         self._deletion.reconcile_states()
         self._cache = CacheEnforcer(root, self._registry, self._deletion, snapshots)
         enforce_quietly(self._cache, "startup_recovery")
@@ -280,6 +281,30 @@ def _make_reachable(root: Path, runtime: Runtime) -> None:
             directory,
             user.name,
         )
+
+
+def _record_adopted_servers(registry: RegistryProxy) -> None:
+    """An Instance actor adopts its running server at start; if that server is not the one
+    the row names (a crash during a run's restart), the row is brought up to date, with the
+    port (and so the DSN of the job's result) if it moved."""
+    for row in registry.all_instance_rows().get(timeout=STOP_TIMEOUT):
+        ref = registry.instance_actor(row["instance_id"]).get(timeout=STOP_TIMEOUT)
+        if ref is None:
+            continue
+        try:
+            handle = instance_proxy(ref).handle().get(timeout=STOP_TIMEOUT)
+        except pykka.ActorDeadError:
+            continue
+        if handle is not None and handle.runtime_id != row.get("runtime_id"):
+            log.info(
+                "instance %s: recording adopted server %s (was %s)",
+                row["instance_id"],
+                handle.runtime_id,
+                row.get("runtime_id"),
+            )
+            registry.set_instance_runtime(row["instance_id"], handle.runtime_id, handle.port).get(
+                timeout=STOP_TIMEOUT
+            )
 
 
 def _stop_children(registry: RegistryProxy, registry_ref: pykka.ActorRef[Any]) -> None:

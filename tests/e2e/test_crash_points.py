@@ -142,6 +142,37 @@ def instance_adopted(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     assert query(outcome.dsn, "select count(*) from crashed") == "0"
 
 
+def instance_with_stopped_server(engine: EngineProcess) -> dict[str, Any]:
+    outcome = prepare(
+        engine, psql_body("-c", "create table ran(a int); insert into ran values (1)")
+    )
+    assert outcome.status["status"] == "succeeded", outcome.status
+    instance_id = outcome.result["instance_id"]
+    runtime_id = engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"]
+    pid = int(runtime_id.removeprefix("host:"))
+    procs.send(pid, signal.SIGKILL)
+    assert procs.wait_dead([pid], 10)
+    return {"instance": instance_id, "job_id": outcome.job_id}
+
+
+def run_on_instance(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    body = {"instance_ref": ctx["instance"], "kind": "psql", "args": ["-c", "select 1"]}
+    engine.post("/v1/runs", json=body, timeout=60)
+
+
+def instance_still_usable(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    body = {
+        "instance_ref": ctx["instance"],
+        "kind": "psql",
+        "args": ["-At", "-c", "select a from ran"],
+    }
+    response = engine.post("/v1/runs", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert '"data":"1\\n"' in response.text.replace(" ", ""), response.text
+    status = engine.get(f"/v1/prepare-jobs/{ctx['job_id']}").json()
+    assert query(status["result"]["dsn"], "select a from ran") == "1"
+
+
 SCENARIOS = {
     "during-initdb": Scenario("spawned:initdb", nothing, submit_prepare, job_resumed),
     "base-initialized": Scenario("base:initialized", nothing, submit_prepare, job_resumed),
@@ -150,6 +181,9 @@ SCENARIOS = {
     "snapshotted": Scenario("build:snapshotted", nothing, submit_prepare, job_resumed),
     "row-stored": Scenario("build:row-stored", nothing, submit_prepare, job_resumed),
     "instance-created": Scenario("job:instance-created", nothing, submit_prepare, instance_adopted),
+    "run-restarting-server": Scenario(
+        "run:server-restarted", instance_with_stopped_server, run_on_instance, instance_still_usable
+    ),
     "delete-marked": Scenario("delete:marked", chain_with_instance, delete_chain, chain_gone),
     "delete-midway": Scenario("delete:node-removed", chain_with_instance, delete_chain, chain_gone),
 }

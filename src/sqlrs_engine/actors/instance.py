@@ -25,6 +25,7 @@ from pykka.typing import ActorMemberMixin, proxy_method
 from sqlrs_engine.cancel import NEVER_CANCELLED
 from sqlrs_engine.dbms.postgres import last_port
 from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.faults import fault_point
 from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle, pgdata_of
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ class InstanceActor(pykka.ThreadingActor):
             self._image_id, self._data_dir, self._server_log, NEVER_CANCELLED, port
         )
         self._handle = handle
+        fault_point("run:server-restarted")
         log_line(STARTED)
         log.info("instance %s: server restarted as %s", self.instance_id, handle.runtime_id)
         if port is not None and handle.port != port:

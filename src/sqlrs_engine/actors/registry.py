@@ -253,6 +253,9 @@ class RegistryActor(pykka.ThreadingActor):
         assert row is not None
         self._start_instance_actor(row, handle)
 
+    def all_instance_rows(self) -> list[Row]:
+        return self._metadata.all_instance_rows()
+
     def instance_of_job(self, job_id: str) -> Row | None:
         """The instance a job created, if any (a resumed job adopts it)."""
         return self._metadata.instance_of_job(job_id)
@@ -490,6 +493,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     get_state = proxy_method(RegistryActor.get_state)
     cache_inventory = proxy_method(RegistryActor.cache_inventory)
     instance_of_job = proxy_method(RegistryActor.instance_of_job)
+    all_instance_rows = proxy_method(RegistryActor.all_instance_rows)
     list_jobs = proxy_method(RegistryActor.list_jobs)
     job_status = proxy_method(RegistryActor.job_status)
     list_tasks = proxy_method(RegistryActor.list_tasks)

@@ -144,6 +144,7 @@ class Engine:
                 data_dir,
                 runtime,
                 lambda: snapshots.mount_dir_of(runtime_dir),
+                row.get("secret"),
             )
 
         self._registry_ref, self._registry = start_registry(

@@ -22,17 +22,25 @@ goes through `run`:
   `HOME`, `USER` and `LOGNAME` set to that user's; without an explicit `cwd` it starts in that
   user's home directory (or `/`), because our own cwd is often not accessible to it.
 
+- `die_with_parent=True` makes the kernel SIGKILL the child when the thread that started it
+  dies — in practice when the engine is killed (`kill -9`, OOM): a client program (psql,
+  pgbench) must not go on committing into an instance nobody supervises. It runs the child
+  through `setpriv --pdeathsig KILL` (util-linux), after the user switch, because a
+  `preexec_fn` is not safe in a threaded program and a credential change clears the setting.
+
 Cancellation raises `errors.cancelled()` (JobFailure `cancelled`, "task cancelled").
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import os
 import pwd
 import select
 import selectors
+import shutil
 import signal
 import subprocess
 import threading
@@ -141,6 +149,23 @@ class ProcessError(Exception):
 
 class ProcessTimeout(ProcessError):
     """The child ran longer than the `timeout` given to `run`; it was killed."""
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """`setpriv` if it is installed and knows `--pdeathsig` (util-linux 2.33+)."""
+    path = shutil.which("setpriv") or (
+        "/usr/bin/setpriv" if os.path.exists("/usr/bin/setpriv") else None
+    )
+    if path is None:
+        return None
+    try:
+        probe = subprocess.run(
+            [path, "--pdeathsig", "KILL", "--", "true"], capture_output=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return path if probe.returncode == 0 else None
 
 
 def _describe(argv: Sequence[str]) -> str:
@@ -332,6 +357,7 @@ def run(
     timeout: float | None = None,
     term_grace: float = DEFAULT_TERM_GRACE,
     check: bool = False,
+    die_with_parent: bool = False,
 ) -> RunResult:
     """Run `argv` to completion; see the module docstring for the guarantees.
 
@@ -344,9 +370,11 @@ def run(
     if user is not None and cwd is None:
         cwd = user.home if os.path.isdir(user.home) else "/"
     switch = user is not None and (user.uid != os.geteuid() or user.gid != os.getegid())
+    setpriv = _setpriv() if die_with_parent else None
+    exec_argv = [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
     try:
         proc = subprocess.Popen(
-            argv,
+            exec_argv,
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -52,11 +52,12 @@ class CountingRuntime:
         log: LogSink,
         cancel: CancelToken,
         preferred_port: int | None = None,
+        password: str | None = None,
     ) -> ServerHandle:
         self.starts += 1
         self.entered.set()
         assert self.release.wait(TIMEOUT)
-        return self.real.start(image, data_dir, log, cancel, preferred_port)
+        return self.real.start(image, data_dir, log, cancel, preferred_port, password)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -68,12 +69,18 @@ class RecordingRegistry:
     def __init__(self) -> None:
         self.runtime_ids: list[tuple[str, str | None]] = []
         self.ports: list[int | None] = []
+        self.secrets: list[str | None] = []
 
     def set_instance_runtime(
-        self, instance_id: str, runtime_id: str | None, port: int | None = None
+        self,
+        instance_id: str,
+        runtime_id: str | None,
+        port: int | None = None,
+        secret: str | None = None,
     ) -> pykka.Future[None]:
         self.runtime_ids.append((instance_id, runtime_id))
         self.ports.append(port)
+        self.secrets.append(secret)
         future: pykka.Future[None] = pykka.ThreadingFuture()
         future.set(None)
         return future

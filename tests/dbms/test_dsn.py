@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sqlrs_engine.dbms.dsn import port_of, with_port
+from sqlrs_engine.dbms.dsn import port_of, with_password, with_port
 
 
 @pytest.mark.parametrize(
@@ -37,3 +37,20 @@ def test_with_port(dsn: str, port: int, moved: str) -> None:
 )
 def test_port_of(dsn: str, port: int | None) -> None:
     assert port_of(dsn) == port
+
+
+@pytest.mark.parametrize(
+    ("dsn", "password", "expected"),
+    [
+        ("postgres://sqlrs@127.0.0.1:5/postgres", "s", "postgres://sqlrs:s@127.0.0.1:5/postgres"),
+        (
+            "postgres://sqlrs:old@[::1]:5/postgres?x=1",
+            "n",
+            "postgres://sqlrs:n@[::1]:5/postgres?x=1",
+        ),
+        ("postgres:///postgres", "s", "postgres:///postgres"),
+        ("postgres://127.0.0.1:5/postgres", "s", "postgres://127.0.0.1:5/postgres"),
+    ],
+)
+def test_with_password(dsn: str, password: str, expected: str) -> None:
+    assert with_password(dsn, password) == expected

@@ -28,39 +28,43 @@ def test_initdb_argv() -> None:
     assert "--locale=C" in pg.initdb_argv(BIN, Path("/x"), locale="C")
 
 
+def test_hba_requires_a_password_over_tcp(tmp_path: Path) -> None:
+    hba = tmp_path / "pg_hba.conf"
+    hba.write_text("host all all 0.0.0.0/0 trust\n")
+    pg.write_hba(hba)
+    rules = [line.split() for line in hba.read_text().splitlines() if not line.startswith("#")]
+    assert rules == [
+        ["local", "all", "all", "trust"],
+        ["host", "all", "all", "0.0.0.0/0", "scram-sha-256"],
+        ["host", "all", "all", "::/0", "scram-sha-256"],
+    ]
+
+
 @pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("", "host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n"),
-        (
-            "local all all trust",
-            "local all all trust\nhost all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n",
-        ),
-        (
-            "host  all all 0.0.0.0/0   trust\n",
-            "host  all all 0.0.0.0/0   trust\nhost all all ::/0 trust\n",
-        ),
-        (
-            "host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n",
-            "host all all 0.0.0.0/0 trust\nhost all all ::/0 trust\n",
-        ),
-    ],
+    ("major", "expected_sets"),
+    [(11, 4), (12, 5), (13, 6), (15, 6)],
 )
-def test_hba_with_trust(text: str, expected: str) -> None:
-    assert pg.hba_with_trust(text) == expected
-    assert pg.hba_with_trust(expected) == expected  # idempotent
+def test_password_probe_sql_silences_statement_logging(major: int, expected_sets: int) -> None:
+    sql = pg.password_probe_sql(major, "SCRAM-SHA-256$4096:c2FsdA==$a:b")
+    statements = [line.rstrip(";") for line in sql.splitlines()]
+    assert statements[:expected_sets] == [s for s in statements if s.startswith("SET ")]
+    assert "SET log_statement = 'none'" in statements
+    assert "SET log_min_error_statement = 'panic'" in statements
+    assert statements[-2] == "ALTER ROLE sqlrs PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b'"
+    assert statements[-1] == "select 1"
 
 
-def test_append_trust_lines(tmp_path: Path) -> None:
-    (tmp_path / "pg_hba.conf").write_text("local all all trust\n")
-    assert pg.append_trust_lines(tmp_path) is True
-    assert pg.append_trust_lines(tmp_path) is False
-    assert (tmp_path / "pg_hba.conf").read_text().count("trust") == 3
+def test_password_probe_sql_refuses_quotes() -> None:
+    with pytest.raises(ValueError):
+        pg.password_probe_sql(15, "x'; drop role sqlrs; --")
 
 
 @pytest.mark.parametrize(("major", "has_syncfs"), [(13, False), (14, True), (15, True), (17, True)])
 def test_server_settings(major: int, has_syncfs: bool) -> None:
-    settings = dict(pg.server_settings(major, 5433, Path("/tmp/sqlrs-pg-abc")))
+    settings = dict(
+        pg.server_settings(major, 5433, Path("/tmp/sqlrs-pg-abc"), Path("/tmp/sqlrs-pg-abc/h"))
+    )
+    assert settings["hba_file"] == "/tmp/sqlrs-pg-abc/h"
     assert settings["listen_addresses"] == "127.0.0.1"
     assert settings["port"] == "5433"
     assert settings["unix_socket_directories"] == "/tmp/sqlrs-pg-abc"
@@ -95,6 +99,8 @@ def test_stop_status_probe_argv() -> None:
     assert probe[0] == "psql" and "-X" in probe and probe[-2:] == ["-c", "select 1"]
     assert probe[probe.index("-U") + 1] == "sqlrs"
     assert probe[probe.index("-d") + 1] == "postgres"
+    from_stdin = pg.psql_probe_argv("psql", "/tmp/sqlrs-pg-abc", 5433, None)
+    assert "-c" not in from_stdin and from_stdin[from_stdin.index("-h") + 1] == "/tmp/sqlrs-pg-abc"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -200,8 +201,7 @@ def test_base_is_initialized(base_dir: Path) -> None:
     assert (base_dir / INIT_MARKER).read_text() == "ok"
     assert stat.S_IMODE((base_dir / INIT_MARKER).stat().st_mode) == 0o600
     hba = (pgdata / "pg_hba.conf").read_text()
-    for line in pg.HBA_TRUST_LINES:
-        assert line in hba
+    assert hba == pg.hba_text()  # TCP needs a password (SPEC §0.9)
     st = pgdata.stat()
     assert stat.S_IMODE(st.st_mode) == 0o700
     if AS_ROOT:
@@ -284,7 +284,9 @@ def test_start_serves_dsn_as_postgres_user_and_stops_cleanly(
     lines: list[str] = []
     handle = host_runtime.start(resolved_image, data_dir, lines.append, CancelToken())
     servers.append(handle)
-    assert handle.dsn == f"postgres://sqlrs@127.0.0.1:{handle.port}/postgres"
+    assert handle.password is not None
+    assert handle.dsn == f"postgres://sqlrs:{handle.password}@127.0.0.1:{handle.port}/postgres"
+    assert handle.bare_dsn == f"postgres://sqlrs@127.0.0.1:{handle.port}/postgres"
     assert handle.pid is not None and handle.runtime_id == f"host:{handle.pid}"
     assert any(line.startswith("pg_ctl: ") for line in lines)
     assert _psql(handle.dsn, "select 1") == "1"
@@ -427,7 +429,8 @@ def test_adopt_after_engine_restart(
         handle.runtime_id,
     )
     assert adopted.socket_dir == handle.socket_dir
-    assert adopted.dsn == handle.dsn
+    assert adopted.bare_dsn == handle.bare_dsn
+    assert adopted.password is None  # adopt cannot know it: the instance's row does
     assert restarted.is_running(adopted)
     assert restarted.count_connections(adopted) == 0
     restarted.stop(adopted, lambda _l: None)
@@ -446,7 +449,7 @@ def test_server_outlives_the_engine_process(
         "from sqlrs_engine.runtime.host import HostRuntime\n"
         "rt = HostRuntime(run_root=sys.argv[3])\n"
         "h = rt.start(sys.argv[1], Path(sys.argv[2]), lambda l: None, CancelToken())\n"
-        "print(h.port, h.pid)\n"
+        "print(h.port, h.pid, h.password)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", engine, resolved_image, str(data_dir), str(host_runtime.run_root)],
@@ -458,8 +461,8 @@ def test_server_outlives_the_engine_process(
     adopted = host_runtime.adopt(resolved_image, data_dir)
     assert adopted is not None
     servers.append(adopted)
-    assert [str(adopted.port), str(adopted.pid)] == out
-    assert _psql(adopted.dsn, "select 1") == "1"
+    assert [str(adopted.port), str(adopted.pid)] == out[:2]
+    assert _psql(replace(adopted, password=out[2]).dsn, "select 1") == "1"
     host_runtime.stop(adopted, lambda _l: None)
 
 
@@ -718,7 +721,7 @@ def test_run_client_streams_and_exit_codes(
     code = host_runtime.run_client(
         running,
         "psql",
-        ["-X", "-At", "-v", "ON_ERROR_STOP=1", "-f", "-", running.dsn],
+        ["-X", "-At", "-v", "ON_ERROR_STOP=1", "-f", "-", running.bare_dsn],
         stdin=b"select 40 + 2;\n",
         cwd=tmp_path,
         on_output=sink,
@@ -731,7 +734,7 @@ def test_run_client_streams_and_exit_codes(
     code = host_runtime.run_client(
         running,
         "psql",
-        ["-X", "-v", "ON_ERROR_STOP=1", "-c", "select nope", running.dsn],
+        ["-X", "-v", "ON_ERROR_STOP=1", "-c", "select nope", running.bare_dsn],
         stdin=None,
         cwd=None,
         on_output=sink,

@@ -77,12 +77,15 @@ class FakeRuntime:
         log: LogSink,
         cancel: CancelToken,
         preferred_port: int | None = None,
+        password: str | None = None,
     ) -> ServerHandle:
         cancel.raise_if_cancelled()
         with self._lock:
             self.running.add(data_dir)
             port = preferred_port or next(self._ports)
-        return ServerHandle(f"fake:{port}", data_dir, "127.0.0.1", port)
+        return ServerHandle(
+            f"fake:{port}", data_dir, "127.0.0.1", port, password=password or "fake-secret"
+        )
 
     def stop(self, handle: ServerHandle, log: LogSink) -> None:
         with self._lock:

@@ -63,8 +63,12 @@ class InstanceActor(pykka.ThreadingActor):
         data_dir: Path,
         runtime: Runtime,
         locate_data_dir: Callable[[], Path] | None = None,
+        secret: str | None = None,
     ) -> None:
+        """`secret`: the instance's password (its row's); None for an instance created by an
+        engine without per-instance credentials, which gets one at its next server start."""
         super().__init__()
+        self._secret = secret if secret is not None else (handle.password if handle else None)
         self.instance_id = instance_id
         self._image_id = image_id
         self._handle = handle
@@ -77,7 +81,7 @@ class InstanceActor(pykka.ThreadingActor):
     def on_start(self) -> None:
         if self._handle is None:
             # Engine restart: the server may still be running (servers outlive the engine).
-            self._handle = self._runtime.adopt(self._image_id, self._data_dir)
+            self._handle = self._with_secret(self._runtime.adopt(self._image_id, self._data_dir))
             if self._handle is not None:
                 log.info(
                     "instance %s: adopted its running server %s",
@@ -90,6 +94,12 @@ class InstanceActor(pykka.ThreadingActor):
                     self.instance_id,
                     self._data_dir,
                 )
+
+    def _with_secret(self, handle: ServerHandle | None) -> ServerHandle | None:
+        """An adopted server's handle, completed with the password (adopt cannot know it)."""
+        if handle is None or self._secret is None:
+            return handle
+        return replace(handle, password=self._secret)
 
     def handle(self) -> ServerHandle | None:
         return self._handle
@@ -114,7 +124,7 @@ class InstanceActor(pykka.ThreadingActor):
         previous = self._handle
         if previous is not None and self._runtime.is_running(previous):
             return RunningServer(previous, self._runtime, False)
-        adopted = self._runtime.adopt(self._image_id, self._data_dir)
+        adopted = self._with_secret(self._runtime.adopt(self._image_id, self._data_dir))
         if adopted is not None:
             # Someone (a previous engine) started it; remember it, and its id if it changed.
             self._handle = adopted
@@ -139,9 +149,15 @@ class InstanceActor(pykka.ThreadingActor):
         # Keep the instance's DSN: listen on the port it had, when that port is free.
         port = previous.port if previous is not None else last_port(pgdata_of(self._data_dir))
         handle = self._runtime.start(
-            self._image_id, self._data_dir, self._server_log, NEVER_CANCELLED, port
+            self._image_id,
+            self._data_dir,
+            self._server_log,
+            NEVER_CANCELLED,
+            port,
+            password=self._secret,
         )
         self._handle = handle
+        self._secret = handle.password
         fault_point("run:server-restarted")
         log_line(STARTED)
         log.info("instance %s: server restarted as %s", self.instance_id, handle.runtime_id)
@@ -196,9 +212,9 @@ class InstanceActor(pykka.ThreadingActor):
         if registry is None:
             return
         try:
-            registry.set_instance_runtime(self.instance_id, handle.runtime_id, handle.port).get(
-                timeout=RECORD_TIMEOUT
-            )
+            registry.set_instance_runtime(
+                self.instance_id, handle.runtime_id, handle.port, handle.password
+            ).get(timeout=RECORD_TIMEOUT)
         except Exception:
             log.exception(
                 "instance %s: cannot record runtime id %s", self.instance_id, handle.runtime_id

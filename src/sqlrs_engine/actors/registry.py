@@ -339,16 +339,23 @@ class RegistryActor(pykka.ThreadingActor):
         return ref if ref is not None and ref.is_alive() else None
 
     def set_instance_runtime(
-        self, instance_id: str, runtime_id: str | None, port: int | None = None
+        self,
+        instance_id: str,
+        runtime_id: str | None,
+        port: int | None = None,
+        secret: str | None = None,
     ) -> None:
         """Record a restarted server; a new `port` also goes into the DSN of the result of
-        the job that created the instance, so every later answer hands out the working one."""
-        self._metadata.set_instance_runtime(instance_id, runtime_id)
-        if port is None:
+        the job that created the instance, so every later answer hands out the working one;
+        `secret` is the server's password when it changed (SPEC §0.9)."""
+        before = self._metadata.instance_row(instance_id)
+        self._metadata.set_instance_runtime(instance_id, runtime_id, secret)
+        job_id = before.get("job_id") if before else None
+        if not job_id:
             return
-        row = self._metadata.instance_row(instance_id)
-        job_id = row.get("job_id") if row else None
-        if job_id:
+        if secret is not None and before is not None and before.get("secret") != secret:
+            self._jobs.set_result_password(job_id, secret)
+        if port is not None:
             self._jobs.move_result_port(job_id, port)
 
     # -- jobs (SPEC §2.1, §4) --------------------------------------------------------------

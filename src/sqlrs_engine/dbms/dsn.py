@@ -29,3 +29,14 @@ def port_of(dsn: str) -> int | None:
         return urlsplit(dsn).port
     except ValueError:
         return None
+
+
+def with_password(dsn: str, password: str) -> str:
+    """`dsn` with `password` as the secret of its user (added or replaced), all else kept."""
+    parts = urlsplit(dsn)
+    if not parts.netloc or "@" not in parts.netloc:
+        return dsn
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    netloc = f"{user}:{password}@{hostport}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

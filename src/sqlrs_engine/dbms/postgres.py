@@ -24,13 +24,37 @@ DATABASE = "postgres"
 
 PGDATA_DIRNAME = "pgdata"
 
-HBA_TRUST_LINES: tuple[str, ...] = (
-    "host all all 0.0.0.0/0 trust",
-    "host all all ::/0 trust",
+HBA_FILE_NAME = "pg_hba.conf"
+
+HBA_LINES: tuple[str, ...] = (
+    "local all all trust",
+    "host all all 0.0.0.0/0 scram-sha-256",
+    "host all all ::/0 scram-sha-256",
 )
-"""Appended to pg_hba.conf like the reference engine does (§9.3), so a state built on the host
-also works when served from a container (traffic arrives from a bridge address). On the host
-the server listens on 127.0.0.1 only, so these lines open nothing to the network."""
+"""The whole `pg_hba.conf` every server runs with (SPEC §0.9).
+
+TCP needs the instance's password (SCRAM) from any address, so a state also works behind a
+container's bridge address. Unix-socket connections are trusted: the socket lives in a
+directory only the server user (and root) can enter, so only the engine and the server user
+itself reach it — and that user already owns the data. Written into PGDATA by `init_base` and,
+for every start, into the server's private run directory (`-c hba_file=`), so what a state's
+own `pg_hba.conf` says (older states say `trust`; a script may have rewritten it) never matters.
+"""
+
+
+def hba_text() -> str:
+    """The content of the `pg_hba.conf` the engine's servers use."""
+    return (
+        "# written by sqlrs-engine: TCP needs the instance's password (scram-sha-256); the\n"
+        "# Unix socket is in a directory only the server user and root can enter.\n"
+        + "".join(line + "\n" for line in HBA_LINES)
+    )
+
+
+def write_hba(path: Path) -> None:
+    """Replace the file at `path` with `hba_text()`, keeping its owner and mode if it exists."""
+    path.write_text(hba_text())
+
 
 DEFAULT_LOCALE = "C.UTF-8"
 """The cluster locale: fixed, so a cluster does not depend on the engine's environment, and
@@ -43,6 +67,31 @@ COUNT_CONNECTIONS_SQL = (
 """Client connections right now, not counting the connection that asks (SPEC §0.5)."""
 
 PROBE_SQL = "select 1"
+
+
+def password_probe_sql(major: int, verifier: str) -> str:
+    """The readiness probe that also sets the superuser's password (one psql process).
+
+    Sent on psql's stdin (never on a command line that `ps` shows). The session first turns
+    off every setting that could write the statement into the server log — a script may have
+    set them for the role or database (`ALTER ROLE … SET log_statement = 'all'`), which
+    would override the command line — so only the verifier's effect, not its text, remains.
+    """
+    if "'" in verifier or "\\" in verifier:
+        raise ValueError("a SCRAM verifier never contains quotes or backslashes")
+    quiet = [
+        "SET log_statement = 'none'",
+        "SET log_min_duration_statement = -1",
+        "SET log_min_error_statement = 'panic'",
+        "SET log_duration = off",
+    ]
+    if major >= 12:
+        quiet.append("SET log_transaction_sample_rate = 0")
+    if major >= 13:
+        quiet.append("SET log_min_duration_sample = -1")
+    statements = [*quiet, f"ALTER ROLE {SUPERUSER} PASSWORD '{verifier}'", PROBE_SQL]
+    return "".join(f"{statement};\n" for statement in statements)
+
 
 BIND_FAILURE_MARKERS: tuple[str, ...] = (
     "could not bind IPv4 address",
@@ -57,7 +106,11 @@ BIND_FAILURE_MARKERS: tuple[str, ...] = (
 
 
 def initdb_argv(bin_dir: Path, pgdata: Path, *, locale: str = DEFAULT_LOCALE) -> list[str]:
-    """`initdb` for a base cluster: trust auth everywhere, superuser `sqlrs`.
+    """`initdb` for a base cluster: superuser `sqlrs`, without a password.
+
+    initdb itself is told `trust` (it refuses password methods without a password); the
+    runtime then replaces `pg_hba.conf` with `hba_text()`, and every server start sets the
+    instance's own password (`password_probe_sql`).
 
     `--no-sync`: initdb would otherwise fsync every file of the new cluster (most of its
     runtime). The base is snapshotted right away and a crash during init just leaves a base
@@ -78,38 +131,19 @@ def initdb_argv(bin_dir: Path, pgdata: Path, *, locale: str = DEFAULT_LOCALE) ->
     ]
 
 
-def hba_with_trust(text: str) -> str:
-    """`pg_hba.conf` content with the trust lines appended when absent (idempotent)."""
-    present = {" ".join(line.split()) for line in text.splitlines()}
-    missing = [line for line in HBA_TRUST_LINES if line not in present]
-    if not missing:
-        return text
-    if text and not text.endswith("\n"):
-        text += "\n"
-    return text + "".join(line + "\n" for line in missing)
-
-
-def append_trust_lines(pgdata: Path) -> bool:
-    """Add the trust lines to `pgdata/pg_hba.conf` (keeps owner and mode); True if changed."""
-    hba = pgdata / "pg_hba.conf"
-    text = hba.read_text()
-    updated = hba_with_trust(text)
-    if updated == text:
-        return False
-    with hba.open("a") as fh:
-        fh.write(updated[len(text) :])
-    return True
-
-
 # -- server settings -----------------------------------------------------------------------------
 
 
-def server_settings(major: int, port: int, socket_dir: Path) -> list[tuple[str, str]]:
+def server_settings(
+    major: int, port: int, socket_dir: Path, hba_file: Path | None = None
+) -> list[tuple[str, str]]:
     """The `-c name=value` settings every server starts with (never written into PGDATA).
 
     - `listen_addresses=127.0.0.1`, `port`: TCP on loopback only, on an allocated port.
     - `unix_socket_directories`: a private short directory (socket paths are limited to 107
       bytes, and `/var/run/postgresql` would be shared by all servers).
+    - `hba_file`: the engine's `pg_hba.conf` (see `HBA_LINES`) in that private directory;
+      command-line settings win over `ALTER SYSTEM`, so no script can point it elsewhere.
     - `logging_collector=off`: the log goes to the file given to `pg_ctl -l`, even if a user's
       script ran `ALTER SYSTEM SET logging_collector = on`.
     - `recovery_init_sync_method=syncfs` (PostgreSQL 14+): a clone of a state that was not shut
@@ -129,6 +163,8 @@ def server_settings(major: int, port: int, socket_dir: Path) -> list[tuple[str, 
         ("unix_socket_directories", str(socket_dir)),
         ("logging_collector", "off"),
     ]
+    if hba_file is not None:
+        settings.append(("hba_file", str(hba_file)))
     if major >= 14:
         settings.append(("recovery_init_sync_method", "syncfs"))
         settings.append(("client_connection_check_interval", "1000"))
@@ -186,9 +222,10 @@ def pg_ctl_status_argv(bin_dir: Path, pgdata: Path) -> list[str]:
     return [str(bin_dir / "pg_ctl"), "status", "-D", str(pgdata)]
 
 
-def psql_probe_argv(psql: Path | str, host: str, port: int, sql: str) -> list[str]:
-    """psql that runs one statement and prints bare results (no psqlrc, stop on error)."""
-    return [
+def psql_probe_argv(psql: Path | str, host: str, port: int, sql: str | None) -> list[str]:
+    """psql that runs `sql` (None: reads it from stdin) and prints bare results (no psqlrc,
+    quiet, stop on error). `host` may be a socket directory."""
+    argv = [
         str(psql),
         "-X",
         "-q",
@@ -204,9 +241,8 @@ def psql_probe_argv(psql: Path | str, host: str, port: int, sql: str) -> list[st
         SUPERUSER,
         "-d",
         DATABASE,
-        "-c",
-        sql,
     ]
+    return argv if sql is None else [*argv, "-c", sql]
 
 
 def is_bind_failure(log_text: str) -> bool:

@@ -389,6 +389,7 @@ class StateBuilder:
             runtime_dir=str(runtime_dir),
             job_id=self.job_id,
             expires_at=self.request.expires_at(created),
+            secret=handle.password,
         )
         try:
             self.registry.create_instance(record, handle).get(timeout=ASK_TIMEOUT)

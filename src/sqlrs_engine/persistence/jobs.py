@@ -8,7 +8,7 @@ from typing import Any
 
 import dataset
 
-from sqlrs_engine.dbms.dsn import with_port
+from sqlrs_engine.dbms.dsn import with_password, with_port
 from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
 from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
 from sqlrs_engine.prepare.plan import PlanTask
@@ -114,6 +114,20 @@ class JobQueries:
         if moved == result["dsn"]:
             return False
         result["dsn"] = moved
+        self.update_job(job_id, result=result)
+        return True
+
+    def set_result_password(self, job_id: str, password: str) -> bool:
+        """Give the DSN of a job's result its instance's password (an instance of an older
+        engine got one at its server's restart, SPEC §0.9); True when the result changed."""
+        row = self.job_row(job_id)
+        result = load_json(row["result_json"]) if row and row["result_json"] else None
+        if not isinstance(result, dict) or not isinstance(result.get("dsn"), str):
+            return False
+        updated = with_password(result["dsn"], password)
+        if updated == result["dsn"]:
+            return False
+        result["dsn"] = updated
         self.update_job(job_id, result=result)
         return True
 

@@ -7,7 +7,7 @@ are facts of the data, computed in SQL next to the rows they come from.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dataset
@@ -49,6 +49,8 @@ class InstanceRecord:
     job_id: str | None = None
     expires_at: str | None = None
     status: str = ACTIVE
+    secret: str | None = field(default=None, repr=False)
+    """The instance's password (SPEC §0.9); None only for rows of older engines."""
 
 
 def _expired(expires_at: str | None) -> bool:
@@ -168,6 +170,7 @@ class MetadataQueries:
                     "runtime_dir": record.runtime_dir,
                     "status": record.status,
                     "job_id": record.job_id,
+                    "secret": record.secret,
                 }
             )
             tx.query(
@@ -197,11 +200,16 @@ class MetadataQueries:
             id=state_id,
         )
 
-    def set_instance_runtime(self, instance_id: str, runtime_id: str | None) -> None:
+    def set_instance_runtime(
+        self, instance_id: str, runtime_id: str | None, secret: str | None = None
+    ) -> None:
+        """Record a (re)started server; `secret` also replaces the password when given."""
         execute(
             self._db,
-            "UPDATE instances SET runtime_id = :rid WHERE instance_id = :id",
+            "UPDATE instances SET runtime_id = :rid, secret = coalesce(:secret, secret) "
+            "WHERE instance_id = :id",
             rid=runtime_id,
+            secret=secret,
             id=instance_id,
         )
 

@@ -105,6 +105,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS idx_events_job ON prepare_events(job_id, seq)",
     ),
+    # 2: per-instance credentials (SPEC §0.9): the superuser password of the instance's server.
+    ("ALTER TABLE instances ADD COLUMN secret TEXT",),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -136,7 +136,7 @@ def validate_run_request(body: dict[str, Any], lookup: InstanceLookup) -> RunPla
 def step_args(kind: RunKind, args: Sequence[str], handle: ServerHandle) -> list[str]:
     """The program's arguments for one step, with the engine's connection injected."""
     if kind == "psql":
-        return [*args, handle.dsn]
+        return [*args, handle.bare_dsn]
     return [*args, "-h", handle.host, "-p", str(handle.port), "-U", DB_USER, DB_NAME]
 
 

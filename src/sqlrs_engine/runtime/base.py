@@ -12,7 +12,7 @@ snapshots; PostgreSQL's PGDATA is its `pgdata/` subdirectory.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -47,9 +47,20 @@ class ServerHandle:
     port: int
     socket_dir: Path | None = None
     pid: int | None = None
+    password: str | None = field(default=None, repr=False)
+    """The superuser's password on this server (SPEC §0.9); None only for a server started by
+    an engine that predates per-instance credentials (it still runs with `trust`)."""
 
     @property
     def dsn(self) -> str:
+        """The DSN handed to the user: `postgres://sqlrs:<secret>@127.0.0.1:<port>/postgres`."""
+        user = DB_USER if self.password is None else f"{DB_USER}:{self.password}"
+        return f"postgres://{user}@{self.host}:{self.port}/{DB_NAME}"
+
+    @property
+    def bare_dsn(self) -> str:
+        """The DSN without the password: for command lines (`ps` shows them to everyone);
+        the password then goes into the child's `PGPASSWORD`."""
         return f"postgres://{DB_USER}@{self.host}:{self.port}/{DB_NAME}"
 
 
@@ -96,10 +107,13 @@ class Runtime(Protocol):
         log: LogSink,
         cancel: CancelToken,
         preferred_port: int | None = None,
+        password: str | None = None,
     ) -> ServerHandle:
         """Start a server on `data_dir`; returns once it accepts connections.
 
         `preferred_port` is tried first when it is free (a restarted instance keeps its DSN).
+        The server's superuser gets `password` (None: a new random one); TCP connections need
+        it, and the returned handle carries it.
         """
         ...
 
@@ -131,8 +145,9 @@ class Runtime(Protocol):
     ) -> int:
         """Run a client program (psql, pgbench) with `args` as given; returns its exit code.
 
-        The caller has already added the connection arguments; output is delivered as it is
-        produced; cancel kills the program.
+        The caller has already added the connection arguments (without the password: the
+        runtime passes the handle's password in the environment); output is delivered as it
+        is produced; cancel kills the program. The program runs unprivileged (SPEC §0.9).
         """
         ...
 

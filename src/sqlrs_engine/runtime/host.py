@@ -42,6 +42,7 @@ from pathlib import Path
 from sqlrs_engine import process
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.dbms import postgres as pg
+from sqlrs_engine.dbms.scram import new_secret, scram_verifier
 from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
 from sqlrs_engine.runtime import procs
@@ -88,6 +89,10 @@ CLIENT_PROGRAMS = frozenset(
 """Programs `run_client` may run (from the server's bin dir)."""
 
 RUNTIME_ID_PREFIX = "host:"
+
+CLIENT_TAG_ENV = "SQLRS_ENGINE_CLIENT"
+"""Environment variable every client program gets (value: the runtime's `client_tag`), so
+`kill_leftover_clients` can recognize ours after an engine crash."""
 
 
 def runtime_id_for(pid: int) -> str:
@@ -194,6 +199,7 @@ class HostRuntime:
         stop_timeout: float = 60.0,
         start_attempts: int = 5,
         locale: str = pg.DEFAULT_LOCALE,
+        client_tag: str | None = None,
     ) -> None:
         """`bin_dirs`: extra directories with PostgreSQL binaries (config `runtime.host.binDirs`),
         searched before `/usr/lib/postgresql/*/bin` and `pg_config --bindir` (unless
@@ -210,6 +216,8 @@ class HostRuntime:
         self.stop_timeout = stop_timeout
         self.start_attempts = max(1, start_attempts)
         self.locale = locale
+        self.client_tag = client_tag or str(self.run_root)
+        """Marks this engine's client programs (the engine passes its state-store root)."""
         self._lock = threading.Lock()
         self._installations: dict[int, Installation] | None = None
         with contextlib.suppress(OSError):
@@ -364,7 +372,7 @@ class HostRuntime:
                     message,
                     f"initdb exited with code {result.exit_code}: {result.output.strip()}",
                 )
-            pg.append_trust_lines(pgdata)
+            pg.write_hba(pgdata / pg.HBA_FILE_NAME)
         except BaseException as exc:
             shutil.rmtree(pgdata, ignore_errors=True)
             if isinstance(exc, ProcessError):
@@ -385,9 +393,11 @@ class HostRuntime:
         log: LogSink,
         cancel: CancelToken,
         preferred_port: int | None = None,
+        password: str | None = None,
     ) -> ServerHandle:
         message = "cannot start runtime"
         cancel.raise_if_cancelled()
+        secret = password if password is not None else new_secret()
         install = self._install_or_fail(resolved_image_id, message)
         pgdata = pgdata_of(data_dir)
         self._check_startable(install, data_dir, message)
@@ -406,7 +416,7 @@ class HostRuntime:
                         f"listening on port {port} instead"
                     )
                 try:
-                    return self._start_once(install, data_dir, run_dir, port, log, cancel)
+                    return self._start_once(install, data_dir, run_dir, port, secret, log, cancel)
                 except _BindFailure as exc:
                     self.ports.release(port)
                     bind_failures.append(f"port {port}: {exc}")
@@ -511,12 +521,16 @@ class HostRuntime:
         cancel: CancelToken,
         env: Mapping[str, str] | None = None,
     ) -> int:
-        """Run a client program of the server's major version as the engine's own user.
+        """Run a client program of the server's major version, unprivileged (SPEC §0.9).
 
         `program` is a bare name from `CLIENT_PROGRAMS`; anything else is an
-        `invalid_argument` ApiError. The engine's PG* environment variables are not passed on
-        (the caller gives the connection arguments); `env` is added on top. A program killed
-        by signal N returns 128+N.
+        `invalid_argument` ApiError. As root the engine runs it as the server user (so `\\!`,
+        `\\copy … program` and `-o |cmd` run unprivileged too); it dies with the engine
+        (`process.run(die_with_parent=True)`) and carries `CLIENT_TAG_ENV` so a start-up sweep
+        can find one that escaped. The engine's PG* environment variables are not passed on
+        (the caller gives the connection arguments); the handle's password goes into
+        `PGPASSWORD`, never onto the command line; `env` is added on top. A program killed by
+        signal N returns 128+N.
         """
         name = program.strip()
         if name not in CLIENT_PROGRAMS:
@@ -527,8 +541,12 @@ class HostRuntime:
         install = self._install_for_data_dir(handle.data_dir)
         path = self._client_program(install, name)
         child_env = _clean_env(os.environ)
+        child_env[CLIENT_TAG_ENV] = self.client_tag
+        if handle.password is not None:
+            child_env["PGPASSWORD"] = handle.password
         if env:
             child_env.update(env)
+        user = self.user if os.geteuid() == 0 else None
         try:
             result = process.run(
                 [str(path), *args],
@@ -536,8 +554,10 @@ class HostRuntime:
                 cwd=cwd,
                 env=child_env,
                 inherit_env=False,
+                user=user,
                 on_output=on_output,
                 cancel=cancel,
+                die_with_parent=True,
             )
         except ProcessError as exc:
             raise JobFailure("internal_error", f"cannot run {name}", str(exc)) from None
@@ -548,7 +568,10 @@ class HostRuntime:
             return 0
         install = self._install_for_data_dir(handle.data_dir)
         psql = self._client_program(install, "psql")
-        argv = pg.psql_probe_argv(psql, handle.host, handle.port, pg.COUNT_CONNECTIONS_SQL)
+        # Over the private socket: it needs no password (an adopted server's handle may not
+        # know it yet) and is not a TCP client itself.
+        host = str(handle.socket_dir) if handle.socket_dir is not None else handle.host
+        argv = pg.psql_probe_argv(psql, host, handle.port, pg.COUNT_CONNECTIONS_SQL)
         try:
             result = process.run(argv, env=_probe_env(), inherit_env=False, timeout=30)
             if result.exit_code == 0:
@@ -591,6 +614,21 @@ class HostRuntime:
                 _remove_run_dir(d)
                 removed.append(d)
         return removed
+
+    def kill_leftover_clients(self) -> list[int]:
+        """SIGKILL client programs an earlier engine of this store left running.
+
+        They normally die with the engine (parent-death signal); this catches any that did
+        not (an engine killed between fork and exec, a machine without `setpriv`), so no
+        orphaned psql keeps committing into an instance after a crash. Called at start-up.
+        """
+        needle = f"{CLIENT_TAG_ENV}={self.client_tag}".encode()
+        victims = [pid for pid in procs.find_by_environ(needle) if pid != os.getpid()]
+        for pid in victims:
+            logger.warning("killing client program %d left by a previous engine", pid)
+            procs.send(pid, signal.SIGKILL)
+        procs.wait_dead(victims, 5.0)
+        return victims
 
     def server_log(self, handle: ServerHandle) -> Path | None:
         """The server log file of a server started by this runtime (None if unknown)."""
@@ -694,8 +732,19 @@ class HostRuntime:
         _remove_stale_pid_file(pgdata, info.pid)
 
     def _make_run_dir(self) -> Path:
+        """`<tmp>/sqlrs-pg-XXXXXXXX/`: the server's socket, log and `pg_hba.conf`.
+
+        Owned by the server user, 0700: only that user and root can reach the socket, which
+        is why `local` connections may be trusted (`pg.HBA_LINES`).
+        """
         run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=self.run_root))
         try:
+            hba = run_dir / pg.HBA_FILE_NAME
+            fd = os.open(hba, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(pg.hba_text())
+            if os.geteuid() == 0:
+                os.chown(hba, self.user.uid, self.user.gid)
             ensure_owned_dir(run_dir, self.user, 0o700)
         except BaseException:
             _remove_run_dir(run_dir)
@@ -708,13 +757,14 @@ class HostRuntime:
         data_dir: Path,
         run_dir: Path,
         port: int,
+        password: str,
         log: LogSink,
         cancel: CancelToken,
     ) -> ServerHandle:
         pgdata = pgdata_of(data_dir)
         logfile = run_dir / SERVER_LOG_NAME
         offset = logfile.stat().st_size if logfile.exists() else 0
-        settings = pg.server_settings(install.major, port, run_dir)
+        settings = pg.server_settings(install.major, port, run_dir, run_dir / pg.HBA_FILE_NAME)
         argv = pg.pg_ctl_start_argv(
             install.bin_dir, pgdata, logfile, settings, int(self.start_timeout)
         )
@@ -743,7 +793,7 @@ class HostRuntime:
                 f"pg_ctl reported success but postmaster.pid does not show our server on port "
                 f"{port}: {info}\nserver log:\n{pg.log_tail(logfile, start=offset).strip()}",
             )
-        self._wait_ready(install, port, pid, cancel, deadline, logfile, offset)
+        self._wait_ready(install, run_dir, port, password, pid, cancel, deadline, logfile, offset)
         return ServerHandle(
             runtime_id=runtime_id_for(pid),
             data_dir=data_dir,
@@ -751,26 +801,35 @@ class HostRuntime:
             port=port,
             socket_dir=run_dir,
             pid=pid,
+            password=password,
         )
 
     def _wait_ready(
         self,
         install: Installation,
+        run_dir: Path,
         port: int,
+        password: str,
         pid: int,
         cancel: CancelToken,
         deadline: float,
         logfile: Path,
         offset: int,
     ) -> None:
-        """A real connection (`psql -c 'select 1'` over TCP, as the DSN will be used)."""
+        """A real connection that also sets the superuser's password (one psql process).
+
+        It goes through the private Unix socket (trusted, see `pg.HBA_LINES`): TCP needs the
+        password that this very probe sets. `pg_ctl start -w` has already waited for the
+        postmaster to report `ready`, which it does only after opening its TCP socket.
+        """
         psql = self._client_program(install, "psql")
-        argv = pg.psql_probe_argv(psql, LOOPBACK, port, pg.PROBE_SQL)
+        argv = pg.psql_probe_argv(psql, str(run_dir), port, None)
+        sql = pg.password_probe_sql(install.major, scram_verifier(password)).encode()
         last = ""
         while True:
             try:
                 result = process.run(
-                    argv, env=_probe_env(), inherit_env=False, cancel=cancel, timeout=30
+                    argv, env=_probe_env(), inherit_env=False, cancel=cancel, timeout=30, stdin=sql
                 )
                 if result.exit_code == 0 and result.output.strip() == "1":
                     return
@@ -1000,6 +1059,7 @@ def _conforms(runtime: HostRuntime) -> Runtime:
 
 __all__ = [
     "CLIENT_PROGRAMS",
+    "CLIENT_TAG_ENV",
     "HostRuntime",
     "Installation",
     "parse_image",

@@ -100,6 +100,23 @@ def find_by_cmdline(needle: str) -> list[int]:
     return found
 
 
+def environ_has(pid: int, entry: bytes) -> bool:
+    """True when `entry` (`NAME=value`) is one of `pid`'s environment strings (readable only
+    for our own processes or as root)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return False
+    return entry in raw.split(b"\0")
+
+
+def find_by_environ(entry: bytes) -> list[int]:
+    """Live processes (other than us) whose environment holds `entry` (`NAME=value`)."""
+    me = os.getpid()
+    return [pid for pid in all_pids() if pid != me and environ_has(pid, entry) and is_alive(pid)]
+
+
 def send(pid: int, signum: int) -> None:
     """Signal one process; a process that is already gone is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

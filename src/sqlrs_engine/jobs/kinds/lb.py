@@ -359,7 +359,7 @@ class LbSteps:
         code = self._runtime.run_client(
             handle,
             "psql",
-            ["-X", "-q", "-A", "-t", "-F", "\t", "-c", _CHANGELOG_QUERY, handle.dsn],
+            ["-X", "-q", "-A", "-t", "-F", "\t", "-c", _CHANGELOG_QUERY, handle.bare_dsn],
             stdin=None,
             cwd=None,
             on_output=lambda _stream, chunk: chunks.append(chunk),

@@ -74,7 +74,7 @@ class PsqlSteps:
         exit_code = self._runtime.run_client(
             handle,
             "psql",
-            [*step.exec_args, handle.dsn],
+            [*step.exec_args, handle.bare_dsn],
             stdin=stdin,
             cwd=self._args.work_dir,
             on_output=lines.feed,

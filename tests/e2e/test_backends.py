@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from sqlrs_engine import process
+from sqlrs_engine.process import RunAs
 from sqlrs_engine.snapshot.btrfs import subvolumes_below
 from sqlrs_engine.snapshot.fsinfo import is_subvolume
 from sqlrs_engine.snapshot.fsops import tree_size
@@ -178,6 +180,45 @@ def test_prepare_cache_hit_and_isolation(env: Env) -> None:
     assert query(fourth.dsn, "select count(*) from t") == "1000"
     again = succeeded(prepare(env.engine, psql_body(*TWO_STEPS, *CHILD_STEP)))
     assert query(again.dsn, "select count(*) from t") == "1001"
+
+
+def _as_server_user(script: str) -> tuple[int, str]:
+    """Run a shell script as the server user (`postgres` when the engine is root)."""
+    user = RunAs.from_name("postgres") if os.geteuid() == 0 else RunAs.current()
+    result = process.run(["sh", "-c", script], user=user, cwd="/", timeout=30)
+    return result.exit_code, result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as non-root the server runs as the engine user")
+def test_states_and_base_are_immutable_for_the_server_user(env: Env) -> None:
+    """SPEC §0.9: the server user writes only into clones, never into a state or the base."""
+    hit = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    state = env.state_dir(hit.result["state_id"])
+    (base,) = env.store.glob("engines/postgres/*/base")
+    targets = [
+        state,
+        state / "pgdata",
+        state / "pgdata" / "PG_VERSION",
+        state.parent,
+        base,
+        base / "pgdata",
+        base / "pgdata" / "PG_VERSION",
+    ]
+    if env.kind == "overlayfs":
+        targets += [state / "layer", state / "layer" / "pgdata" / "new-file"]
+    for target in targets:
+        code, output = _as_server_user(
+            f"echo poison >> '{target}' || touch '{target}/poison' || mkdir '{target}/poison'"
+        )
+        assert code != 0, f"the server user could write into {target}"
+        assert "Permission denied" in output, output
+    code, _ = _as_server_user(f"ls '{state.parent}' || ls '{base}'")
+    assert code != 0, "the server user can list the states"
+    # ... while its own clone stays writable, through the same files.
+    clone = env.data_dir(hit.job_id) / "pgdata"
+    code, output = _as_server_user(f"touch '{clone}/sqlrs-test' && rm '{clone}/sqlrs-test'")
+    assert code == 0, output
+    assert query(hit.dsn, "select count(*) from t") == "1000"
 
 
 def test_servers_start_without_crash_recovery(env: Env) -> None:

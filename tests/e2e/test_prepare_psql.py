@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pwd
+import re
 import time
 from pathlib import Path
 
@@ -38,7 +39,10 @@ def test_single_command_step_builds_a_state_and_an_instance(engine: EngineProces
     result = outcome.result
     assert result["image_id"] == "postgres@host-15.18"
     assert result["prepare_args_normalized"].endswith("-X -v ON_ERROR_STOP=1")
-    assert result["dsn"].startswith("postgres://sqlrs@127.0.0.1:")
+    # SPEC §0.9: the DSN carries the instance's own 32-character secret.
+    assert re.fullmatch(
+        r"postgres://sqlrs:[A-Za-z0-9_-]{32}@127\.0\.0\.1:\d+/postgres", result["dsn"]
+    )
     types = [e["type"] for e in outcome.events]
     assert types[:2] == ["status", "status"] and types[-2:] == ["status", "result"]
     assert outcome.task_events("execute-0") == ["running", "succeeded"]

@@ -55,7 +55,17 @@ class SnapshotActor(pykka.ThreadingActor):
         log.info("snapshot actor started backend=%s", self._store.backend.kind)
 
     def _startup_cleanup(self) -> None:
-        """Stale mounts and foreign layouts; never fatal (the engine must still start)."""
+        """Directory modes, stale mounts, foreign layouts; never fatal (the engine must start)."""
+        try:
+            opened = self._store.secure_layout()
+            if opened:
+                log.info(
+                    "sealed %d state-store directories against the server user: %s",
+                    len(opened),
+                    [str(p) for p in opened],
+                )
+        except Exception:
+            log.exception("cannot secure the state store's directory modes")
         try:
             swept = self._store.sweep_mounts()
             if swept.released:

@@ -6,6 +6,7 @@ that uses the returned object, which gives SQLite the single writer it is best a
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,32 @@ def _on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor.close()
 
 
+PRIVATE_MODE = 0o600
+SIDE_FILES = ("-wal", "-shm", "-journal")
+"""SQLite's companions of a database file; it creates them with the database's own mode."""
+
+
+def make_private(path: Path) -> None:
+    """Create `path` if missing, and give it and its side files mode 0600 (SPEC §0.9).
+
+    `state.db` holds every job's request, output and error, and each instance's password.
+    Creating it 0600 *before* SQLite opens it matters: SQLite copies the database's mode to
+    the `-wal` and `-shm` files it creates.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
+    os.close(fd)
+    for candidate in (path, *(path.with_name(path.name + s) for s in SIDE_FILES)):
+        try:
+            if (candidate.stat().st_mode & 0o777) != PRIVATE_MODE:
+                os.chmod(candidate, PRIVATE_MODE)
+        except FileNotFoundError:
+            continue
+
+
 def open_database(path: Path) -> dataset.Database:
-    """Open (creating if needed) and migrate the database at `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Open (creating if needed, mode 0600) and migrate the database at `path`."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
     db = dataset.connect(
         f"sqlite:///{path}",
         ensure_schema=False,

@@ -706,6 +706,9 @@ class HostRuntime:
                 f"but the image is PostgreSQL {install.major}",
             )
         try:
+            if os.geteuid() == 0 and os.stat(data_dir).st_uid != self.user.uid:
+                # A clone of a sealed base or state is made with the engine's ownership.
+                os.chown(data_dir, self.user.uid, self.user.gid)
             check_traversable(pgdata, self.user)
             st = pgdata.stat()
             if os.geteuid() == 0 and (st.st_uid != self.user.uid or st.st_gid != self.user.gid):

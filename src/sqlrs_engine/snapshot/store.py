@@ -53,6 +53,7 @@ from sqlrs_engine.snapshot.fsops import (
 from sqlrs_engine.snapshot.layout import (
     BASE_STAGING,
     INIT_LOCK,
+    INIT_MARKER,
     SEPARATE_BUILD_DIR,
     STORE_METADATA_NAMES,
     StoreLayout,
@@ -67,6 +68,7 @@ from sqlrs_engine.snapshot.overlay import (
     OverlayBackend,
     sweep_mounts,
 )
+from sqlrs_engine.snapshot.perms import PASSAGE, ensure_mode, is_sealed, make_dirs, seal
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +196,7 @@ class StateStore:
         )
 
         def ensure() -> None:
+            self._seal_states_dir(state_dir.parent)
             self._drop_unlockable_state(state_dir)
             self.backend.ensure_state_dir(state_dir)
             lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,16 +221,20 @@ class StateStore:
         base = self.layout.base_dir(image_id)
         marker = self.layout.init_marker(image_id)
         if marker.is_file():
+            if not is_sealed(base):
+                seal(base)  # a base of an older engine
             return base
-        with self._lock(
-            self.layout.init_lock(image_id),
-            lambda: self.backend.ensure_base_dir(base),
-            cancel,
-            None,
-        ):
+
+        def ensure() -> None:
+            # initdb runs as the server user inside base/: it must pass through until sealed.
+            make_dirs(base.parent, PASSAGE)
+            self.backend.ensure_base_dir(base)
+
+        with self._lock(self.layout.init_lock(image_id), ensure, cancel, None):
             if marker.is_file():
                 return base
             self._discard_unfinished_base(base)
+            ensure_mode(base, PASSAGE)  # initdb (the server user) works below until sealed
             staging = base / BASE_STAGING
             staging.mkdir(mode=0o755)
             cancel.raise_if_cancelled()
@@ -250,6 +257,10 @@ class StateStore:
                 raise os_error_to_snapshot("base init failed", error) from None
             fault_point("base:published")
             self.remove_path(staging)
+            try:
+                seal(base)  # from now on the server user reaches it only through clones
+            except OSError as exc:
+                raise os_error_to_snapshot("base init failed", exc) from exc
             self._write_marker(marker, "base init failed")
         return base
 
@@ -425,7 +436,8 @@ class StateStore:
         runtime = self.layout.job_runtime_dir(job_id)
         self.remove_path(runtime)
         try:
-            runtime.mkdir(parents=True)
+            make_dirs(runtime.parent, PASSAGE)
+            runtime.mkdir()
         except OSError as exc:
             raise os_error_to_snapshot("cannot create runtime dir", exc) from exc
         return runtime
@@ -504,6 +516,38 @@ class StateStore:
         if kind == "btrfs":
             return BtrfsBackend()
         return self.backend
+
+    # -- directory modes (snapshot/perms.py) ---------------------------------------------------
+
+    def _seal_states_dir(self, states: Path) -> None:
+        """`engines/<e>/<v>/states/`: created (with passable parents) and kept sealed."""
+        if is_sealed(states):
+            return
+        make_dirs(states.parent, PASSAGE)
+        seal(states)
+
+    def secure_layout(self) -> list[Path]:
+        """Give the store's directories their modes (start-up; fixes stores of older engines).
+
+        Returns the directories that were sealed just now (states/ and initialized bases that
+        the server user could still enter).
+        """
+        sealed: list[Path] = []
+        for directory in (self.layout.engines_dir, self.layout.jobs_dir):
+            if directory.is_dir():
+                ensure_mode(directory, PASSAGE)
+        for engine in _subdirs(self.layout.engines_dir):
+            ensure_mode(engine, PASSAGE)
+            for version in _subdirs(engine):
+                ensure_mode(version, PASSAGE)
+                candidates = [version / "states"]
+                if (version / "base" / INIT_MARKER).is_file():
+                    candidates.append(version / "base")
+                for directory in candidates:
+                    if directory.is_dir() and not is_sealed(directory):
+                        seal(directory)
+                        sealed.append(directory)
+        return sealed
 
     # -- housekeeping --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from sqlrs_engine.config.defaults import MAX_HTTP_THREADS, MIN_HTTP_THREADS
 from sqlrs_engine.durations import DurationError, parse_duration
 from sqlrs_engine.engine import Engine, EngineOptions, run_until_stopped
 from sqlrs_engine.errors import StartupRefused
-from sqlrs_engine.http.server import parse_listen
+from sqlrs_engine.http.server import is_loopback, parse_listen
 from sqlrs_engine.logsetup import configure_logging
 from sqlrs_engine.memory import return_large_allocations
 
@@ -63,6 +63,14 @@ def _parser() -> _Parser:
         dest="idle_timeout",
         default="30s",
         help="Go duration; 0 disables",
+    )
+    parser.add_argument(
+        "-allow-non-loopback",
+        "--allow-non-loopback",
+        dest="allow_non_loopback",
+        action="store_true",
+        help="allow --listen on a non-loopback address (the API is plain HTTP: anyone who can "
+        "reach it sees the token and the DSNs in transit)",
     )
     parser.add_argument(
         "-version",
@@ -116,6 +124,12 @@ def parse_options(argv: Sequence[str], environ: dict[str, str]) -> EngineOptions
         idle_timeout = parse_duration(args.idle_timeout)
     except (ValueError, DurationError) as error:
         raise _UsageError(str(error)) from None
+    if not is_loopback(host) and not args.allow_non_loopback:
+        raise _UsageError(
+            f"--listen {args.listen} is not a loopback address: the API is plain HTTP, so "
+            "anyone on the network could read the token and the instances' passwords; listen "
+            "on 127.0.0.1 (or [::1]), or pass --allow-non-loopback to accept that risk"
+        )
     threads = args.http_threads
     if threads is not None and not MIN_HTTP_THREADS <= threads <= MAX_HTTP_THREADS:
         raise _UsageError(
@@ -133,6 +147,7 @@ def parse_options(argv: Sequence[str], environ: dict[str, str]) -> EngineOptions
         idle_timeout=idle_timeout,
         version=args.version,
         http_threads=args.http_threads,
+        non_loopback=not is_loopback(host),
     )
 
 
@@ -149,6 +164,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(options.engine_json.parent / "logs")
     return_large_allocations()
     log.info("sqlrs-engine version=%s build=%s pid=%d", options.version, __version__, os.getpid())
+    if options.non_loopback:
+        log.warning(
+            "listening on non-loopback address %s (--allow-non-loopback): the API is plain "
+            "HTTP; the token and the instances' DSNs cross the network unencrypted",
+            options.listen_host,
+        )
 
     stop_requested = threading.Event()
 

@@ -32,7 +32,7 @@ from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.http.activity import ActivityTracker
 from sqlrs_engine.http.app import build_app
 from sqlrs_engine.http.context import ApiContext
-from sqlrs_engine.http.server import HttpServer
+from sqlrs_engine.http.server import HttpServer, endpoint_text
 from sqlrs_engine.ids import new_auth_token, new_engine_instance_id
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.logsetup import apply_log_level
@@ -64,6 +64,8 @@ class EngineOptions:
     http_threads: int | None = None
     """Overrides config `http.threads` (tests use small pools to prove streams don't starve)."""
     auth_token: str = field(default_factory=new_auth_token)
+    non_loopback: bool = False
+    """`--listen` is not a loopback address (allowed by `--allow-non-loopback`)."""
 
 
 class Engine:
@@ -184,7 +186,7 @@ class Engine:
         self._http = HttpServer(app, self.options.listen_host, self.options.listen_port, threads)
         host, port = self._http.bind()
         self._info = EngineInfo(
-            endpoint=f"{host}:{port}",
+            endpoint=endpoint_text(host, port),
             pid=os.getpid(),
             started_at=now_rfc3339(),
             auth_token=self.options.auth_token,

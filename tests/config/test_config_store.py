@@ -358,7 +358,7 @@ def test_file_is_two_space_pretty_json_with_sorted_keys(store: ConfigStore, root
     store.patch("snapshot.backend", "copy")
     store.patch("cache.capacity.maxBytes", 1073741824)
     store.patch("cache.capacity.highWatermark", 0.95)
-    store.patch("runtime.host.binDirs", ["/opt/pg/bin"])
+    store.patch("runtime.host.binDirs", ["/usr/lib/postgresql/15/bin"])
     text = (root / CONFIG_FILE_NAME).read_text(encoding="utf-8")
     assert text == (
         "{\n"
@@ -371,7 +371,7 @@ def test_file_is_two_space_pretty_json_with_sorted_keys(store: ConfigStore, root
         '  "runtime": {\n'
         '    "host": {\n'
         '      "binDirs": [\n'
-        '        "/opt/pg/bin"\n'
+        '        "/usr/lib/postgresql/15/bin"\n'
         "      ]\n"
         "    }\n"
         "  },\n"
@@ -496,9 +496,14 @@ def test_accessor_defaults(store: ConfigStore) -> None:
         ("orchestrator.jobs.maxIdentical", 0, "max_identical", 0),
         ("orchestrator.jobs.maxIdentical", 7, "max_identical", 7),
         ("orchestrator.jobs.maxIdentical", None, "max_identical", 2),
-        ("runtime.host.user", "pgrunner", "host_user", "pgrunner"),
+        ("runtime.host.user", "postgres", "host_user", "postgres"),
         ("runtime.host.user", None, "host_user", None),
-        ("runtime.host.binDirs", ["/a/bin", "/b/bin"], "host_bin_dirs", ["/a/bin", "/b/bin"]),
+        (
+            "runtime.host.binDirs",
+            ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/15/bin/"],
+            "host_bin_dirs",
+            ["/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/15/bin/"],
+        ),
         ("runtime.host.binDirs", [], "host_bin_dirs", []),
         ("runtime.host.binDirs", None, "host_bin_dirs", []),
         ("http.threads", 128, "http_threads", 128),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 from typing import Any
 
 import pytest
@@ -14,6 +16,11 @@ from sqlrs_engine.config.validate import (
     check_json_value,
     validate_change,
 )
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+"""An installation's bin dir on this machine (ENVIRONMENT.md): a valid `binDirs` entry."""
+SERVER_USER = "postgres" if os.geteuid() == 0 else getpass.getuser()
+"""A `runtime.host.user` the next start can use."""
 
 INTEGER_PATHS = [
     "orchestrator.jobs.maxIdentical",
@@ -59,13 +66,13 @@ ACCEPT: list[tuple[str, str]] = [
     ("log.level", '"Warn"'),
     ("log.level", "null"),
     ("runtime.host.user", '"postgres"'),
-    ("runtime.host.user", '"pg-runner"'),
+    ("runtime.host.user", f'"{SERVER_USER}"'),
     ("runtime.host.user", "null"),
-    ("runtime.host.binDirs", '["/usr/lib/postgresql/16/bin"]'),
-    ("runtime.host.binDirs", '["/opt/pg/bin", "/usr/local/pgsql/bin"]'),
+    ("runtime.host.binDirs", f'["{PG_BIN}"]'),
+    ("runtime.host.binDirs", f'["{PG_BIN}", "{PG_BIN}/../bin"]'),
     ("runtime.host.binDirs", "[]"),
     ("runtime.host.binDirs", "null"),
-    ("runtime.host.binDirs[0]", '"/opt/pg/bin"'),
+    ("runtime.host.binDirs[0]", f'"{PG_BIN}"'),
     ("liquibase.exec", '"/opt/liquibase/liquibase"'),
     ("liquibase.exec", "null"),
     ("liquibase.warmJvm", "false"),
@@ -125,6 +132,11 @@ REJECT: list[tuple[str, str, str]] = [
     ("runtime.host.binDirs", '["bin"]', "binDirs[0] must be an absolute directory path"),
     ("runtime.host.binDirs", '["/ok", "./rel"]', "binDirs[1] must be an absolute"),
     ("runtime.host.binDirs", '["/ok", null]', "binDirs[1] must be an absolute"),
+    # Values that would stop the next start (SPEC §0.9, issue 10).
+    ("runtime.host.binDirs", '["/tmp"]', "holds no PostgreSQL server binaries"),
+    ("runtime.host.binDirs[0]", '"/usr/bin"', "missing postgres, pg_ctl, initdb"),
+    ("runtime.host.user", '"no-such-user-sqlrs"', "would stop the next start"),
+    ("runtime.host.user", '"root"', "would stop the next start"),
     ("runtime.host.binDirs", '[""]', "binDirs[0] must be an absolute"),
     ("liquibase.exec", '"liquibase"', "liquibase.exec must be an absolute file path"),
     ("liquibase.exec", '["/x"]', "liquibase.exec must be an absolute file path"),

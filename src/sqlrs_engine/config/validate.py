@@ -12,6 +12,7 @@ and turns `5.0` and `5e0` into `float`, so "no fraction / exponent" is a type ch
 from __future__ import annotations
 
 import math
+import os
 import posixpath
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from sqlrs_engine.config.defaults import (
 from sqlrs_engine.config.merge import effective_tree
 from sqlrs_engine.config.paths import ConfigPath, find_value, format_path, get_value, has_value
 from sqlrs_engine.durations import DurationError, parse_duration_ns
+from sqlrs_engine.runtime.users import ServerUserError, server_user
 
 __all__ = [
     "HIGH_WATERMARK",
@@ -159,9 +161,19 @@ def _one_of(choices: tuple[str, ...], *, ignore_case: bool = False) -> Callable[
     return check
 
 
+SERVER_PROGRAMS = ("postgres", "pg_ctl", "initdb")
+"""What a `runtime.host.binDirs` entry must hold to serve as an installation (runtime/host.py)."""
+
+
 def _user_name(name: str, value: Any) -> None:
+    """A user the next start can run PostgreSQL as (the check `server_user` makes at start):
+    as root an existing unprivileged user, otherwise the engine's own user."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidValue(f"{name} must be a non-empty OS user name (got {_show(value)})")
+    try:
+        server_user(value)
+    except ServerUserError as error:
+        raise InvalidValue(f"{name} {_show(value)} would stop the next start: {error}") from None
 
 
 def _abs_dirs(name: str, value: Any) -> None:
@@ -173,6 +185,18 @@ def _abs_dirs(name: str, value: Any) -> None:
         if not isinstance(item, str) or not posixpath.isabs(item):
             raise InvalidValue(
                 f"{name}[{pos}] must be an absolute directory path (got {_show(item)})"
+            )
+    for pos, item in enumerate(value):
+        missing = [
+            program
+            for program in SERVER_PROGRAMS
+            if not (os.path.isfile(f"{item}/{program}") and os.access(f"{item}/{program}", os.X_OK))
+        ]
+        if missing:
+            raise InvalidValue(
+                f"{name}[{pos}] {_show(item)} holds no PostgreSQL server binaries (missing "
+                f"{', '.join(missing)}); give the bin directory of an installation, for example "
+                "/usr/lib/postgresql/15/bin"
             )
 
 

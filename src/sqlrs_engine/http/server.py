@@ -8,6 +8,7 @@ below exposes the client socket to the app under `sqlrs.socket` for that.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -40,6 +41,24 @@ def parse_listen(value: str) -> tuple[str, int]:
         raise ValueError(f"invalid --listen {value!r}: port out of range")
     host = host.strip("[]") or "127.0.0.1"
     return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and loopback address literals (`127.0.0.0/8`, `::1`).
+
+    Any other name counts as non-loopback: it may resolve to a public address, now or later.
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def endpoint_text(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets (`[::1]:8080`) so it splits unambiguously."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class HttpServer:

@@ -223,7 +223,16 @@ def test_each_step_runs_psql_with_its_arguments_on_one_server(
     parts = world.start()
     runtime = ScriptRuntime()
     result = run(parts.psql_job(job_id, request, runtime))
-    got = [(c.args, c.stdin, c.cwd) for c in runtime.calls]
+    # psql runs from the job's staging copy (jobs/staging.py): map its paths back.
+    stage_root = re.compile(r"/[^ ]*/jobs/[0-9a-f]{32}/stage/root(?=/)")
+
+    def unstage(text: str) -> str:
+        return stage_root.sub("", text)
+
+    got = [
+        ([unstage(a) for a in c.args], c.stdin, Path(unstage(str(c.cwd)))) for c in runtime.calls
+    ]
+    assert all("/stage/root/" in str(c.cwd) for c in runtime.calls)
     # The DSN on psql's command line has no password (it goes into PGPASSWORD).
     bare = re.sub(r"//sqlrs:[^@]+@", "//sqlrs@", result["dsn"])
     assert bare != result["dsn"]

@@ -86,6 +86,7 @@ class StateBuilder:
             planning_server=self._planning_server,
             store_root=self.services.snapshots.layout.root,
             config_value=self._config_value,
+            job_dir=self.services.snapshots.layout.job_dir(self.job_id),
         )
 
     def make_plan(self, stored: StoredPlan | None = None) -> list[PlanTask]:

@@ -52,6 +52,9 @@ class PlanContext:
     """The state store root (kinds may keep small caches under it)."""
     config_value: Callable[[str], object] = lambda _path: None
     """Effective config value at a path (e.g. `liquibase.exec`), None when unset."""
+    job_dir: Path | None = None
+    """The job's own directory (`jobs/<job>/`), for per-step scratch files; None when
+    planning only (explain)."""
 
 
 class StepRunner(Protocol):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +12,8 @@ from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
 from sqlrs_engine.jobs.planning import plan_psql
-from sqlrs_engine.prepare.digest import ContentLocks, step_digest
+from sqlrs_engine.jobs.staging import InputEchoFilter, StagedStep, stage_step
+from sqlrs_engine.prepare.digest import CONTENT_HASH_ERROR, ContentError, ContentLocks, step_digest
 from sqlrs_engine.prepare.hashing import psql_task_hash
 from sqlrs_engine.prepare.job_request import PrepareRequest
 from sqlrs_engine.prepare.plan import PlanTask, step_index
@@ -23,7 +26,11 @@ OUTPUT_TAIL = 16 * 1024
 
 
 class PsqlSteps:
-    """Runs one psql job's steps: `psql -X -v ON_ERROR_STOP=1 <step args> <dsn>` each."""
+    """Runs one psql job's steps: `psql -X -v ON_ERROR_STOP=1 <step args> <dsn>` each.
+
+    Each step runs from a private staging copy of exactly what its digest read
+    (jobs/staging.py), as the runtime's unprivileged user (SPEC §0.9).
+    """
 
     def __init__(
         self,
@@ -33,6 +40,7 @@ class PsqlSteps:
         engine_version: str,
         log: LogSink,
         cancel: CancelToken,
+        stage_dir: Path,
     ) -> None:
         self._request = request
         self._args = args
@@ -40,25 +48,60 @@ class PsqlSteps:
         self._engine_version = engine_version
         self._log = log
         self._cancel = cancel
+        self._stage_dir = stage_dir
+        self._locks: ContentLocks | None = None
 
     @contextmanager
     def inputs(self, task: PlanTask) -> Iterator[str]:
         """Re-digest the step's files under locks held for the whole step (§2.9.2)."""
         with ContentLocks() as locks:
             digest = step_digest(self._args, step_index(task), locks)
-            yield psql_task_hash(digest.hash, self._engine_version)
+            self._locks = locks
+            try:
+                yield psql_task_hash(digest.hash, self._engine_version)
+            finally:
+                self._locks = None
 
     def close(self) -> None:
         """Nothing is kept between psql steps."""
+        shutil.rmtree(self._stage_dir, ignore_errors=True)
 
     def run(self, task: PlanTask, handle: ServerHandle) -> None:
+        if self._locks is None:
+            raise RuntimeError("PsqlSteps.run outside of inputs(): the step's files are unlocked")
         step = self._args.steps[step_index(task)]
+        # The server user's group may read the copy (psql runs as that user when we are root).
+        user = getattr(self._runtime, "user", None)
+        gid = user.gid if user is not None and os.geteuid() == 0 else None
+        try:
+            staged = stage_step(
+                self._stage_dir,
+                step,
+                self._request.stdin,
+                self._args.work_dir_text,
+                self._locks,
+                gid,
+            )
+        except ContentError as error:
+            raise JobFailure("invalid_argument", CONTENT_HASH_ERROR, str(error)) from None
+        except OSError as error:
+            raise JobFailure("internal_error", "cannot stage psql inputs", str(error)) from None
+        try:
+            self._run_staged(staged, handle)
+        finally:
+            shutil.rmtree(self._stage_dir, ignore_errors=True)
+
+    def _run_staged(self, staged: StagedStep, handle: ServerHandle) -> None:
         self._log("psql: start")
         tail: list[str] = []
         tail_size = 0
+        echo = InputEchoFilter()
 
-        def on_line(_stream: str, line: str) -> None:
+        def on_line(stream: str, line: str) -> None:
             nonlocal tail_size
+            line = staged.unstage(line)
+            if stream == "stderr" and echo.hides(line):
+                return
             self._log(f"psql: {line}")
             tail.append(line)
             tail_size += len(line) + 1
@@ -66,17 +109,12 @@ class PsqlSteps:
                 tail_size -= len(tail.pop(0)) + 1
 
         lines = LineBuffer(on_line)
-        stdin = (
-            self._request.stdin.encode("utf-8")
-            if step.uses_stdin and self._request.stdin is not None
-            else None
-        )
         exit_code = self._runtime.run_client(
             handle,
             "psql",
-            [*step.exec_args, handle.bare_dsn],
-            stdin=stdin,
-            cwd=self._args.work_dir,
+            [*staged.args, handle.bare_dsn],
+            stdin=staged.stdin,
+            cwd=staged.cwd,
             on_output=lines.feed,
             cancel=self._cancel,
         )
@@ -113,6 +151,7 @@ class PsqlKind:
             context.engine_version,
             context.log,
             context.cancel,
+            (context.job_dir or context.store_root / "jobs" / "unplanned") / "stage",
         )
         return KindPlan(
             effective_image=planned.effective_image,

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import ujson
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,37 @@ class EngineInfo:
         }
 
 
+def make_private_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents, each with mode 0700 (umask aside)."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for item in reversed(missing):
+        try:
+            item.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(item, 0o700)
+
+
 def write_engine_json(path: Path, info: EngineInfo) -> None:
-    """Write atomically (tmp, remove old, rename), pretty with 2 spaces, mode 0600, dir 0700."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Write atomically (tmp, remove old, rename), pretty with 2 spaces, mode 0600.
+
+    Missing directories on the way are created 0700 (each of them, not only the last). An
+    existing directory is not changed — it may be shared (`/tmp`) or the user's home — but one
+    that others can list is named in a warning: the file itself stays 0600 either way.
+    """
+    make_private_dirs(path.parent)
+    mode = stat.S_IMODE(path.parent.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "the directory of engine.json, %s, has mode %04o: others can see its entries; "
+            "consider chmod 0700",
+            path.parent,
+            mode,
+        )
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

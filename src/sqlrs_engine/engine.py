@@ -39,6 +39,7 @@ from sqlrs_engine.logsetup import apply_log_level
 from sqlrs_engine.persistence.guard import StorageHealth
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import Runtime, ServerHandle
+from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.runtime.select import select_runtime
 from sqlrs_engine.runtime.users import ServerUserError, grant_traversal
 from sqlrs_engine.snapshot.layout import StoreLayout
@@ -115,6 +116,7 @@ class Engine:
         )
         runtime = choice.runtime
         log.info("%s", choice.reason)
+        _kill_leftover_clients(runtime, root)
         _make_reachable(root, runtime)
         backend = select_backend(config.snapshot_backend(), root)
         (log.warning if backend.fallback else log.info)("%s", backend.reason)
@@ -259,6 +261,17 @@ class Engine:
         if self._info is not None:
             remove_engine_json(self.options.engine_json, self.instance_id)
         log.info("engine stopped")
+
+
+def _kill_leftover_clients(runtime: Runtime, root: Path) -> None:
+    """Tag this store's client programs, and kill those an earlier engine left (SPEC §0.9)."""
+    if isinstance(runtime, HostRuntime):
+        runtime.client_tag = str(root)
+        killed = runtime.kill_leftover_clients()
+        if killed:
+            log.warning(
+                "killed %d client programs left by a previous engine: %s", len(killed), killed
+            )
 
 
 def _make_reachable(root: Path, runtime: Runtime) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 import time
 from pathlib import Path
 
+from sqlrs_engine.discovery import make_private_dirs
 from sqlrs_engine.errors import ApiError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,7 +49,9 @@ class _AnswersAreNotFailures(logging.Filter):
 
 def configure_logging(log_dir: Path, level: str = "INFO") -> Path:
     """Log to `log_dir/engine.log` (0600, dir 0700) and to stderr when it is a terminal."""
-    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(log_dir)
+    if stat.S_IMODE(log_dir.stat().st_mode) != 0o700:
+        os.chmod(log_dir, 0o700)  # our own directory: an older engine made it 0755
     path = log_dir / "engine.log"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.close(fd)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlrs_engine.jobs.staging import StagedStep, stage_step
+from sqlrs_engine.jobs.staging import InputEchoFilter, StagedStep, stage_step
 from sqlrs_engine.prepare.digest import ContentLocks, step_digest
 from sqlrs_engine.prepare.psql_args import parse_psql_args
 
@@ -93,3 +93,25 @@ def test_modes(tmp_path: Path, src: Path) -> None:
         assert mode == (0o750 if path.is_dir() else 0o640), path
         assert path.stat().st_uid == os.geteuid()
     assert staged.cwd.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("lines", "kept"),
+    [
+        (
+            [
+                'psql:/etc/shadow:1: ERROR:  syntax error at or near "root"',
+                "LINE 1: root:$6$secrethash:19000:0:99999:7:::",
+                "        ^",
+                "psql:next.sql:2: NOTICE:  hello",
+            ],
+            [0, 3],
+        ),
+        (["QUERY:  select secret()", "CONTEXT:  PL/pgSQL function f() line 3"], [1]),
+        (["   ^   ", "LINE is fine: not an echo"], [0, 1]),
+        (["LINE 12: select 1 +", "LINE 13: x", "        ^", "        ^"], [3]),
+    ],
+)
+def test_input_echo_filter(lines: list[str], kept: list[int]) -> None:
+    echo = InputEchoFilter()
+    assert [i for i, line in enumerate(lines) if not echo.hides(line)] == kept

@@ -22,6 +22,7 @@ directories 0750, files 0640, owned by the engine's user with the server user's 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,4 +150,31 @@ def stage_step(
     return StagedStep(args, data, cwd, root)
 
 
-__all__ = ["StagedStep", "stage_step"]
+_ECHO = re.compile(r"^(LINE \d+|QUERY): ")
+_CARET = re.compile(r"^\s*\^\s*$")
+
+
+class InputEchoFilter:
+    """Drops psql's echo of input text from what a job records (SPEC §0.9).
+
+    On an error psql prints the offending input line (`LINE 3: <text>`, then a `^` marker
+    line, or `QUERY: <text>`): for `-f /etc/shadow` that would copy a line of the file into
+    the job's events and error. The `psql:<file>:<line>: ERROR: …` line before it already says
+    where the error is, so only the echo is dropped. Feed it every stderr line in order.
+    """
+
+    def __init__(self) -> None:
+        self._after_echo = False
+
+    def hides(self, line: str) -> bool:
+        if _ECHO.match(line):
+            self._after_echo = True
+            return True
+        if self._after_echo and _CARET.match(line):
+            self._after_echo = False
+            return True
+        self._after_echo = False
+        return False
+
+
+__all__ = ["InputEchoFilter", "StagedStep", "stage_step"]

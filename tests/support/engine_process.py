@@ -90,16 +90,19 @@ def start_engine(
     env: Mapping[str, str] | None = None,
     idle_timeout: str = "0",
     state_store: Path | None = None,
+    engine_json: Path | None = None,
+    listen: str = "127.0.0.1:0",
 ) -> EngineProcess:
-    """Start an engine whose engine.json lives in `workdir`; wait until it answers health."""
-    engine_json = workdir / "engine.json"
+    """Start an engine whose engine.json lives in `workdir` (unless `engine_json` says where);
+    wait until it answers health."""
+    engine_json = engine_json or workdir / "engine.json"
     store = state_store or workdir / "state-store"
     full_env = dict(os.environ)
     full_env["SQLRS_STATE_STORE"] = str(store)
     full_env.update(env or {})
     args = [
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--write-engine-json",
         str(engine_json),
         "--idle-timeout",
@@ -135,6 +138,8 @@ def _read_info(path: Path) -> dict[str, Any] | None:
 
 
 def _healthy(info: dict[str, Any]) -> bool:
+    if str(info.get("endpoint", "")).startswith("0.0.0.0:"):
+        info = {**info, "endpoint": "127.0.0.1:" + str(info["endpoint"]).split(":")[1]}
     try:
         response = requests.get(f"http://{info['endpoint']}/v1/health", timeout=2)
     except requests.RequestException:

@@ -93,7 +93,8 @@ class Runtime(Protocol):
     def init_base(
         self, resolved_image_id: str, data_dir: Path, log: LogSink, cancel: CancelToken
     ) -> None:
-        """Run initdb into `pgdata_of(data_dir)` (must not exist yet); trust auth, user sqlrs."""
+        """Run initdb into `pgdata_of(data_dir)` (must not exist yet): superuser sqlrs, the
+        engine's `pg_hba.conf` (TCP needs the per-start password, SPEC §0.9)."""
         ...
 
     def prepare_data_dir(self, data_dir: Path) -> None:

@@ -3,8 +3,15 @@
 SPEC §0.2. One instance = one `postgres` server on a data dir, listening on `127.0.0.1:<port>`
 (a port from `ports.SHARED_PORTS`) plus a Unix socket in a private run directory
 `<tmp>/sqlrs-pg-XXXXXXXX/` (owned by the server user, 0700, short enough for the 107-byte
-socket path limit), which also holds the server log `postgres.log` (`pg_ctl -l`). Nothing of
-this goes into the data dir: data dirs are snapshotted, and the port is chosen per start.
+socket path limit), which also holds the server log `postgres.log` (`pg_ctl -l`) and the
+`pg_hba.conf` the server uses (`-c hba_file=`). Nothing of this goes into the data dir: data
+dirs are snapshotted, and the port is chosen per start.
+
+Credentials (SPEC §0.9): every start sets the superuser's password — the caller's (an
+instance keeps its own) or a new random one — through the readiness probe, and the handle
+carries it. TCP needs it; the socket is trusted but reachable only by the server user and
+root. Client programs (`run_client`) run as the server user when the engine is root, get the
+password in `PGPASSWORD`, and die with the engine.
 
 Servers are started with `pg_ctl start -w` as the server user (see `users.py`), so they are
 daemons in their own session: they keep running when the engine exits, and a restarted engine

@@ -44,6 +44,17 @@ REQUIRED = ["--listen", "127.0.0.1:0", "--write-engine-json", "/srv/sqlrs/engine
         ([*REQUIRED, "-version=v0.9.0-rc1"], {"version": "v0.9.0-rc1"}),
         ([*REQUIRED, "--http-threads", "4"], {"http_threads": 4}),
         ([*REQUIRED, "--http-threads=128"], {"http_threads": 128}),
+        # non-loopback listening needs the opt-in (SPEC §0.9)
+        (REQUIRED, {"non_loopback": False}),
+        (["--listen", "127.0.0.2:1", "--write-engine-json", "/e.json"], {"non_loopback": False}),
+        (
+            ["--listen", "0.0.0.0:0", "--write-engine-json", "/e.json", "--allow-non-loopback"],
+            {"listen_host": "0.0.0.0", "non_loopback": True},
+        ),
+        (
+            ["-allow-non-loopback", "--listen", "[::]:0", "--write-engine-json", "/e.json"],
+            {"listen_host": "::", "non_loopback": True},
+        ),
     ],
 )
 def test_accepted_flags(argv: list[str], expected: dict[str, Any]) -> None:
@@ -107,6 +118,10 @@ def test_run_dir_is_created_with_mode_0700(tmp_path: Path) -> None:
         ([*REQUIRED, "--http-threads", "many"], "invalid int value"),
         ([*REQUIRED, "--bogus"], "unrecognized arguments: --bogus"),
         ([*REQUIRED, "--idle", "1s"], "unrecognized arguments"),  # no abbreviations, like Go
+        (["--listen", "0.0.0.0:0", "--write-engine-json", "/e.json"], "--allow-non-loopback"),
+        (["--listen", "[::]:0", "--write-engine-json", "/e.json"], "not a loopback address"),
+        (["--listen", "192.168.1.5:0", "--write-engine-json", "/e.json"], "not a loopback address"),
+        (["--listen", "example.com:0", "--write-engine-json", "/e.json"], "not a loopback address"),
     ],
 )
 def test_flag_errors_exit_2_with_the_reason(

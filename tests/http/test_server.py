@@ -13,7 +13,13 @@ import pytest
 
 from sqlrs_engine.http.jsonio import json_line
 from sqlrs_engine.http.params import json_object_body
-from sqlrs_engine.http.server import SOCKET_KEY, HttpServer, parse_listen
+from sqlrs_engine.http.server import (
+    SOCKET_KEY,
+    HttpServer,
+    endpoint_text,
+    is_loopback,
+    parse_listen,
+)
 
 
 @pytest.mark.parametrize(
@@ -133,3 +139,32 @@ def test_a_chunked_request_body_reaches_the_apps_json_parser() -> None:
     finally:
         server.stop()
     assert (status, body) == (200, b'{"a":1}\n')
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("10.0.0.1", False),
+        ("fe80::1%eth0", False),
+        ("example.com", False),
+        ("127.0.0.1.example.com", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "text"),
+    [("127.0.0.1", 80, "127.0.0.1:80"), ("::1", 8080, "[::1]:8080"), ("::", 1, "[::]:1")],
+)
+def test_endpoint_text_brackets_ipv6(host: str, port: int, text: str) -> None:
+    assert endpoint_text(host, port) == text
+    assert parse_listen(text) == (host, port)

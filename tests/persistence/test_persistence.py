@@ -268,3 +268,48 @@ def test_expired_instances_are_found_by_time_not_by_text(
         "c" * 32: "orphaned",
         "d" * 32: "expired",
     }
+
+
+def test_state_db_and_its_side_files_are_private(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)  # an older engine's file
+    db = open_database(path)
+    MetadataQueries(db).insert_state(
+        StateRecord(STATE, None, "img", "psql", "-c x", "2026-01-01T00:00:00Z", 1)
+    )
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    db.close()
+
+
+def test_migration_2_adds_the_instance_secret(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    from sqlrs_engine.persistence.schema import MIGRATIONS
+
+    for statement in MIGRATIONS[0]:
+        connection.execute(statement)
+    connection.execute("INSERT INTO schema_version (version) VALUES (1)")
+    connection.execute(
+        "INSERT INTO states (state_id, image_id, prepare_kind, prepare_args_normalized, "
+        "created_at) VALUES (?, 'img', 'psql', '-c x', '2026-01-01T00:00:00Z')",
+        (STATE,),
+    )
+    connection.execute(
+        "INSERT INTO instances (instance_id, state_id, image_id, created_at) "
+        "VALUES (?, ?, 'img', '2026-01-01T00:00:00Z')",
+        ("a" * 32, STATE),
+    )
+    connection.commit()
+    connection.close()
+    db = open_database(path)
+    metadata = MetadataQueries(db)
+    row = metadata.instance_row("a" * 32)
+    assert row is not None and row["secret"] is None  # an older engine's instance
+    metadata.set_instance_runtime("a" * 32, "host:1", "s3cret")
+    metadata.set_instance_runtime("a" * 32, "host:2")  # a restart without a new secret
+    row = metadata.instance_row("a" * 32)
+    assert row is not None and (row["runtime_id"], row["secret"]) == ("host:2", "s3cret")
+    db.close()

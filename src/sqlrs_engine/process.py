@@ -154,9 +154,7 @@ class ProcessTimeout(ProcessError):
 @functools.cache
 def _setpriv() -> str | None:
     """`setpriv` if it is installed and knows `--pdeathsig` (util-linux 2.33+)."""
-    path = shutil.which("setpriv") or (
-        "/usr/bin/setpriv" if os.path.exists("/usr/bin/setpriv") else None
-    )
+    path = shutil.which("setpriv", path=os.defpath + ":/usr/bin:/bin")
     if path is None:
         return None
     try:

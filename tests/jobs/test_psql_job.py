@@ -77,7 +77,8 @@ def printing(*chunks: tuple[str, bytes], code: int = 0) -> ClientBehaviour:
             [("stderr", b'ERROR:  relation "t" does not exist\nLINE 1: select * from t\n')],
             3,
             "internal_error",
-            'ERROR:  relation "t" does not exist\nLINE 1: select * from t',
+            # psql's echo of the input line is not recorded (SPEC §0.9: no input contents)
+            'ERROR:  relation "t" does not exist',
             id="psql-error",
         ),
         pytest.param(

@@ -24,10 +24,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlrs_engine.prepare.digest import ContentLocks, parse_include
+from sqlrs_engine.prepare.digest import MAX_LINE_BYTES, ContentLocks, parse_include
 from sqlrs_engine.prepare.psql_args import PsqlStep
 from sqlrs_engine.prepare.textutil import go_clean, go_dir, go_join, go_trim_space, is_abs
 
@@ -84,33 +85,38 @@ class _Stager:
         base = go_dir(current_file) if command in _RELATIVE and current_file else self.work_dir
         return go_clean(go_join(base, argument))
 
-    def rewrite(self, data: bytes, current_file: str) -> bytes:
-        out: list[bytes] = []
-        for raw in data.splitlines(keepends=True):
+    def rewrite(self, lines: Iterable[bytes], current_file: str) -> Iterator[bytes]:
+        """`lines` (endings kept) with every include pointed at its staged copy."""
+        for raw in lines:
             body = raw.rstrip(b"\r\n")
             ending = raw[len(body) :]
-            text = body.decode("utf-8", "surrogateescape")
-            include = parse_include(text.removesuffix("\r"))
+            include = (
+                parse_include(body.decode("utf-8", "surrogateescape"))
+                if len(body) <= MAX_LINE_BYTES and body.lstrip().startswith(b"\\")
+                else None
+            )
             if include is None:
-                out.append(raw)
+                yield raw
                 continue
             target = self.resolve(include[0], include[1], current_file)
             self.file(target)
             quoted = str(self.staged(target)).replace("\\", "\\\\").replace("'", "''")
-            out.append(f"\\i '{quoted}'".encode("utf-8", "surrogateescape") + ending)
-        return b"".join(out)
+            yield f"\\i '{quoted}'".encode("utf-8", "surrogateescape") + ending
+
+    def text(self, data: bytes) -> bytes:
+        return b"".join(self.rewrite(data.splitlines(keepends=True), ""))
 
     def file(self, path: str) -> None:
+        """Stage `path` (streamed: constant memory for any size) and what it includes."""
         path = go_clean(path)
         if path in self.done:
             return
         self.done.add(path)
-        content = self.rewrite(self.locks.read(path), path)
         target = self.staged(path)
         self.mkdirs(target.parent)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(content)
+            fh.writelines(self.rewrite(self.locks.raw_lines(path), path))
         self._own(target, FILE_MODE)
 
 
@@ -144,9 +150,9 @@ def stage_step(
             stager.file(item.value)
             args[-1] = str(stager.staged(go_clean(item.value)))
         elif item.kind == "command":
-            args[-1] = stager.rewrite(item.value.encode(), "").decode("utf-8", "surrogateescape")
+            args[-1] = stager.text(item.value.encode()).decode("utf-8", "surrogateescape")
         elif data is not None:
-            data = stager.rewrite(data, "")
+            data = stager.text(data)
     return StagedStep(args, data, cwd, root)
 
 

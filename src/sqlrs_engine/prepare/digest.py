@@ -114,6 +114,19 @@ class ContentLocks:
         except OSError as exc:
             raise ContentError(f"read {path}: {_reason(exc)}") from None
 
+    def raw_lines(self, path: str) -> Iterator[bytes]:
+        """The lines of a locked file exactly as stored (line endings kept, never cut),
+        streamed: for copying what was digested (jobs/staging.py)."""
+        handle = self._files.get(path)
+        if handle is None:
+            self.lock(path)
+            handle = self._files[path]
+        try:
+            handle.seek(0)
+            yield from handle
+        except OSError as exc:
+            raise ContentError(f"read {path}: {_reason(exc)}") from None
+
     def release(self) -> None:
         """Drop every lock (closing the handles); safe to call twice."""
         files, self._files = self._files, {}

@@ -42,13 +42,14 @@ def test_hba_requires_a_password_over_tcp(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("major", "expected_sets"),
-    [(11, 4), (12, 5), (13, 6), (15, 6)],
+    [(11, 5), (12, 6), (13, 7), (15, 7)],
 )
 def test_password_probe_sql_silences_statement_logging(major: int, expected_sets: int) -> None:
     sql = pg.password_probe_sql(major, "SCRAM-SHA-256$4096:c2FsdA==$a:b")
     statements = [line.rstrip(";") for line in sql.splitlines()]
     assert statements[:expected_sets] == [s for s in statements if s.startswith("SET ")]
     assert "SET log_statement = 'none'" in statements
+    assert "SET synchronous_commit = off" in statements
     assert "SET log_min_error_statement = 'panic'" in statements
     assert statements[-2] == "ALTER ROLE sqlrs PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b'"
     assert statements[-1] == "select 1"

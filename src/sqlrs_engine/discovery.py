@@ -57,10 +57,10 @@ def write_engine_json(path: Path, info: EngineInfo) -> None:
     """
     make_private_dirs(path.parent)
     mode = stat.S_IMODE(path.parent.stat().st_mode)
-    if mode & 0o077:
+    if mode & 0o066:  # others may list or change it (search alone reveals nothing)
         log.warning(
-            "the directory of engine.json, %s, has mode %04o: others can see its entries; "
-            "consider chmod 0700",
+            "the directory of engine.json, %s, has mode %04o: other users can list or change "
+            "its entries; consider chmod 0700",
             path.parent,
             mode,
         )

@@ -146,6 +146,20 @@ def test_prepare_steps_run_unprivileged_from_the_hashed_files(
     assert not (engine.state_store / "jobs" / outcome.job_id / "stage").exists()
 
 
+def test_runs_are_unprivileged_too(engine: EngineProcess) -> None:
+    outcome = prepare(engine, psql_body("-c", "create table r(a int)"))
+    body = {
+        "instance_ref": outcome.result["instance_id"],
+        "kind": "psql",
+        "args": ["-At", "-c", "\\! id -u"],
+    }
+    with engine.post("/v1/runs", json=body, stream=True, timeout=120) as response:
+        events = [json.loads(line) for line in response.iter_lines() if line]
+    stdout = "".join(e["data"] for e in events if e["type"] == "stdout")
+    assert stdout == f"{POSTGRES_UID}\n", events
+    assert events[-1] == {**events[-1], "type": "exit", "exit_code": 0}
+
+
 def test_a_failing_input_file_is_not_copied_into_the_job(
     engine: EngineProcess, workdir: Path
 ) -> None:

@@ -227,6 +227,36 @@ def test_a_server_started_behind_the_actors_back_is_adopted_not_restarted(
     assert registry.runtime_ids == [(INSTANCE, handle.runtime_id)]
 
 
+def test_the_password_survives_restarts_and_an_old_instance_gets_one(
+    actors: list[pykka.ActorRef[Any]], runtime: CountingRuntime, image: str, data_dir: Path
+) -> None:
+    """SPEC §0.9: a restart keeps the instance's DSN working (same password); an instance of an
+    older engine (no password stored) gets one at its next start, recorded with its runtime."""
+    handle = runtime.real.start(image, data_dir, lambda _line: None, CancelToken())
+    assert handle.password is not None
+    ref = InstanceActor.start(INSTANCE, image, None, data_dir, runtime, None, handle.password)
+    actors.append(ref)
+    proxy = instance_proxy(ref)
+    adopted = proxy.handle().get(timeout=TIMEOUT)
+    assert adopted is not None and adopted.password == handle.password  # completed on adopt
+    proxy.stop_server().get(timeout=TIMEOUT)
+    registry = RecordingRegistry()
+    again: RunningServer = proxy.ensure_running(lambda _l: None, registry).get(timeout=TIMEOUT)
+    assert again.restarted and again.handle.password == handle.password
+    assert query(handle.dsn, "select 1") == "1"
+    assert registry.secrets == [handle.password]
+    proxy.stop_server().get(timeout=TIMEOUT)
+    ref.stop()
+
+    legacy = instance_proxy(InstanceActor.start(INSTANCE, image, None, data_dir, runtime))
+    actors.append(legacy.actor_ref)
+    registry = RecordingRegistry()
+    fresh: RunningServer = legacy.ensure_running(lambda _l: None, registry).get(timeout=TIMEOUT)
+    assert fresh.handle.password not in (None, handle.password)
+    assert registry.secrets == [fresh.handle.password]
+    assert query(fresh.handle.dsn, "select 1") == "1"
+
+
 def test_a_missing_data_dir_fails_with_a_clear_error(
     actors: list[pykka.ActorRef[Any]], runtime: CountingRuntime, image: str, root: Path
 ) -> None:

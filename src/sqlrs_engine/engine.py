@@ -318,9 +318,9 @@ def _record_adopted_servers(registry: RegistryProxy) -> None:
                 handle.runtime_id,
                 row.get("runtime_id"),
             )
-            registry.set_instance_runtime(row["instance_id"], handle.runtime_id, handle.port).get(
-                timeout=STOP_TIMEOUT
-            )
+            registry.set_instance_runtime(
+                row["instance_id"], handle.runtime_id, handle.port, handle.password
+            ).get(timeout=STOP_TIMEOUT)
 
 
 def _stop_children(registry: RegistryProxy, registry_ref: pykka.ActorRef[Any]) -> None:

@@ -659,7 +659,9 @@ def test_cancel_during_start_at_various_points(
         handle = host_runtime.start(resolved_image, data_dir, lambda _l: None, token)
     except JobFailure as exc:
         assert exc.code == "cancelled"
-        assert time.monotonic() - started < 3
+        # Interrupted, not waited out: well under pg_ctl's own start timeout (a wall-clock
+        # bound of 3 s failed on a loaded 2-core machine while the cancel was immediate).
+        assert time.monotonic() - started < host_runtime.start_timeout / 3
         assert _wait_for(lambda: not _server_pids(pgdata_of(data_dir)), 5)
         assert not (pgdata_of(data_dir) / "postmaster.pid").exists()
     else:  # the start won the race

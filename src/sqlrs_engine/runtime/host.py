@@ -218,6 +218,10 @@ class HostRuntime:
         self.search_default_dirs = search_default_dirs
         self.user: RunAs = resolve_server_user(server_user)
         self.ports = ports if ports is not None else SHARED_PORTS
+        self._run_dirs: dict[str, Path] = {}
+        """runtime_id → run dir of the servers this runtime started (a handle restored from
+        state.db has no socket dir; a dead server's command line no longer tells it)."""
+        self._run_dirs_lock = threading.Lock()
         self.run_root = Path(run_root) if run_root is not None else Path(tempfile.gettempdir())
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
@@ -804,6 +808,8 @@ class HostRuntime:
                 f"{port}: {info}\nserver log:\n{pg.log_tail(logfile, start=offset).strip()}",
             )
         self._wait_ready(install, run_dir, port, password, pid, cancel, deadline, logfile, offset)
+        with self._run_dirs_lock:
+            self._run_dirs[runtime_id_for(pid)] = run_dir
         return ServerHandle(
             runtime_id=runtime_id_for(pid),
             data_dir=data_dir,
@@ -897,6 +903,9 @@ class HostRuntime:
         )
         if socket_dir is None:
             socket_dir = next((d for d in map(_socket_dir_of, pids) if d is not None), None)
+        if socket_dir is None:  # a server of ours that died with its data dir gone
+            with self._run_dirs_lock:
+                socket_dir = self._run_dirs.get(handle.runtime_id)
         for pid in pids:
             # Immediate shutdown: the postmaster takes its children down with it.
             procs.send(pid, signal.SIGQUIT)
@@ -936,6 +945,8 @@ class HostRuntime:
 
     def _release(self, handle: ServerHandle, socket_dir: Path | None) -> None:
         self.ports.release(handle.port)
+        with self._run_dirs_lock:
+            self._run_dirs.pop(handle.runtime_id, None)
         if socket_dir is not None and _is_our_run_dir(socket_dir, self.run_root):
             _remove_run_dir(socket_dir)
 

@@ -1,71 +1,24 @@
-"""NDJSON stream helpers: event ranges, disconnect detection on real sockets, mailbox draining."""
+"""Job event streams: event ranges, and the stream source over a subscription."""
 
 from __future__ import annotations
 
-import socket
-import struct
 import threading
-import time
-from collections.abc import Generator, Iterator
 from typing import Any
 
 import pytest
 import ujson
 
 from sqlrs_engine.actors.events import END, Event, EventHub, Subscription
-from sqlrs_engine.http import streams
-from sqlrs_engine.http.server import SOCKET_KEY
+from sqlrs_engine.http.handoff import stream_response
 from sqlrs_engine.http.streams import (
-    KEEPALIVE_IDLE_SECONDS,
-    KEEPALIVE_INTERVAL_SECONDS,
-    KEEPALIVE_PROBES,
     EventRange,
-    client_gone,
+    EventStream,
     content_range,
-    drain_events,
     parse_events_range,
     range_unsatisfiable,
-    wait_for_slow_readers,
 )
 
 JOB = "a" * 32
-
-
-# -- sockets -------------------------------------------------------------------------------
-
-
-def _tcp_pair(host: str) -> tuple[socket.socket, socket.socket]:
-    """(the engine's side, the client's side) of one real loopback TCP connection."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.create_server((host, 0), family=family) as listener:
-        client = socket.create_connection(listener.getsockname()[:2], timeout=5)
-        server, _ = listener.accept()
-    return server, client
-
-
-@pytest.fixture
-def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    server, client = _tcp_pair("127.0.0.1")
-    try:
-        yield server, client
-    finally:
-        server.close()
-        client.close()
-
-
-@pytest.fixture
-def unix_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    server, client = socket.socketpair()
-    try:
-        yield server, client
-    finally:
-        server.close()
-        client.close()
-
-
-def _settle() -> None:
-    """Loopback delivery is asynchronous by a hair; give the kernel a moment."""
-    time.sleep(0.05)
 
 
 # -- ranges --------------------------------------------------------------------------------
@@ -142,140 +95,7 @@ def test_content_range(requested: EventRange, total: int, terminal: bool, header
     assert content_range(requested, total, terminal) == header
 
 
-# -- client_gone ---------------------------------------------------------------------------
-
-
-def test_client_gone_without_a_socket_is_false() -> None:
-    """Environs without our socket (tests, another server) must never end a stream."""
-    assert client_gone({}) is False
-
-
-def test_client_gone_on_an_open_connection_is_false(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    server, _client = tcp_pair
-    assert client_gone({SOCKET_KEY: server}) is False
-
-
-@pytest.mark.parametrize("kind", ["tcp", "unix"])
-def test_client_gone_after_the_peer_closed_is_true(kind: str) -> None:
-    server, client = _tcp_pair("127.0.0.1") if kind == "tcp" else socket.socketpair()
-    try:
-        client.close()
-        _settle()
-        assert client_gone({SOCKET_KEY: server}) is True
-    finally:
-        server.close()
-
-
-def test_client_gone_after_a_reset_is_true(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
-    """An abortive close (RST) makes the peek fail with ECONNRESET: that is gone too."""
-    server, client = tcp_pair
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    client.close()
-    _settle()
-    assert client_gone({SOCKET_KEY: server}) is True
-
-
-def test_client_gone_with_unread_data_is_false(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """Readable because of data is not EOF; the peek must not consume the data either."""
-    server, client = tcp_pair
-    client.sendall(b"GET /next HTTP/1.1\r\n")
-    _settle()
-    assert client_gone({SOCKET_KEY: server}) is False
-    assert server.recv(100) == b"GET /next HTTP/1.1\r\n", "the peek left the bytes in place"
-
-
-def test_client_gone_keeps_the_socket_timeout(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """The non-blocking peek must not switch the connection to non-blocking mode."""
-    server, client = tcp_pair
-    server.settimeout(7.5)
-    client.sendall(b"x")
-    _settle()
-    client_gone({SOCKET_KEY: server})
-    assert server.gettimeout() == 7.5
-
-
-# -- wait_for_slow_readers -----------------------------------------------------------------
-
-
-def _ipv6_loopback() -> bool:
-    try:
-        with socket.create_server(("::1", 0), family=socket.AF_INET6):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.mark.parametrize(
-    "host",
-    [
-        "127.0.0.1",
-        pytest.param(
-            "::1",
-            marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here"),
-        ),
-    ],
-)
-def test_wait_for_slow_readers_on_tcp(host: str) -> None:
-    """No timeout and keepalive while streaming; the returned function brings the timeout back."""
-    server, client = _tcp_pair(host)
-    try:
-        server.settimeout(10.0)
-        restore = wait_for_slow_readers({SOCKET_KEY: server})
-        assert server.gettimeout() is None
-        assert server.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0
-        tcp = socket.IPPROTO_TCP
-        assert server.getsockopt(tcp, socket.TCP_KEEPIDLE) == KEEPALIVE_IDLE_SECONDS
-        assert server.getsockopt(tcp, socket.TCP_KEEPINTVL) == KEEPALIVE_INTERVAL_SECONDS
-        assert server.getsockopt(tcp, socket.TCP_KEEPCNT) == KEEPALIVE_PROBES
-        restore()
-        assert server.gettimeout() == 10.0
-    finally:
-        server.close()
-        client.close()
-
-
-def test_wait_for_slow_readers_on_a_unix_socket_only_clears_the_timeout(
-    unix_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    server, _client = unix_pair
-    server.settimeout(3.0)
-    restore = wait_for_slow_readers({SOCKET_KEY: server})
-    assert server.gettimeout() is None
-    assert server.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
-    restore()
-    assert server.gettimeout() == 3.0
-
-
-def test_wait_for_slow_readers_without_a_socket_is_a_no_op() -> None:
-    restore = wait_for_slow_readers({})
-    restore()  # must not raise
-
-
-def test_wait_for_slow_readers_on_a_closed_socket_does_not_raise() -> None:
-    """The client may already be gone; the stream then learns it from its next write."""
-    server, client = socket.socketpair()
-    client.close()
-    server.close()
-    restore = wait_for_slow_readers({SOCKET_KEY: server})
-    restore()
-
-
-def test_restore_after_the_socket_was_closed_does_not_raise(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    server, _client = tcp_pair
-    restore = wait_for_slow_readers({SOCKET_KEY: server})
-    server.close()
-    restore()
-
-
-# -- drain_events --------------------------------------------------------------------------
+# -- EventStream ---------------------------------------------------------------------------
 
 
 def event(n: int) -> Event:
@@ -292,14 +112,9 @@ class CloseCounter:
         self.calls += 1
 
 
-@pytest.fixture(autouse=True)
-def fast_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Poll every 20 ms instead of 250 ms so that the waiting cases stay fast."""
-    monkeypatch.setattr(streams, "POLL_SECONDS", 0.02)
-
-
-def decoded(lines: list[bytes]) -> list[Any]:
-    assert all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
+def decoded(chunks: list[bytes]) -> list[Any]:
+    lines = b"".join(chunks).splitlines(keepends=True)
+    assert all(line.endswith(b"\n") for line in lines)
     return [ujson.loads(line) for line in lines]
 
 
@@ -307,151 +122,128 @@ def subscribe(hub: EventHub, backlog: list[Event], total: int, terminal: bool) -
     return hub.subscribe(JOB, backlog, total, terminal)
 
 
-def test_drain_sends_backlog_then_live_events_until_end(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
+def served(sub: Subscription, start: int, stop: int | None, closed: CloseCounter) -> list[bytes]:
+    """The whole body, served in place (no stream loop takes the handoff here)."""
+    return list(stream_response(EventStream(sub, start, stop, closed)))
+
+
+def test_sends_backlog_then_live_events_until_end() -> None:
     hub = EventHub()
     sub = subscribe(hub, [event(0), event(1)], total=2, terminal=False)
     hub.publish(JOB, event(2))
-    hub.publish(JOB, event(3))
+    hub.publish_many(JOB, [event(3)])
     hub.close(JOB)
     closed = CloseCounter()
-    server, _client = tcp_pair
-    lines = list(drain_events(sub, 0, None, {SOCKET_KEY: server}, closed))
-    assert decoded(lines) == [event(0), event(1), event(2), event(3)]
+    assert decoded(served(sub, 0, None, closed)) == [event(0), event(1), event(2), event(3)]
     assert closed.calls == 1
 
 
-def test_drain_of_a_finished_job_sends_only_the_backlog() -> None:
+def test_a_finished_job_sends_only_the_backlog() -> None:
     """A terminal subscription already holds END: the stream ends without waiting."""
     sub = subscribe(EventHub(), [event(0), event(1)], total=2, terminal=True)
     closed = CloseCounter()
-    assert decoded(list(drain_events(sub, 0, None, {}, closed))) == [event(0), event(1)]
+    assert decoded(served(sub, 0, None, closed)) == [event(0), event(1)]
     assert closed.calls == 1
 
 
-def test_drain_stops_at_the_range_end_inside_the_backlog() -> None:
+def test_stops_at_the_range_end_inside_the_backlog() -> None:
     """events=0-1 of a running job: the mailbox (no END in it) must not be read at all."""
     hub = EventHub()
     sub = subscribe(hub, [event(0), event(1)], total=5, terminal=False)
     hub.publish(JOB, event(5))
     closed = CloseCounter()
-    lines = list(drain_events(sub, 0, 2, {}, closed))
-    assert decoded(lines) == [event(0), event(1)]
+    assert decoded(served(sub, 0, 2, closed)) == [event(0), event(1)]
     assert sub.mailbox.qsize() == 1, "the live event was left alone"
     assert closed.calls == 1
 
 
-def test_drain_stops_at_the_range_end_among_live_events() -> None:
+def test_stops_at_the_range_end_among_live_events() -> None:
     """events=1-3 with two events stored: one from the backlog, then live ones up to index 3."""
     hub = EventHub()
     sub = subscribe(hub, [event(1)], total=2, terminal=False)
     for n in (2, 3, 4):
         hub.publish(JOB, event(n))
-    closed = CloseCounter()
-    lines = list(drain_events(sub, 1, 4, {}, closed))
-    assert decoded(lines) == [event(1), event(2), event(3)]
-    assert closed.calls == 1
+    assert decoded(served(sub, 1, 4, CloseCounter())) == [event(1), event(2), event(3)]
 
 
-def test_drain_from_the_next_event_follows_live_ones() -> None:
+def test_from_the_next_event_follows_live_ones() -> None:
     """events=2- with two stored: empty backlog, live events count from index 2."""
     hub = EventHub()
     sub = subscribe(hub, [], total=2, terminal=False)
     for n in (2, 3, 4):
         hub.publish(JOB, event(n))
-    lines = list(drain_events(sub, 2, 4, {}, CloseCounter()))
-    assert decoded(lines) == [event(2), event(3)]
+    assert decoded(served(sub, 2, 4, CloseCounter())) == [event(2), event(3)]
 
 
-def test_drain_waits_while_the_client_is_there(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """Empty polls with a connected client keep the stream open for later events."""
+def test_pull_respects_its_limit_and_keeps_the_order() -> None:
+    hub = EventHub()
+    sub = subscribe(hub, [event(0), event(1), event(2)], total=3, terminal=False)
+    hub.publish_many(JOB, [event(3), event(4)])
+    hub.close(JOB)
+    stream = EventStream(sub, 0, None, CloseCounter())
+    pulls = [stream.pull(2) for _ in range(3)]
+    assert [(len(lines), done) for lines, done in pulls] == [(2, False), (2, False), (1, True)]
+    assert decoded([line for lines, _ in pulls for line in lines]) == [event(n) for n in range(5)]
+
+
+def test_a_publish_wakes_the_attached_reader() -> None:
+    """The stream loop sleeps until a mailbox wakes it; every publish must."""
+    hub = EventHub()
+    sub = subscribe(hub, [], total=0, terminal=False)
+    woken = threading.Event()
+    EventStream(sub, 0, None, CloseCounter()).attach(woken.set)
+    assert not woken.is_set()
+    hub.publish(JOB, event(0))
+    assert woken.is_set()
+    woken.clear()
+    hub.publish_many(JOB, [event(1), event(2)])
+    assert woken.is_set()
+
+
+def test_attaching_to_a_mailbox_with_items_wakes_at_once() -> None:
+    hub = EventHub()
+    sub = subscribe(hub, [], total=0, terminal=False)
+    hub.publish(JOB, event(0))
+    woken = threading.Event()
+    EventStream(sub, 0, None, CloseCounter()).attach(woken.set)
+    assert woken.is_set()
+
+
+def test_waits_for_later_events() -> None:
     hub = EventHub()
     sub = subscribe(hub, [event(0)], total=1, terminal=False)
-    server, _client = tcp_pair
 
     def later() -> None:
         hub.publish(JOB, event(1))
         hub.close(JOB)
 
-    timer = threading.Timer(0.2, later)  # about ten empty polls first
+    timer = threading.Timer(0.2, later)
     timer.start()
     try:
-        lines = list(drain_events(sub, 0, None, {SOCKET_KEY: server}, CloseCounter()))
+        lines = served(sub, 0, None, CloseCounter())
     finally:
         timer.join()
     assert decoded(lines) == [event(0), event(1)]
 
 
-def test_drain_ends_when_the_client_goes_away(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    hub = EventHub()
-    sub = subscribe(hub, [event(0)], total=1, terminal=False)
-    server, client = tcp_pair
-    server.settimeout(10.0)
-    client.close()
-    _settle()
-    closed = CloseCounter()
-    started = time.monotonic()
-    lines = list(drain_events(sub, 0, None, {SOCKET_KEY: server}, closed))
-    assert decoded(lines) == [event(0)]
-    assert time.monotonic() - started < 2, "noticed at the first empty poll"
-    assert closed.calls == 1
-    assert server.gettimeout() == 10.0
-
-
-def test_drain_ends_when_the_engine_shuts_down() -> None:
-    sub = subscribe(EventHub(), [], total=0, terminal=False)
-    closed = CloseCounter()
-    assert list(drain_events(sub, 0, None, {}, closed, is_shutting_down=lambda: True)) == []
-    assert closed.calls == 1
-
-
-def test_drain_restores_the_timeout_it_lifted(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """While streaming the socket has no timeout; afterwards Cheroot's timeout is back."""
-    server, _client = tcp_pair
-    server.settimeout(10.0)
-    sub = subscribe(EventHub(), [event(0), event(1)], total=2, terminal=True)
-    stream = drain_events(sub, 0, None, {SOCKET_KEY: server}, CloseCounter())
-    next(stream)
-    assert server.gettimeout() is None
-    assert list(stream)
-    assert server.gettimeout() == 10.0
-
-
-def test_drain_closed_early_by_the_server_still_cleans_up(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    """The WSGI server closes the generator when the write fails: unsubscribe anyway."""
-    server, _client = tcp_pair
-    server.settimeout(10.0)
+def test_closed_early_by_the_server_still_cleans_up_once() -> None:
+    """The WSGI server closes the body when the client leaves: unsubscribe, exactly once."""
     hub = EventHub()
     sub = subscribe(hub, [event(0), event(1)], total=2, terminal=False)
     closed = CloseCounter()
-    stream = drain_events(sub, 0, None, {SOCKET_KEY: server}, closed)
-    assert isinstance(stream, Generator), "closable, as WSGI servers expect"
-    next(stream)
-    stream.close()
+    body = stream_response(EventStream(sub, 0, None, closed))
+    next(body)
+    body.close()
+    body.close()
     assert closed.calls == 1
-    assert server.gettimeout() == 10.0
 
 
-def test_drain_cleans_up_when_an_event_cannot_be_encoded(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    server, _client = tcp_pair
-    server.settimeout(10.0)
+def test_cleans_up_when_an_event_cannot_be_encoded() -> None:
     sub = subscribe(EventHub(), [{"type": "log", "bad": object()}], total=1, terminal=True)
     closed = CloseCounter()
     with pytest.raises(TypeError):
-        list(drain_events(sub, 0, None, {SOCKET_KEY: server}, closed))
+        served(sub, 0, None, closed)
     assert closed.calls == 1
-    assert server.gettimeout() == 10.0
 
 
 def test_end_marker_is_never_sent() -> None:
@@ -460,4 +252,4 @@ def test_end_marker_is_never_sent() -> None:
     sub.mailbox.put(event(0))
     sub.mailbox.put(END)
     sub.mailbox.put(event(1))
-    assert decoded(list(drain_events(sub, 0, None, {}, CloseCounter()))) == [event(0)]
+    assert decoded(served(sub, 0, None, CloseCounter())) == [event(0)]

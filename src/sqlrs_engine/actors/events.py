@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,43 @@ class _End:
 END = _End()
 """Put in a mailbox after the job's last event; the stream ends when it reads this."""
 
-Mailbox = queue.Queue  # of Event | _End
+
+class Mailbox(queue.Queue[Event | _End]):
+    """An unbounded queue that also wakes its reader (the stream loop) when items arrive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waker: Callable[[], None] | None = None
+
+    def set_waker(self, waker: Callable[[], None]) -> None:
+        """Call `waker()` after every put from now on (and now, if items are waiting)."""
+        with self.mutex:
+            self._waker = waker
+            pending = bool(self.queue)
+        if pending:
+            waker()
+
+    def put_many(self, items: Iterable[Event | _End]) -> None:
+        """Put a batch with one wake-up."""
+        batch = list(items)
+        with self.mutex:
+            self.queue.extend(batch)
+            self.unfinished_tasks += len(batch)
+            self.not_empty.notify_all()
+            waker = self._waker
+        if waker is not None:
+            waker()
+
+    def take(self, limit: int) -> list[Event | _End]:
+        """Up to `limit` items, without waiting."""
+        with self.mutex:
+            count = min(limit, len(self.queue))
+            return [self.queue.popleft() for _ in range(count)]
+
+    def _put(self, item: Event | _End) -> None:
+        super()._put(item)
+        if self._waker is not None:
+            self._waker()  # only signals the loop; never calls back into this queue
 
 
 @dataclass
@@ -36,14 +73,14 @@ class Subscription:
     """Events stored when the subscription was made."""
     terminal: bool
     backlog: list[Event]
-    mailbox: queue.Queue[Event | _End] = field(default_factory=queue.Queue)
+    mailbox: Mailbox = field(default_factory=Mailbox)
 
 
 class EventHub:
     """Live subscribers per job. Owned by the Registry actor; not thread-safe by itself."""
 
     def __init__(self) -> None:
-        self._subscribers: dict[str, dict[int, queue.Queue[Event | _End]]] = {}
+        self._subscribers: dict[str, dict[int, Mailbox]] = {}
         self._open: dict[str, set[int]] = {}
         """Tokens of every stream not yet unsubscribed, also after the job ended (its
         reader may still be draining the last events): retention must not remove them."""
@@ -77,6 +114,10 @@ class EventHub:
     def publish(self, job_id: str, event: Event) -> None:
         for mailbox in self._subscribers.get(job_id, {}).values():
             mailbox.put(event)
+
+    def publish_many(self, job_id: str, events: list[Event]) -> None:
+        for mailbox in self._subscribers.get(job_id, {}).values():
+            mailbox.put_many(events)
 
     def close(self, job_id: str) -> None:
         """The job is terminal and its last event was published: end every stream."""

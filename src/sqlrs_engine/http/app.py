@@ -28,6 +28,7 @@ from sqlrs_engine.http import (
 )
 from sqlrs_engine.http.auth import is_authorized
 from sqlrs_engine.http.context import ApiContext
+from sqlrs_engine.http.handoff import Handoff
 from sqlrs_engine.http.responses import PLAIN_TEXT, error_response, plain_not_found
 
 log = logging.getLogger(__name__)
@@ -152,14 +153,19 @@ def _access_log(app: WsgiApp) -> WsgiApp:
 
         def body() -> Iterable[bytes]:
             inner = app(environ, recording_start_response)
+            handoff: Handoff | None = None
             try:
                 for chunk in inner:
+                    if isinstance(chunk, Handoff):
+                        handoff = chunk  # the stream loop counts what it sends
                     seen["bytes"] += len(chunk)
                     yield chunk
             finally:
                 close = getattr(inner, "close", None)
                 if close is not None:
                     close()
+                if handoff is not None and handoff.taken:
+                    seen["bytes"] = handoff.bytes_sent
                 log.info(
                     "http request method=%s path=%s status=%s bytes=%d dur=%.1fms remote=%s",
                     environ.get("REQUEST_METHOD"),

@@ -10,12 +10,13 @@ import pykka
 
 from sqlrs_engine.errors import ApiError, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
+from sqlrs_engine.http.handoff import stream_response
 from sqlrs_engine.http.jsonio import NDJSON
 from sqlrs_engine.http.params import header_value, json_object_body, optional_text, query_value
 from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
 from sqlrs_engine.http.streams import (
+    EventStream,
     content_range,
-    drain_events,
     parse_events_range,
     range_unsatisfiable,
 )
@@ -117,8 +118,7 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
                 )
             status = 206
             headers["Content-Range"] = content_range(requested, sub.total, sub.terminal)
-        environ = bottle.request.environ
         for name, value in headers.items():
             bottle.response.set_header(name, value)
         bottle.response.status = status
-        return drain_events(sub, start, stop, environ, close)
+        return stream_response(EventStream(sub, start, stop, close))

@@ -8,7 +8,8 @@ chunked encoding, one chunk per event, flushed as it is produced.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import bottle
@@ -17,12 +18,14 @@ import pykka
 from sqlrs_engine.actors.instance import RunningServer, instance_proxy
 from sqlrs_engine.errors import JobFailure, internal_error, not_found
 from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
+from sqlrs_engine.http.handoff import stream_response
 from sqlrs_engine.http.jsonio import NDJSON, json_line
 from sqlrs_engine.http.params import json_object_body
-from sqlrs_engine.http.streams import client_gone, wait_for_slow_readers
-from sqlrs_engine.runs.executor import RUN_FAILED, RunExecution
+from sqlrs_engine.runs.executor import END, RUN_FAILED, RunExecution
 from sqlrs_engine.runs.requests import FoundInstance, validate_run_request
 from sqlrs_engine.runtime.base import LogSink
+
+log = logging.getLogger(__name__)
 
 ENSURE_RUNNING_TIMEOUT = 180.0
 """Seconds a run waits for its instance's server (a restart runs pg_ctl start -w, ≤ 60 s)."""
@@ -70,19 +73,38 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
                 ) from None
 
         execution = RunExecution(plan, ensure_running)
-        environ = bottle.request.environ
         bottle.response.content_type = NDJSON
         bottle.response.set_header("Cache-Control", "no-store")
-        return _ndjson(execution, environ)
+        return stream_response(RunStream(execution))
 
 
-def _ndjson(execution: RunExecution, environ: dict[str, Any]) -> Iterator[bytes]:
-    """The events as NDJSON lines; closing this generator closes (cancels) the run."""
-    restore_timeout = wait_for_slow_readers(environ)
-    events = execution.stream(lambda: client_gone(environ))
-    try:
-        for event in events:
-            yield json_line(event)
-    finally:
-        events.close()
-        restore_timeout()
+class RunStream:
+    """A run's events as a `StreamSource`; closing it before the end cancels the run.
+
+    The run's bounded channel is the back-pressure: the stream takes events only as fast as
+    its client reads them, so a slow client slows the program down instead of growing memory.
+    """
+
+    def __init__(self, execution: RunExecution) -> None:
+        self._execution = execution
+        self._started = False
+        self._ended = False
+
+    def attach(self, wake: Callable[[], None]) -> None:
+        self._started = True
+        self._execution.start(wake)
+
+    def pull(self, limit: int) -> tuple[list[bytes], bool]:
+        lines: list[bytes] = []
+        for item in self._execution.channel.take(limit):
+            if item is END:
+                self._ended = True
+                return lines, True
+            lines.append(json_line(item))
+        return lines, False
+
+    def close(self) -> None:
+        if self._started and not self._ended:
+            log.info("run on %s: client went away, cancelling", self._execution.plan.instance_id)
+        # Without waiting: this runs on the stream loop, which serves every other stream too.
+        self._execution.abort()

@@ -1,9 +1,9 @@
-"""The Cheroot WSGI server: binding, a thread pool sized for streams, clean stop.
+"""The Cheroot WSGI server: binding, a small worker pool, streams handed to one loop, clean stop.
 
-Every open NDJSON stream (events, runs) holds one worker thread for as long as it lasts, so
-the pool is sized by configuration (`http.threads`, default 64) rather than Cheroot's 10.
-Cheroot also needs to tell our stream generators when a client has gone away; the gateway
-below exposes the client socket to the app under `sqlrs.socket` for that.
+Workers only run short requests. A streaming response (events, runs) is recognised by its
+`Handoff` first chunk: the gateway sends its headers and gives the connection to the
+`StreamLoop`, so an open stream never holds a worker (see `http/handoff.py`). The listen
+backlog is large enough for a burst of simultaneous connects (Cheroot's default is 5).
 """
 
 from __future__ import annotations
@@ -17,18 +17,56 @@ from typing import Any
 
 from cheroot import wsgi
 
+from sqlrs_engine.http.handoff import Handoff
+from sqlrs_engine.http.stream_loop import StreamLoop
+
 log = logging.getLogger(__name__)
 
-SOCKET_KEY = "sqlrs.socket"
+LISTEN_BACKLOG = 1024
+"""`listen()` backlog; the kernel caps it at `net.core.somaxconn` (4096 on current Linux)."""
 
 
-class _SocketGateway(wsgi.Gateway_10):
-    """WSGI 1.0 gateway that also passes the connection's socket in the environ."""
+class _Server(wsgi.Server):
+    """Cheroot's WSGI server with the loop that serves handed-off streams."""
 
-    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
-        environ: dict[str, Any] = super().get_environ()  # type: ignore[no-untyped-call]
-        environ[SOCKET_KEY] = self.req.conn.socket
-        return environ
+    stream_loop: StreamLoop
+
+
+class _StreamingGateway(wsgi.Gateway_10):
+    """WSGI 1.0 gateway that hands streaming responses to the stream loop."""
+
+    def respond(self) -> None:
+        server: _Server = self.req.server
+        response = server.wsgi_app(self.env, self.start_response)
+        handed_off = False
+        try:
+            for chunk in filter(None, response):
+                if isinstance(chunk, Handoff):
+                    handed_off = self._hand_off(server.stream_loop, chunk, response)
+                    return
+                if not isinstance(chunk, bytes):
+                    raise ValueError("WSGI Applications must yield bytes")
+                self.write(chunk)
+        finally:
+            if not handed_off:
+                self.req.ensure_headers_sent()
+                close = getattr(response, "close", None)
+                if close is not None:
+                    close()
+
+    def _hand_off(self, loop: StreamLoop, handoff: Handoff, response: Iterable[bytes]) -> bool:
+        """Send the headers and give the connection to the loop; False for HEAD (no body)."""
+        req = self.req
+        if req.method == b"HEAD":
+            return False
+        req.close_connection = True  # the loop ends the body by closing: `Connection: close`
+        req.ensure_headers_sent()
+        chunked = bool(req.chunked_write)
+        req.chunked_write = False  # the terminator is the loop's to write
+        req.conn.linger = True  # Cheroot must neither shut down nor close the socket now
+        handoff.taken = True
+        loop.adopt(req.conn.socket, handoff, response, chunked)
+        return True
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -62,7 +100,7 @@ def endpoint_text(host: str, port: int) -> str:
 
 
 class HttpServer:
-    """A bound Cheroot server running in a background thread."""
+    """A bound Cheroot server running in a background thread, plus its stream loop."""
 
     def __init__(
         self,
@@ -71,8 +109,11 @@ class HttpServer:
         port: int,
         threads: int,
     ) -> None:
-        self._server = wsgi.Server((host, port), app, numthreads=threads, max=threads)
-        self._server.gateway = _SocketGateway
+        self.stream_loop = StreamLoop()
+        self._server = _Server((host, port), app, numthreads=threads, max=threads)
+        self._server.stream_loop = self.stream_loop
+        self._server.gateway = _StreamingGateway
+        self._server.request_queue_size = LISTEN_BACKLOG
         self._server.shutdown_timeout = 2
         self._server.server_name = "sqlrs-engine"
         self._thread: threading.Thread | None = None
@@ -86,6 +127,7 @@ class HttpServer:
         return (host if isinstance(bound, tuple) else str(bound)), int(port)
 
     def start(self) -> None:
+        self.stream_loop.start()
         self._thread = threading.Thread(target=self._serve, name="http-server", daemon=True)
         self._thread.start()
 
@@ -97,6 +139,7 @@ class HttpServer:
             raise
 
     def stop(self) -> None:
+        self.stream_loop.stop()
         self._server.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)

@@ -1,22 +1,13 @@
-"""NDJSON streaming helpers: event ranges, client-disconnect detection, mailbox draining."""
+"""Job event streams: `Range: events=…` handling and the stream source over a subscription."""
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import re
-import select
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlrs_engine.actors.events import END, Subscription
 from sqlrs_engine.http.jsonio import json_line
-from sqlrs_engine.http.server import SOCKET_KEY
-
-POLL_SECONDS = 0.25
-"""How often a waiting stream checks whether its client is still there."""
 
 _RANGE = re.compile(r"^\s*events\s*=\s*([0-9]+)\s*-\s*([0-9]*)\s*$", re.IGNORECASE)
 """ASCII digits only (`\\d` would take any Unicode digit)."""
@@ -66,93 +57,51 @@ def content_range(requested: EventRange, total: int, terminal: bool) -> str:
     return f"events {requested.start}-*/{total}"
 
 
-def client_gone(environ: dict[str, Any]) -> bool:
-    """True when the client closed its end of the connection (checked without blocking)."""
-    sock: socket.socket | None = environ.get(SOCKET_KEY)
-    if sock is None:
-        return False
-    try:
-        readable, _, errored = select.select([sock], [], [sock], 0)
-        if errored:
-            return True
-        if readable:
-            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return True
-    return False
+class EventStream:
+    """A job's events as a `StreamSource`: the backlog, then the mailbox to END or range end."""
 
+    def __init__(
+        self, sub: Subscription, start: int, stop: int | None, on_close: Callable[[], None]
+    ) -> None:
+        self._sub = sub
+        self._backlog = sub.backlog
+        self._position = 0
+        self._index = start
+        self._stop = stop
+        self._live = False
+        self._on_close = on_close
+        self._closed = False
 
-KEEPALIVE_IDLE_SECONDS = 60
-KEEPALIVE_INTERVAL_SECONDS = 10
-KEEPALIVE_PROBES = 6
-"""TCP keepalive while a stream waits on a slow reader: a vanished peer is noticed in ~2 min."""
+    def attach(self, wake: Callable[[], None]) -> None:
+        self._sub.mailbox.set_waker(wake)
 
-
-def wait_for_slow_readers(environ: dict[str, Any]) -> Callable[[], None]:
-    """Let a stream block on a reader that pauses, instead of dropping it after 10 s.
-
-    Cheroot applies one socket timeout (`Server.timeout`, 10 s) to every read and write, so a
-    client that stops reading for a while (output piped into a pager, a suspended process)
-    would lose its run or event stream with a write timeout. While a stream lasts, its socket
-    blocks without a timeout, like a pipe: a slow reader slows the producer down. A client that
-    closes is still noticed at once (the write fails), and TCP keepalive notices a peer that
-    vanished without closing. Returns the function that restores the previous timeout.
-    """
-    sock: socket.socket | None = environ.get(SOCKET_KEY)
-    if sock is None:
-        return lambda: None
-    previous = sock.gettimeout()
-    try:
-        sock.settimeout(None)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_SECONDS)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_SECONDS)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
-    except OSError:
-        return lambda: None  # the client is already gone; the next write says so
-
-    def restore() -> None:
-        with contextlib.suppress(OSError):
-            sock.settimeout(previous)
-
-    return restore
-
-
-def drain_events(
-    sub: Subscription,
-    start: int,
-    stop: int | None,
-    environ: dict[str, Any],
-    on_close: Callable[[], None],
-    is_shutting_down: Callable[[], bool] = lambda: False,
-) -> Iterator[bytes]:
-    """Yield the backlog, then mailbox events until END, the range end, or the client leaves."""
-    restore_timeout = wait_for_slow_readers(environ)
-    try:
-        index = start
-        for event in sub.backlog:
-            yield json_line(event)
-            index += 1
-        if stop is not None and index >= stop:
-            return
-        # Events published after the subscription have indexes from `total` on.
-        index = max(index, sub.total)
-        while True:
-            try:
-                item = sub.mailbox.get(timeout=POLL_SECONDS)
-            except queue.Empty:
-                if client_gone(environ) or is_shutting_down():
-                    return
-                continue
+    def pull(self, limit: int) -> tuple[list[bytes], bool]:
+        lines: list[bytes] = []
+        while not self._live:
+            if self._position >= len(self._backlog) or len(lines) >= limit:
+                break
+            lines.append(json_line(self._backlog[self._position]))
+            self._position += 1
+            self._index += 1
+        if not self._live:
+            if self._position < len(self._backlog):
+                return lines, False
+            self._backlog = []  # sent: let it go
+            if self._stop is not None and self._index >= self._stop:
+                return lines, True
+            # Events published after the subscription have indexes from `total` on.
+            self._index = max(self._index, self._sub.total)
+            self._live = True
+        for item in self._sub.mailbox.take(limit - len(lines)):
             if item is END:
-                return
-            yield json_line(item)
-            index += 1
-            if stop is not None and index >= stop:
-                return
-    finally:
-        restore_timeout()
-        on_close()
+                return lines, True
+            lines.append(json_line(item))
+            self._index += 1
+            if self._stop is not None and self._index >= self._stop:
+                return lines, True
+        return lines, False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()

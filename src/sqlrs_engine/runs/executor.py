@@ -85,6 +85,7 @@ class EventChannel:
         self._items: deque[Event | _End] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._waker: Callable[[], None] | None = None
         self.high_water = 0
         """The most items ever waiting at once (tests check the bound with it)."""
 
@@ -103,6 +104,9 @@ class EventChannel:
             self._items.append(item)
             self.high_water = max(self.high_water, len(self._items))
             self._cond.notify_all()
+            waker = self._waker
+        if waker is not None:
+            waker()
 
     def offer(self, item: Event | _End) -> bool:
         """`put(item, force=True)` that reports a closed channel as False instead."""
@@ -124,6 +128,23 @@ class EventChannel:
             item = self._items.popleft()
             self._cond.notify_all()
             return item
+
+    def set_waker(self, waker: Callable[[], None]) -> None:
+        """Call `waker()` after every put from now on (for a consumer that does not block)."""
+        with self._cond:
+            self._waker = waker
+            pending = bool(self._items)
+        if pending:
+            waker()
+
+    def take(self, limit: int) -> list[Event | _End]:
+        """Up to `limit` items, without waiting; frees room for a waiting producer."""
+        with self._cond:
+            count = min(limit, len(self._items))
+            items = [self._items.popleft() for _ in range(count)]
+            if items:
+                self._cond.notify_all()
+            return items
 
     def close(self) -> None:
         """The consumer leaves: drop what is queued and wake a waiting producer."""
@@ -183,10 +204,19 @@ class RunExecution:
         finally:
             self.close()
 
-    def close(self) -> None:
-        """Stop the run (no-op once it has finished) and wait for its worker."""
+    def start(self, wake: Callable[[], None]) -> None:
+        """Start the run for a consumer that does not block: `wake()` says events are ready."""
+        self.channel.set_waker(wake)
+        self._thread.start()
+
+    def abort(self) -> None:
+        """Stop the run without waiting: its processes are being killed when this returns."""
         self.channel.close()
         self.cancel_token.cancel()
+
+    def close(self) -> None:
+        """Stop the run (no-op once it has finished) and wait for its worker."""
+        self.abort()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(JOIN_SECONDS)
             if self._thread.is_alive():

@@ -132,6 +132,8 @@ class Engine:
                 snapshots,
                 version,
                 self._cwd,
+                jobs_dir=snapshots.layout.jobs_dir,
+                max_task_log_lines=config.max_task_log_lines(),
                 trim_jobs=self._trim_jobs,
                 check_cache=self._check_cache,
             )

@@ -29,7 +29,8 @@ from sqlrs_engine.config.schema import SCHEMA, config_schema
         ("instances.expiryInterval", "1s"),
         ("runtime.host.user", None),
         ("runtime.host.binDirs", None),
-        ("http.threads", 64),
+        ("http.threads", 8),
+        ("orchestrator.jobs.maxTaskLogLines", 10_000),
     ],
 )
 def test_default_values(path: str, value: Any) -> None:
@@ -52,6 +53,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "log.level",
         "orchestrator.jobs.maxIdentical",
         "orchestrator.jobs.minAge",
+        "orchestrator.jobs.maxTaskLogLines",
         "runtime.host.binDirs",
         "runtime.host.user",
         "snapshot.backend",

@@ -128,7 +128,9 @@ def test_get_effective_whole_tree(root: Path) -> None:
     tree = ConfigStore.in_root(root).get(None, effective=True)
     assert tree["cache"]["capacity"]["maxBytes"] == 7
     assert tree["cache"]["capacity"]["lowWatermark"] == 0.8
-    assert tree["orchestrator"] == {"jobs": {"maxIdentical": 2, "minAge": "5m"}}
+    assert tree["orchestrator"] == {
+        "jobs": {"maxIdentical": 2, "maxTaskLogLines": 10_000, "minAge": "5m"}
+    }
 
 
 @pytest.mark.parametrize("path", ["a..b", ".a", "a[", "a[x]", "a[1", "a.", "[0]"])
@@ -477,8 +479,9 @@ ACCESSORS = [
     "http_threads",
     "log_level",
     "expiry_interval",
+    "max_task_log_lines",
 ]
-DEFAULT_READINGS = ["auto", "auto", 2, None, [], 64, "info", 1.0]
+DEFAULT_READINGS = ["auto", "auto", 2, None, [], 8, "info", 1.0, 10_000]
 
 
 def test_accessor_defaults(store: ConfigStore) -> None:
@@ -507,7 +510,10 @@ def test_accessor_defaults(store: ConfigStore) -> None:
         ("runtime.host.binDirs", [], "host_bin_dirs", []),
         ("runtime.host.binDirs", None, "host_bin_dirs", []),
         ("http.threads", 128, "http_threads", 128),
-        ("http.threads", None, "http_threads", 64),
+        ("http.threads", None, "http_threads", 8),
+        ("orchestrator.jobs.maxTaskLogLines", 0, "max_task_log_lines", 0),
+        ("orchestrator.jobs.maxTaskLogLines", 50, "max_task_log_lines", 50),
+        ("orchestrator.jobs.maxTaskLogLines", None, "max_task_log_lines", 10_000),
         ("log.level", "ERROR", "log_level", "error"),
         ("log.level", None, "log_level", "info"),
         ("instances.expiryInterval", "250ms", "expiry_interval", 0.25),
@@ -532,7 +538,7 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
             {
                 "container": {"runtime": "lxc"},
                 "snapshot": "copy",
-                "orchestrator": {"jobs": {"maxIdentical": -3}},
+                "orchestrator": {"jobs": {"maxIdentical": -3, "maxTaskLogLines": "many"}},
                 "runtime": {"host": {"user": "", "binDirs": ["/ok", "rel", 5]}},
                 "http": {"threads": 1.5},
                 "log": {"level": "loud"},
@@ -547,9 +553,10 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
         2,
         None,
         ["/ok"],
-        64,
+        8,
         "info",
         1.0,
+        10_000,
     ]
 
 

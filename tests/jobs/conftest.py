@@ -26,7 +26,7 @@ from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
 from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.kinds import KINDS
 from sqlrs_engine.jobs.services import JobServices
-from sqlrs_engine.jobs.supervisor import RegistrySink
+from sqlrs_engine.jobs.supervisor import job_event_log
 from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.persistence.jobs import JobRecord
 from sqlrs_engine.persistence.rows import Row, dump_json
@@ -121,7 +121,7 @@ class Parts:
     ) -> PsqlJob:
         """A PsqlJob wired as the supervisor wires it (events and tasks to the Registry)."""
         services = self.services(runtime, **overrides)
-        events = JobEventLog(RegistrySink(job_id, services), services.heartbeat)
+        events = job_event_log(job_id, services)
         tasks = TaskTracker(job_id, self.registry, events)
         return PsqlJob(job_id, request, services, events, tasks, CancelToken())
 
@@ -298,3 +298,8 @@ class Recorded:
     def record(self, event: dict[str, Any], wait: bool) -> None:
         self.events.append((dict(event), wait))
         self.on_record(event)
+
+    def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
+        for event in events:
+            self.record(event, False)
+        return lambda: None

@@ -52,6 +52,8 @@ def run(job: PsqlJob) -> dict[str, Any]:
     except BaseException:
         job.release()
         raise
+    finally:
+        job.events.close()  # buffered log lines are stored, as the supervisor does
 
 
 def outputs(job: PsqlJob) -> list[str]:

@@ -401,6 +401,15 @@ class RegistryActor(pykka.ThreadingActor):
         """Persist and publish one event; returns its index."""
         return self._append(job_id, event)
 
+    def record_events(self, job_id: str, events: list[Event]) -> int:
+        """Persist (one transaction) and publish a batch of events; returns the next index."""
+        batch = [canonical_event(event) for event in events]
+        index = self._event_count(job_id)
+        self._jobs.append_events(job_id, batch)
+        self._event_counts[job_id] = index + len(batch)
+        self._hub.publish_many(job_id, batch)
+        return index + len(batch)
+
     def finish_job(self, job_id: str) -> None:
         """The job's final event was recorded: end its streams and forget its actor."""
         self._hub.close(job_id)
@@ -523,6 +532,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     update_task = proxy_method(RegistryActor.update_task)
     task_rows = proxy_method(RegistryActor.task_rows)
     record_event = proxy_method(RegistryActor.record_event)
+    record_events = proxy_method(RegistryActor.record_events)
     finish_job = proxy_method(RegistryActor.finish_job)
     job_actor = proxy_method(RegistryActor.job_actor)
     cancel_job = proxy_method(RegistryActor.cancel_job)

@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_LOW_WATERMARK",
     "DEFAULT_MAX_IDENTICAL",
+    "DEFAULT_MAX_TASK_LOG_LINES",
     "DEFAULT_MIN_STATE_AGE",
     "LOG_LEVELS",
     "MAX_HTTP_THREADS",
@@ -39,9 +40,10 @@ DEFAULT_MIN_STATE_AGE = "10m"
 DEFAULT_MAX_IDENTICAL = 2
 DEFAULT_JOB_MIN_AGE = "5m"
 DEFAULT_EXPIRY_INTERVAL = "1s"
-DEFAULT_HTTP_THREADS = 64
-# Cheroot needs a few threads besides long-lived event/run streams; the upper bound keeps a
-# typo from making the engine try to start millions of threads at its next start.
+DEFAULT_MAX_TASK_LOG_LINES = 10_000
+DEFAULT_HTTP_THREADS = 8
+# Workers only serve short requests (event and run streams are served by one stream loop);
+# the upper bound keeps a typo from making the engine start millions of threads.
 MIN_HTTP_THREADS = 4
 MAX_HTTP_THREADS = 4096
 
@@ -66,7 +68,11 @@ DEFAULTS: dict[str, Any] = {
     "log": {"level": DEFAULT_LOG_LEVEL},
     # minAge: retention never trims a job that finished less than this ago (SPEC §0.1)
     "orchestrator": {
-        "jobs": {"maxIdentical": DEFAULT_MAX_IDENTICAL, "minAge": DEFAULT_JOB_MIN_AGE}
+        "jobs": {
+            "maxIdentical": DEFAULT_MAX_IDENTICAL,
+            "maxTaskLogLines": DEFAULT_MAX_TASK_LOG_LINES,  # read when a job starts
+            "minAge": DEFAULT_JOB_MIN_AGE,
+        },
     },
     "runtime": {
         "host": {

@@ -157,6 +157,11 @@ SCHEMA: dict[str, Any] = {
                                 "that finished less than this ago, nor one whose events are "
                                 "being streamed.",
                             },
+                            "maxTaskLogLines": _non_negative_int(
+                                DEFAULTS["orchestrator"]["jobs"]["maxTaskLogLines"],
+                                "Log lines one task stores as job events; later lines are "
+                                "only in the task's log file. Read when a job starts.",
+                            ),
                         }
                     )
                 }

@@ -25,6 +25,7 @@ from sqlrs_engine.config.defaults import (
     DEFAULT_JOB_MIN_AGE,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_IDENTICAL,
+    DEFAULT_MAX_TASK_LOG_LINES,
     LOG_LEVELS,
     MAX_HTTP_THREADS,
     MIN_HTTP_THREADS,
@@ -233,6 +234,12 @@ class ConfigStore:
             except DurationError:
                 pass
         return parse_duration(DEFAULT_JOB_MIN_AGE)
+    def max_task_log_lines(self) -> int:
+        """`orchestrator.jobs.maxTaskLogLines`: log lines a task stores as events."""
+        value = self._lookup("orchestrator", "jobs", "maxTaskLogLines")
+        if is_integer(value) and 0 <= value <= MAX_INT64:
+            return int(value)
+        return DEFAULT_MAX_TASK_LOG_LINES
 
     def expiry_interval(self) -> float:
         """`instances.expiryInterval` in seconds; 0 (or negative) = expired instances stay."""

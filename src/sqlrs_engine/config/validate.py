@@ -222,6 +222,7 @@ RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("orchestrator", "jobs", "maxIdentical"): _non_negative_int,
     ("orchestrator", "jobs", "minAge"): _duration,
     ("instances", "expiryInterval"): _duration,
+    ("orchestrator", "jobs", "maxTaskLogLines"): _non_negative_int,
     ("cache", "capacity", "maxBytes"): _non_negative_int,
     ("cache", "capacity", "reserveBytes"): _non_negative_int,
     HIGH_WATERMARK: _watermark,

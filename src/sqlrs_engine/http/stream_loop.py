@@ -115,7 +115,7 @@ class StreamLoop:
             if not stopping:
                 self._new.append(stream)
         if stopping:
-            self._close(stream)
+            self._end_now(stream)
             return
         self._signal()
 
@@ -254,17 +254,21 @@ class StreamLoop:
             except Exception:
                 log.exception("closing a stream's response failed")
 
+    def _end_now(self, stream: _Stream) -> None:
+        """End a stream at shutdown: what fits in the socket now is sent, then it is closed."""
+        if stream.chunked and not stream.finished:
+            stream.out += _TERMINATOR
+        with contextlib.suppress(OSError):
+            stream.sock.send(stream.out)
+        self._close(stream)
+
     def _shutdown(self) -> None:
         """End every stream: what fits in the socket now is sent, then it is closed."""
         with self._lock:
             self._stopping = True
             pending, self._new = self._new, []
         for stream in [*self._streams, *pending]:
-            if stream.chunked and not stream.finished:
-                stream.out += _TERMINATOR
-            with contextlib.suppress(OSError):
-                stream.sock.send(stream.out)
-            self._close(stream)
+            self._end_now(stream)
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

@@ -1,19 +1,41 @@
-"""A job's event log: typed appends, task bookkeeping, and the heartbeat (SPEC §4.3, §4.4).
+"""A job's event log: typed appends, bounded task logs, and the heartbeat (SPEC §4.3, §4.4).
 
 Events go to the Registry (which persists and publishes them) in the order they are
-appended here; one lock orders the worker's appends and the heartbeat's repeats. Log lines
-are sent without waiting for an answer (they can be many); status changes are waited for,
-so a job never reports itself finished before its events are stored.
+appended here; one lock orders the worker's appends and the heartbeat's repeats.
+
+Output can be huge (a script printing a line per statement), so log lines are cheap:
+
+- **Batched.** Log lines are collected and sent as one Registry message (one transaction)
+  per `BATCH_LINES` lines, before any other event, and at every heartbeat tick (so a live
+  stream sees them within a fraction of the period).
+- **Flow-controlled, not timed out.** At most `MAX_BATCHES_IN_FLIGHT` batches wait for the
+  Registry; the job then waits for the oldest one to be stored, however long that takes. A
+  busy Registry slows the job down; it never fails it.
+- **Bounded.** A task stores at most `max_task_lines` log lines as events (config
+  `orchestrator.jobs.maxTaskLogLines`); the next line becomes one `log` event saying the log
+  was truncated and where the full output is, and later lines are not stored as events.
+- **Complete on disk.** Every log line is also appended to a plain-text file per task
+  (`<job dir>/logs/<task_id>.log`; lines outside a task go to `job.log`), served by
+  `GET /v1/prepare-jobs/{id}/tasks/{task_id}/log`.
+
+Status changes are waited for, so a job never reports itself finished before its events
+are stored.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from pathlib import Path
+from typing import IO, Any, Protocol
 
 from sqlrs_engine.clock import now_rfc3339
+
+log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
 
@@ -21,11 +43,31 @@ DEFAULT_HEARTBEAT = 0.5
 MIN_HEARTBEAT = 0.2
 MAX_HEARTBEAT = 1.0
 
+DEFAULT_MAX_TASK_LOG_LINES = 10_000
+"""Log lines a task stores as events (config `orchestrator.jobs.maxTaskLogLines`)."""
+
+MAX_STORED_LINE = 16 * 1024
+"""Characters of one log line stored in its event; the file keeps the whole line."""
+
+BATCH_LINES = 500
+MAX_BATCHES_IN_FLIGHT = 4
+
+JOB_LOG = "job"
+"""The log file name (`job.log`) for lines written outside any task."""
+
+
+def log_url(job_id: str, task_id: str) -> str:
+    return f"/v1/prepare-jobs/{job_id}/tasks/{task_id}/log"
+
 
 class EventSink(Protocol):
-    """Where events go: `record(event, wait)` persists and publishes one event."""
+    """Where events go: persisted and published by the Registry, in call order."""
 
-    def record(self, event: Event, wait: bool) -> None: ...
+    def record(self, event: Event, wait: bool) -> None:
+        """One event; with `wait`, return only once it is stored."""
+
+    def record_batch(self, events: list[Event]) -> Callable[[], None]:
+        """Several events in one message; returns a call that waits until they are stored."""
 
 
 def clamp_heartbeat(seconds: float) -> float:
@@ -40,6 +82,10 @@ class JobEventLog:
         sink: EventSink,
         heartbeat: float = DEFAULT_HEARTBEAT,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        job_id: str = "",
+        log_dir: Path | None = None,
+        max_task_lines: int = DEFAULT_MAX_TASK_LOG_LINES,
     ) -> None:
         self._sink = sink
         self._period = clamp_heartbeat(heartbeat)
@@ -49,10 +95,20 @@ class JobEventLog:
         self._repeatable: Event | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._job_id = job_id
+        self._log_dir = log_dir
+        self._max_task_lines = max(0, max_task_lines)
+        self._pending: list[Event] = []
+        self._in_flight: collections.deque[Callable[[], None]] = collections.deque()
+        self._task = JOB_LOG
+        self._task_lines = 0
+        self._file: IO[str] | None = None
+        self._file_failed = False
 
     # -- appends ---------------------------------------------------------------------------
 
     def status(self, status: str, wait: bool = True) -> None:
+        """A job status change (pending log lines are sent first)."""
         self._append({"type": "status", "status": status}, wait=wait, running_task=False)
 
     def task(self, task_id: str, status: str, error: dict[str, Any] | None = None) -> None:
@@ -61,9 +117,33 @@ class JobEventLog:
             event["message"] = error.get("message", "")
             event["error"] = error
         self._append(event, wait=True, running_task=status == "running")
+        with self._lock:
+            if status == "running":
+                self._switch_file(task_id)
+            elif task_id == self._task:
+                self._switch_file(JOB_LOG)
 
     def log(self, message: str) -> None:
-        self._append({"type": "log", "message": message}, wait=False, running_task=None)
+        """A log line: always written to the task's file, stored as an event within bounds."""
+        with self._lock:
+            self._write_file(message)
+            self._task_lines += 1
+            if self._task_lines > self._max_task_lines + 1:
+                return
+            if self._task_lines > self._max_task_lines:
+                message = self._truncation_notice()
+            elif len(message) > MAX_STORED_LINE:
+                message = (
+                    f"{message[:MAX_STORED_LINE]}… [line cut at {MAX_STORED_LINE} of "
+                    f"{len(message)} characters; the task's log file has all of it]"
+                )
+            event: Event = {"type": "log", "ts": now_rfc3339(), "message": message}
+            self._pending.append(event)
+            self._last_append = self._clock()
+            if self._repeatable is not None:
+                self._repeatable = dict(event)
+            if len(self._pending) >= BATCH_LINES:
+                self._flush()
 
     def result(self, result: dict[str, Any]) -> None:
         self._append({"type": "result", "result": result}, wait=True, running_task=False)
@@ -71,9 +151,25 @@ class JobEventLog:
     def error(self, error: dict[str, Any]) -> None:
         self._append({"type": "error", "error": error}, wait=True, running_task=False)
 
+    def flush(self) -> None:
+        """Send buffered log lines now and wait until everything sent is stored."""
+        with self._lock:
+            self._flush()
+            while self._in_flight:
+                self._in_flight.popleft()()
+            if self._file is not None:
+                self._file.flush()
+
+    def close(self) -> None:
+        """Flush, and close the current log file."""
+        self.flush()
+        with self._lock:
+            self._close_file()
+
     def _append(self, event: Event, *, wait: bool, running_task: bool | None) -> None:
         """Append with a fresh `ts`; `running_task` True/False starts/stops the heartbeat."""
         with self._lock:
+            self._flush()
             event["ts"] = now_rfc3339()
             self._sink.record(event, wait)
             self._last_append = self._clock()
@@ -83,6 +179,56 @@ class JobEventLog:
                 self._repeatable = None
             elif self._repeatable is not None:
                 self._repeatable = dict(event)
+
+    def _flush(self) -> None:
+        """Send pending log lines as one batch; wait while too many batches are unstored."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._in_flight.append(self._sink.record_batch(batch))
+            if self._file is not None:
+                self._file.flush()
+        while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
+            self._in_flight.popleft()()
+
+    # -- the full log on disk ----------------------------------------------------------------
+
+    def _truncation_notice(self) -> str:
+        where = f"GET {log_url(self._job_id, self._task)}"
+        if self._log_dir is not None:
+            where += f" (file {self._log_dir / (self._task + '.log')})"
+        scope = "the job" if self._task == JOB_LOG else f"task {self._task}"
+        return (
+            f"log truncated: {scope} printed more than {self._max_task_lines} lines; later "
+            f"lines are not stored as events. Full output: {where}"
+        )
+
+    def _switch_file(self, task_id: str) -> None:
+        if self._file is not None:
+            self._file.flush()
+        self._close_file()
+        self._task = task_id
+        self._task_lines = 0
+
+    def _write_file(self, message: str) -> None:
+        if self._log_dir is None or self._file_failed:
+            return
+        try:
+            if self._file is None:
+                self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                path = self._log_dir / f"{self._task}.log"
+                self._file = path.open("a", encoding="utf-8", errors="replace")
+            self._file.write(message + "\n")
+        except OSError as error:
+            # A full disk must not fail the job: the events still carry the bounded log.
+            log.warning("job %s: cannot write its log file: %s", self._job_id, error)
+            self._file_failed = True
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     # -- heartbeat -------------------------------------------------------------------------
 
@@ -97,8 +243,9 @@ class JobEventLog:
             self._thread.join(timeout=5)
 
     def tick(self) -> bool:
-        """Repeat the last running-task or log event if nothing was appended for a period."""
+        """Send pending log lines; repeat the last running-task or log event if quiet a period."""
         with self._lock:
+            self._flush()
             if self._repeatable is None or self._clock() - self._last_append < self._period:
                 return False
             event = dict(self._repeatable)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlrs_engine.actors.registry import RegistryProxy
 from sqlrs_engine.actors.snapshot import SnapshotClient
-from sqlrs_engine.jobs.event_log import DEFAULT_HEARTBEAT
+from sqlrs_engine.jobs.event_log import DEFAULT_HEARTBEAT, DEFAULT_MAX_TASK_LOG_LINES
 from sqlrs_engine.runtime.base import Runtime
 
 ASK_TIMEOUT = 60.0
@@ -25,6 +25,10 @@ class JobServices:
     engine_version: str
     cwd: Path = field(default_factory=Path.cwd)
     heartbeat: float = DEFAULT_HEARTBEAT
+    jobs_dir: Path | None = None
+    """`<root>/jobs`: each job keeps its full task logs in `<job_id>/logs/`."""
+    max_task_log_lines: int = DEFAULT_MAX_TASK_LOG_LINES
+    """Log lines a task stores as events (config `orchestrator.jobs.maxTaskLogLines`)."""
     trim_jobs: Callable[[str], object] = lambda _signature: None
     """Retention by signature (SPEC §4.11), run when a job is planned and when it ends."""
     check_cache: Callable[[str, frozenset[str]], object] = lambda _trigger, _protected: None

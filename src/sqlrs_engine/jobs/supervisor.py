@@ -50,6 +50,27 @@ class RegistrySink:
         if wait:
             future.get(timeout=ASK_TIMEOUT)
 
+    def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
+        future = self._registry.record_events(self._job_id, events)
+
+        def stored() -> None:
+            # No timeout: this is flow control. A dead Registry fails the future instead.
+            future.get()
+
+        return stored
+
+
+def job_event_log(job_id: str, services: JobServices) -> JobEventLog:
+    """The event log of a job, its full task logs under `<jobs dir>/<job_id>/logs/`."""
+    log_dir = services.jobs_dir / job_id / "logs" if services.jobs_dir is not None else None
+    return JobEventLog(
+        RegistrySink(job_id, services),
+        services.heartbeat,
+        job_id=job_id,
+        log_dir=log_dir,
+        max_task_lines=services.max_task_log_lines,
+    )
+
 
 class JobSupervisor:
     """Runs one job on the calling thread; `cancel` may be called from any thread."""
@@ -59,7 +80,7 @@ class JobSupervisor:
         self.services = services
         self.token = CancelToken()
         self.shutting_down = threading.Event()
-        self.events = JobEventLog(RegistrySink(job_id, services), services.heartbeat)
+        self.events = job_event_log(job_id, services)
         self.tasks = TaskTracker(job_id, services.registry, self.events)
         self._job: StateBuilder | None = None
 
@@ -97,9 +118,16 @@ class JobSupervisor:
             self._fail(error_response("internal_error", "internal error", str(error)))
         finally:
             self.events.stop_heartbeat()
+            self._close_log()
             if self._job is not None:
                 self._job.release()
             self._finish()
+
+    def _close_log(self) -> None:
+        try:
+            self.events.close()
+        except Exception:
+            log.exception("job %s: cannot store its last log lines", self.job_id)
 
     def _load_request(self, row: dict[str, Any]) -> PrepareRequest:
         try:

@@ -261,18 +261,15 @@ class JobQueries:
 
     def append_event(self, job_id: str, event: Mapping[str, Any]) -> None:
         """Persist an event at the end of the job's event list."""
-        self._db["prepare_events"].insert(
-            {
-                "job_id": job_id,
-                "type": event["type"],
-                "ts": event["ts"],
-                "status": event.get("status"),
-                "task_id": event.get("task_id"),
-                "message": event.get("message"),
-                "result_json": dump_json(event.get("result")),
-                "error_json": dump_json(event.get("error")),
-            }
-        )
+        self.append_events(job_id, [event])
+
+    def append_events(self, job_id: str, events: Iterable[Mapping[str, Any]]) -> None:
+        """Persist events at the end of the job's event list, in one transaction."""
+        rows = [_event_row(job_id, event) for event in events]
+        if not rows:
+            return
+        with self._db as tx:
+            tx.executable.exec_driver_sql(_INSERT_EVENT, rows)
 
     def event_count(self, job_id: str) -> int:
         row = fetch_one(
@@ -292,6 +289,24 @@ class JobQueries:
             offset=start,
         )
         return [event_from_row(row) for row in rows]
+
+
+_INSERT_EVENT = """INSERT INTO prepare_events
+    (job_id, type, ts, status, task_id, message, result_json, error_json)
+    VALUES (:job_id, :type, :ts, :status, :task_id, :message, :result_json, :error_json)"""
+
+
+def _event_row(job_id: str, event: Mapping[str, Any]) -> Row:
+    return {
+        "job_id": job_id,
+        "type": event["type"],
+        "ts": event["ts"],
+        "status": event.get("status"),
+        "task_id": event.get("task_id"),
+        "message": event.get("message"),
+        "result_json": dump_json(event.get("result")),
+        "error_json": dump_json(event.get("error")),
+    }
 
 
 def _job_entry(row: Mapping[str, Any]) -> Row:

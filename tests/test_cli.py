@@ -7,13 +7,14 @@ this file covers the parsing rules one by one without starting anything.
 
 from __future__ import annotations
 
+import resource
 import stat
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sqlrs_engine.cli import EXIT_FAILURE, EXIT_USAGE, main, parse_options
+from sqlrs_engine.cli import EXIT_FAILURE, EXIT_USAGE, main, parse_options, raise_open_file_limit
 
 REQUIRED = ["--listen", "127.0.0.1:0", "--write-engine-json", "/srv/sqlrs/engine.json"]
 
@@ -155,3 +156,16 @@ def test_help_lists_every_flag_and_exits_0(capsys: pytest.CaptureFixture[str]) -
     out = capsys.readouterr().out
     for flag in ("--listen", "--write-engine-json", "--run-dir", "--idle-timeout", "--version"):
         assert flag in out
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
+    """A thousand streams need a thousand sockets: the soft limit goes up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    lowered = min(soft, 256)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowered, hard))
+    try:
+        limit = raise_open_file_limit()
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (limit, hard)
+        assert limit == hard or (hard == resource.RLIM_INFINITY and limit >= lowered)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import sys
 import threading
@@ -151,6 +152,25 @@ def parse_options(argv: Sequence[str], environ: dict[str, str]) -> EngineOptions
     )
 
 
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
+
+    Every open event or run stream is a socket; the usual soft limit of 1024 would cap the
+    engine below a thousand streams while the hard limit allows far more.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft >= hard:
+        return soft
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as error:
+        log.warning("cannot raise the open-file limit from %d: %s", soft, error)
+        return soft
+    log.info("open-file limit raised from %d to %d", soft, target)
+    return target
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     try:
@@ -170,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "HTTP; the token and the instances' DSNs cross the network unencrypted",
             options.listen_host,
         )
+    raise_open_file_limit()
 
     stop_requested = threading.Event()
 

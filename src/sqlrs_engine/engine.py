@@ -184,6 +184,7 @@ class Engine:
             deletion=self._deletion,
             storage=self._storage_health,
             cache=self._cache,
+            jobs_dir=snapshots.layout.jobs_dir,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()

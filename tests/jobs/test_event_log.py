@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +17,11 @@ import pytest
 from sqlrs_engine.actors.events import END
 from sqlrs_engine.clock import parse_rfc3339
 from sqlrs_engine.jobs.event_log import (
+    BATCH_LINES,
     DEFAULT_HEARTBEAT,
+    MAX_BATCHES_IN_FLIGHT,
     MAX_HEARTBEAT,
+    MAX_STORED_LINE,
     MIN_HEARTBEAT,
     JobEventLog,
     clamp_heartbeat,
@@ -273,3 +277,101 @@ def test_the_heartbeat_thread_repeats_into_the_registry_and_stops_with_the_job(
     assert stamps == sorted(stamps)
     log.tick()
     assert len(parts.events(job_id)) == len(stored), "an ended job is never repeated"
+
+
+# -- bounded task logs, the full log on disk, batches --------------------------------------
+
+
+def bounded_log(tmp_path: Path, limit: int) -> tuple[JobEventLog, Recorded]:
+    sink = Recorded()
+    log = JobEventLog(sink, job_id="j" * 32, log_dir=tmp_path / "logs", max_task_lines=limit)
+    return log, sink
+
+
+def stored_messages(sink: Recorded) -> list[str]:
+    return [event["message"] for event, _ in sink.events if event["type"] == "log"]
+
+
+def test_a_task_stores_its_first_lines_then_one_truncation_event(tmp_path: Path) -> None:
+    log, sink = bounded_log(tmp_path, limit=3)
+    log.task("execute-0", "running")
+    for n in range(10):
+        log.log(f"psql: {n}")
+    log.task("execute-0", "succeeded")
+    log.task("execute-1", "running")
+    log.log("psql: next task")
+    log.close()
+    messages = stored_messages(sink)
+    assert messages[:3] == ["psql: 0", "psql: 1", "psql: 2"]
+    notice = messages[3]
+    assert notice.startswith("log truncated: task execute-0 printed more than 3 lines")
+    assert f"GET /v1/prepare-jobs/{'j' * 32}/tasks/execute-0/log" in notice
+    assert str(tmp_path / "logs" / "execute-0.log") in notice
+    assert messages[4:] == ["psql: next task"], "the bound is per task"
+    full = (tmp_path / "logs" / "execute-0.log").read_text().splitlines()
+    assert full == [f"psql: {n}" for n in range(10)], "the file has every line"
+    assert (tmp_path / "logs" / "execute-1.log").read_text() == "psql: next task\n"
+
+
+def test_a_zero_bound_stores_only_the_notice_and_lines_outside_tasks_go_to_job_log(
+    tmp_path: Path,
+) -> None:
+    log, sink = bounded_log(tmp_path, limit=0)
+    log.log("resolving")
+    log.log("more")
+    log.close()
+    assert [m.split(":")[0] for m in stored_messages(sink)] == ["log truncated"]
+    assert (tmp_path / "logs" / "job.log").read_text() == "resolving\nmore\n"
+
+
+def test_a_huge_line_is_cut_in_its_event_but_whole_in_the_file(tmp_path: Path) -> None:
+    log, sink = bounded_log(tmp_path, limit=10)
+    line = "x" * (MAX_STORED_LINE + 10)
+    log.log(line)
+    log.close()
+    (stored,) = stored_messages(sink)
+    assert stored.startswith("x" * MAX_STORED_LINE + "… [line cut")
+    assert (tmp_path / "logs" / "job.log").read_text() == line + "\n"
+
+
+def test_an_unwritable_log_dir_does_not_fail_the_job(tmp_path: Path) -> None:
+    (tmp_path / "logs").write_text("a file where the directory should be")
+    log, sink = bounded_log(tmp_path, limit=10)
+    log.log("still stored")
+    log.close()
+    assert stored_messages(sink) == ["still stored"]
+
+
+class SlowSink(Recorded):
+    """Batches are stored only when the test releases them, like a busy Registry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.released = threading.Event()
+        self.waited = threading.Event()
+
+    def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
+        self.batches.append(len(events))
+
+        def stored() -> None:
+            self.waited.set()
+            assert self.released.wait(10)
+
+        return stored
+
+
+def test_lines_go_in_batches_and_a_busy_registry_slows_the_job_instead_of_failing_it() -> None:
+    sink = SlowSink()
+    log = JobEventLog(sink)
+    for n in range(BATCH_LINES * MAX_BATCHES_IN_FLIGHT):
+        log.log(f"{n}")
+    assert sink.batches == [BATCH_LINES] * MAX_BATCHES_IN_FLIGHT
+    assert not sink.waited.is_set(), "within the in-flight allowance nothing waits"
+    writer = threading.Thread(target=lambda: [log.log(f"{n}") for n in range(BATCH_LINES)])
+    writer.start()
+    assert sink.waited.wait(10), "one batch too many: the writer waits for the oldest"
+    assert writer.is_alive()
+    sink.released.set()
+    writer.join(10)
+    assert not writer.is_alive()

@@ -313,3 +313,39 @@ def test_migration_2_adds_the_instance_secret(tmp_path: Path) -> None:
     row = metadata.instance_row("a" * 32)
     assert row is not None and (row["runtime_id"], row["secret"]) == ("host:2", "s3cret")
     db.close()
+
+
+# -- paged lists and batched events ----------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [1, 3, 4, 7, 50])
+def test_state_pages_concatenate_to_the_whole_list(
+    stores: tuple[MetadataQueries, JobQueries, Path], limit: int
+) -> None:
+    """Keyset pages: no row twice, none lost, the list's order, a short page is the last."""
+    metadata, _, _ = stores
+    for n in range(7):
+        kind = "psql" if n % 2 else "lb"
+        metadata.insert_state(
+            StateRecord(f"{n:02d}" + "f" * 62, None, "img", kind, "", "2026-01-01T00:00:00Z", n)
+        )
+    for filters in ({}, {"kind": "psql"}):
+        pages = [metadata.list_states_page(**filters, limit=limit)]
+        while pages[-1].next_key is not None:
+            pages.append(
+                metadata.list_states_page(**filters, after=pages[-1].next_key, limit=limit)
+            )
+        assert all(len(page.rows) <= limit for page in pages)
+        assert [row for page in pages for row in page.rows] == metadata.list_states(**filters)
+
+
+def test_a_batch_of_events_is_one_transaction_in_order(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    _, jobs, _ = stores
+    seed_job(jobs)
+    batch = [{"type": "log", "ts": f"t{n}", "message": f"line {n}"} for n in range(1000)]
+    jobs.append_events(JOB, batch)
+    jobs.append_events(JOB, [])
+    assert jobs.event_count(JOB) == 1000
+    assert [event["message"] for event in jobs.events(JOB, 998)] == ["line 998", "line 999"]

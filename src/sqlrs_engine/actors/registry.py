@@ -30,11 +30,19 @@ from sqlrs_engine.jobs.failure_log import log_job_failure
 from sqlrs_engine.persistence.database import open_database
 from sqlrs_engine.persistence.guard import StorageGuard, StorageHealth, guard_public_methods
 from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, canonical_event, is_terminal
-from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
+from sqlrs_engine.persistence.metadata import (
+    InstanceRecord,
+    MetadataQueries,
+    Page,
+    StateRecord,
+)
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import ServerHandle
 
 log = logging.getLogger(__name__)
+
+ListFilters = dict[str, str | None]
+"""A list endpoint's query filters by name (absent or None: no filter)."""
 
 JobActorFactory = Callable[[str, "RegistryProxy"], pykka.ActorRef[Any]]
 """Starts the actor that runs job `job_id`; given the Registry's own proxy to talk back."""
@@ -202,6 +210,36 @@ class RegistryActor(pykka.ThreadingActor):
 
     def get_state(self, state_id: str) -> Row | None:
         return self._metadata.get_state(state_id)
+
+    # Listings are read a page per message: a big list never blocks the Registry for long,
+    # and the HTTP side streams each page before asking for the next.
+
+    def list_states_page(self, filters: ListFilters, after: int, limit: int) -> Page:
+        return self._metadata.list_states_page(
+            kind=filters.get("kind"),
+            image=filters.get("image"),
+            id_prefix=filters.get("id_prefix"),
+            after=after,
+            limit=limit,
+        )
+
+    def list_instances_page(self, filters: ListFilters, after: int, limit: int) -> Page:
+        return self._metadata.list_instances_page(
+            state=filters.get("state"),
+            image=filters.get("image"),
+            id_prefix=filters.get("id_prefix"),
+            after=after,
+            limit=limit,
+        )
+
+    def list_names_page(self, filters: ListFilters, after: int, limit: int) -> Page:
+        return self._metadata.list_names_page(
+            instance=filters.get("instance"),
+            state=filters.get("state"),
+            image=filters.get("image"),
+            after=after,
+            limit=limit,
+        )
 
     def list_jobs(self, job_prefix: str | None) -> list[Row]:
         return self._jobs.list_jobs(job_prefix)
@@ -510,6 +548,9 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     cache_inventory = proxy_method(RegistryActor.cache_inventory)
     instance_of_job = proxy_method(RegistryActor.instance_of_job)
     all_instance_rows = proxy_method(RegistryActor.all_instance_rows)
+    list_states_page = proxy_method(RegistryActor.list_states_page)
+    list_instances_page = proxy_method(RegistryActor.list_instances_page)
+    list_names_page = proxy_method(RegistryActor.list_names_page)
     list_jobs = proxy_method(RegistryActor.list_jobs)
     job_status = proxy_method(RegistryActor.job_status)
     list_tasks = proxy_method(RegistryActor.list_tasks)

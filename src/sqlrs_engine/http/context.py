@@ -37,3 +37,5 @@ class ApiContext:
     """Cache capacity status and enforcement (SPEC §10)."""
     storage: StorageHealth = field(default_factory=StorageHealth)
     """Whether state.db can be written (reported by `/v1/health`)."""
+    jobs_dir: Path | None = None
+    """`<root>/jobs`: where each job keeps its full task logs (`<job_id>/logs/<task>.log`)."""

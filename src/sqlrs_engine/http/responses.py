@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import bottle
 
 from sqlrs_engine.errors import ApiError
-from sqlrs_engine.http.jsonio import JSON, json_line, render_list
+from sqlrs_engine.http.jsonio import JSON, NDJSON, json_line, render_list, wants_ndjson
 from sqlrs_engine.http.params import header_value
+from sqlrs_engine.persistence.metadata import Page
+
+PAGE_ROWS = 500
+"""Rows per Registry message when a list is streamed."""
+
+PageReader = Callable[[int, int], Page]
+"""Reads the page after keyset `after` with at most `limit` rows (one Registry ask)."""
 
 
 def json_response(
@@ -27,6 +34,44 @@ def json_response(
 def list_response(items: Iterable[Any]) -> bottle.HTTPResponse:
     body, content_type = render_list(items, header_value(bottle.request.environ, "Accept"))
     return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": content_type})
+
+
+def paged_list_response(read_page: PageReader) -> bottle.HTTPResponse:
+    """A list written page by page as it is read: memory stays at one page, whatever the size.
+
+    The first page is read before anything is sent, so a busy or stopping Registry is still
+    an ErrorResponse. The JSON array is byte-for-byte what `list_response` would send.
+    """
+    first = read_page(0, PAGE_ROWS)
+    ndjson = wants_ndjson(header_value(bottle.request.environ, "Accept"))
+    body = _ndjson_pages(first, read_page) if ndjson else _json_array_pages(first, read_page)
+    content_type = NDJSON if ndjson else JSON
+    return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": content_type})
+
+
+def _pages(first: Page, read_page: PageReader) -> Iterator[list[Any]]:
+    page = first
+    while True:
+        yield page.rows
+        if page.next_key is None:
+            return
+        page = read_page(page.next_key, PAGE_ROWS)
+
+
+def _ndjson_pages(first: Page, read_page: PageReader) -> Iterator[bytes]:
+    for rows in _pages(first, read_page):
+        if rows:
+            yield b"".join(json_line(row) for row in rows)
+
+
+def _json_array_pages(first: Page, read_page: PageReader) -> Iterator[bytes]:
+    yield b"["
+    separator = b""
+    for rows in _pages(first, read_page):
+        if rows:
+            yield separator + b",".join(json_line(row)[:-1] for row in rows)
+            separator = b","
+    yield b"]\n"
 
 
 def error_response(error: ApiError) -> bottle.HTTPResponse:

@@ -13,7 +13,12 @@ from sqlrs_engine.http.context import ASK_TIMEOUT, ApiContext
 from sqlrs_engine.http.handoff import stream_response
 from sqlrs_engine.http.jsonio import NDJSON
 from sqlrs_engine.http.params import header_value, json_object_body, optional_text, query_value
-from sqlrs_engine.http.responses import json_response, list_response, plain_not_found
+from sqlrs_engine.http.responses import (
+    PLAIN_TEXT,
+    json_response,
+    list_response,
+    plain_not_found,
+)
 from sqlrs_engine.http.streams import (
     EventStream,
     content_range,
@@ -25,6 +30,7 @@ from sqlrs_engine.http.submission import (
     normalized_args,
     validate_submission,
 )
+from sqlrs_engine.jobs.event_log import JOB_LOG
 from sqlrs_engine.jobs.explain import explain_prepare
 from sqlrs_engine.prepare.job_request import parse_prepare_request
 
@@ -81,6 +87,23 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     def list_tasks() -> Any:
         job_id = optional_text(query_value(bottle.request.query, "job"))
         return list_response(registry.list_tasks(job_id).get(timeout=ASK_TIMEOUT))
+
+    @app.get("/v1/prepare-jobs/<job_id>/tasks/<task_id>/log")
+    def task_log(job_id: str, task_id: str) -> Any:
+        """A task's full log (every line, including those past the stored-event bound)."""
+        row = registry.job_row(job_id).get(timeout=ASK_TIMEOUT)
+        if row is None:
+            return plain_not_found()
+        known = {task["task_id"] for task in registry.task_rows(job_id).get(timeout=ASK_TIMEOUT)}
+        if task_id != JOB_LOG and task_id not in known:
+            return plain_not_found()
+        bottle.response.set_header("Cache-Control", "no-store")
+        if ctx.jobs_dir is None:
+            return bottle.HTTPResponse(body=b"", status=200, headers={"Content-Type": PLAIN_TEXT})
+        logs = ctx.jobs_dir / job_id / "logs"
+        if not (logs / f"{task_id}.log").is_file():
+            return bottle.HTTPResponse(body=b"", status=200, headers={"Content-Type": PLAIN_TEXT})
+        return bottle.static_file(f"{task_id}.log", root=str(logs), mimetype=PLAIN_TEXT)
 
     @app.get("/v1/prepare-jobs/<job_id>/events")
     def job_events(job_id: str) -> Any:

@@ -11,7 +11,7 @@ from sqlrs_engine.http.params import optional_text, query_value
 from sqlrs_engine.http.responses import (
     empty_response,
     json_response,
-    list_response,
+    paged_list_response,
     plain_not_found,
 )
 from sqlrs_engine.ids import looks_like_instance_id, normalize_id_prefix
@@ -25,8 +25,12 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/names")
     def list_names() -> Any:
-        names = registry.list_names(query("instance"), query("state"), query("image"))
-        return list_response(names.get(timeout=ASK_TIMEOUT))
+        filters = {name: query(name) for name in ("instance", "state", "image")}
+        return paged_list_response(
+            lambda after, limit: registry.list_names_page(filters, after, limit).get(
+                timeout=ASK_TIMEOUT
+            )
+        )
 
     @app.get("/v1/names/<name>")
     def get_name(name: str) -> Any:
@@ -35,9 +39,13 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/instances")
     def list_instances() -> Any:
-        prefix = normalize_id_prefix(query_value(bottle.request.query, "id_prefix"))
-        entries = registry.list_instances(query("state"), query("image"), prefix)
-        return list_response(entries.get(timeout=ASK_TIMEOUT))
+        filters = {name: query(name) for name in ("state", "image")}
+        filters["id_prefix"] = normalize_id_prefix(query_value(bottle.request.query, "id_prefix"))
+        return paged_list_response(
+            lambda after, limit: registry.list_instances_page(filters, after, limit).get(
+                timeout=ASK_TIMEOUT
+            )
+        )
 
     @app.get("/v1/instances/<ref>")
     def get_instance(ref: str) -> Any:
@@ -53,9 +61,13 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
 
     @app.get("/v1/states")
     def list_states() -> Any:
-        prefix = normalize_id_prefix(query_value(bottle.request.query, "id_prefix"))
-        entries = registry.list_states(query("kind"), query("image"), prefix)
-        return list_response(entries.get(timeout=ASK_TIMEOUT))
+        filters = {name: query(name) for name in ("kind", "image")}
+        filters["id_prefix"] = normalize_id_prefix(query_value(bottle.request.query, "id_prefix"))
+        return paged_list_response(
+            lambda after, limit: registry.list_states_page(filters, after, limit).get(
+                timeout=ASK_TIMEOUT
+            )
+        )
 
     @app.get("/v1/states/<state_id>")
     def get_state(state_id: str) -> Any:

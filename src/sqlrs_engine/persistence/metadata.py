@@ -134,23 +134,39 @@ class MetadataQueries:
         self, *, kind: str | None = None, image: str | None = None, id_prefix: str | None = None
     ) -> list[Row]:
         """State entries (SPEC §7), filtered by exact kind/image and lowercase id prefix."""
+        return self.list_states_page(kind=kind, image=image, id_prefix=id_prefix).rows
+
+    def list_states_page(
+        self,
+        *,
+        kind: str | None = None,
+        image: str | None = None,
+        id_prefix: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+    ) -> Page:
+        """One page of `list_states`: entries after keyset `after`, at most `limit` (-1: all)."""
         where, params = _filters(
             ("s.prepare_kind = :kind", "kind", kind),
             ("s.image_id = :image", "image", image),
             ("lower(s.state_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
+            ("s.rowid > :after", "after", after),
         )
-        return [_state_entry(row) for row in self._state_rows(where, params)]
+        rows = list(self._state_rows(where, params, limit))
+        return Page([_state_entry(row) for row in rows], _next_key(rows, limit))
 
     def get_state(self, state_id: str) -> Row | None:
         rows = list(self._state_rows("WHERE s.state_id = :id", {"id": state_id}))
         return _state_entry(rows[0]) if rows else None
 
-    def _state_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
+    def _state_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> Iterator[Row]:
         yield from fetch(
             self._db,
-            f"""SELECT s.*, (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
+            f"""SELECT s.*, s.rowid AS row_key,
+                       (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
                        AS refcount
-                    FROM states s {where} ORDER BY s.rowid""",
+                    FROM states s {where} ORDER BY s.rowid LIMIT :limit""",
+            limit=limit,
             **params,
         )
 
@@ -274,12 +290,26 @@ class MetadataQueries:
     def list_instances(
         self, *, state: str | None = None, image: str | None = None, id_prefix: str | None = None
     ) -> list[Row]:
+        return self.list_instances_page(state=state, image=image, id_prefix=id_prefix).rows
+
+    def list_instances_page(
+        self,
+        *,
+        state: str | None = None,
+        image: str | None = None,
+        id_prefix: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+    ) -> Page:
+        """One page of `list_instances` (keyset `after`, at most `limit`; -1: all)."""
         where, params = _filters(
             ("i.state_id = :state", "state", state),
             ("i.image_id = :image", "image", image),
             ("lower(i.instance_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
+            ("i.rowid > :after", "after", after),
         )
-        return [_instance_entry(row) for row in self._instance_rows(where, params)]
+        rows = list(self._instance_rows(where, params, limit))
+        return Page([_instance_entry(row) for row in rows], _next_key(rows, limit))
 
     def get_instance(self, instance_id: str) -> Row | None:
         rows = list(self._instance_rows("WHERE i.instance_id = :id", {"id": instance_id}))
@@ -289,15 +319,16 @@ class MetadataQueries:
         row = fetch_one(self._db, "SELECT instance_id FROM names WHERE name = :name", name=name)
         return str(row["instance_id"]) if row and row["instance_id"] else None
 
-    def _instance_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
+    def _instance_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> Iterator[Row]:
         yield from fetch(
             self._db,
-            f"""SELECT i.*,
+            f"""SELECT i.*, i.rowid AS row_key,
                        (SELECT n.name FROM names n WHERE n.instance_id = i.instance_id
                         ORDER BY n.is_primary DESC, n.name LIMIT 1) AS primary_name,
                        (SELECT COUNT(*) FROM names n WHERE n.instance_id = i.instance_id)
                         AS name_count
-                    FROM instances i {where} ORDER BY i.rowid""",
+                    FROM instances i {where} ORDER BY i.rowid LIMIT :limit""",
+            limit=limit,
             **params,
         )
 
@@ -310,32 +341,63 @@ class MetadataQueries:
     def list_names(
         self, *, instance: str | None = None, state: str | None = None, image: str | None = None
     ) -> list[Row]:
+        return self.list_names_page(instance=instance, state=state, image=image).rows
+
+    def list_names_page(
+        self,
+        *,
+        instance: str | None = None,
+        state: str | None = None,
+        image: str | None = None,
+        after: int = 0,
+        limit: int = -1,
+    ) -> Page:
+        """One page of `list_names` (keyset `after`, at most `limit`; -1: all)."""
         where, params = _filters(
             ("n.instance_id = :instance", "instance", instance),
             ("n.state_id = :state", "state", state),
             ("n.image_id = :image", "image", image),
+            ("n.rowid > :after", "after", after),
         )
-        return [_name_entry(row) for row in self._name_rows(where, params)]
+        rows = list(self._name_rows(where, params, limit))
+        return Page([_name_entry(row) for row in rows], _next_key(rows, limit))
 
     def get_name(self, name: str) -> Row | None:
         rows = list(self._name_rows("WHERE n.name = :name", {"name": name}))
         return _name_entry(rows[0]) if rows else None
 
-    def _name_rows(self, where: str, params: dict[str, Any]) -> Iterator[Row]:
+    def _name_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> Iterator[Row]:
         yield from fetch(
             self._db,
-            f"""SELECT n.*, i.instance_id AS live_instance_id, i.expires_at AS expires_at
+            f"""SELECT n.*, n.rowid AS row_key, i.instance_id AS live_instance_id,
+                       i.expires_at AS expires_at
                     FROM names n LEFT JOIN instances i ON i.instance_id = n.instance_id
-                    {where} ORDER BY n.rowid""",
+                    {where} ORDER BY n.rowid LIMIT :limit""",
+            limit=limit,
             **params,
         )
+
+
+@dataclass(frozen=True)
+class Page:
+    """Some entries of a list, and the keyset to ask for the next page (None: no more)."""
+
+    rows: list[Row]
+    next_key: int | None
+
+
+def _next_key(rows: list[Row], limit: int) -> int | None:
+    """A full page may have a successor; a short one is the last."""
+    if limit < 0 or len(rows) < limit or not rows:
+        return None
+    return int(rows[-1]["row_key"])
 
 
 def _prefix(id_prefix: str | None) -> str | None:
     return None if id_prefix is None else id_prefix.lower() + "%"
 
 
-def _filters(*clauses: tuple[str, str, str | None]) -> tuple[str, dict[str, Any]]:
+def _filters(*clauses: tuple[str, str, Any]) -> tuple[str, dict[str, Any]]:
     parts = [sql for sql, _, value in clauses if value is not None]
     params = {name: value for _, name, value in clauses if value is not None}
     return ("WHERE " + " AND ".join(parts) if parts else "", params)

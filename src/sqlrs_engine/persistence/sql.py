@@ -11,6 +11,7 @@ early; the block's end commits.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import dataset
@@ -24,8 +25,20 @@ def _end_implicit_transaction(db: dataset.Database) -> None:
 
 
 def fetch(db: dataset.Database, sql: str, **params: Any) -> list[Row]:
-    """All rows of a SELECT, as plain dicts."""
-    rows = [dict(row) for row in db.query(sql, **params)]
+    """All rows of a SELECT, as plain dicts.
+
+    Read through the DB-API connection underneath SQLAlchemy (same connection, same
+    transaction): building rows through SQLAlchemy and dataset costs about ten times more per
+    row, which is most of the time of a 10 000-row listing. The SQL is plain SQLite with
+    `:name` parameters either way.
+    """
+    connection: Any = db.executable.connection.driver_connection
+    cursor: sqlite3.Cursor = connection.execute(sql, params)
+    try:
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor]
+    finally:
+        cursor.close()
     _end_implicit_transaction(db)
     return rows
 

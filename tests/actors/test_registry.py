@@ -103,6 +103,40 @@ def test_events_reach_live_subscribers_in_order(tmp_path: Path) -> None:
         ref.stop()
 
 
+def test_a_batch_of_events_is_stored_and_published_in_order(tmp_path: Path) -> None:
+    ref, registry = start_registry(settings(tmp_path, job_actor_factory=idle_job_actor))
+    try:
+        registry.submit_job(job()).get()
+        sub = registry.subscribe_events("a" * 32, 0, None).get()
+        assert sub is not None
+        batch = [{"message": f"line {n}", "ts": f"t{n}", "type": "log"} for n in range(700)]
+        assert registry.record_events("a" * 32, batch).get() == 701, "the next index"
+        registry.record_event("a" * 32, {"type": "log", "ts": "t", "message": "after"}).get()
+        registry.finish_job("a" * 32).get()
+        received = []
+        while (item := sub.mailbox.get(timeout=5)) is not END:
+            received.append(item["message"])
+        assert received == [f"line {n}" for n in range(700)] + ["after"]
+        stored = registry.subscribe_events("a" * 32, 699, 702).get()
+        assert [e["message"] for e in stored.backlog] == ["line 698", "line 699", "after"]
+        assert list(stored.backlog[0]) == ["type", "ts", "message"], "canonical field order"
+    finally:
+        for job_actor in idle_job_actor.started:
+            job_actor.stop()
+        ref.stop()
+
+
+def test_a_state_page_is_read_by_keyset(registry: RegistryProxy) -> None:
+    for n in range(5):
+        registry.insert_state(
+            StateRecord(f"{n}" * 64, None, "img", "psql", "", "2026-01-01T00:00:00Z", n)
+        ).get()
+    first = registry.list_states_page({"image": "img"}, 0, 3).get()
+    rest = registry.list_states_page({"image": "img"}, first.next_key, 3).get()
+    assert rest.next_key is None
+    assert [s["state_id"][0] for s in first.rows + rest.rows] == list("01234")
+
+
 def test_subscribe_to_unknown_job_is_none(registry: RegistryProxy) -> None:
     assert registry.subscribe_events("0" * 32, 0, None).get() is None
 

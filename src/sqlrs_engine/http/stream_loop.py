@@ -12,14 +12,17 @@ buffer, not a thread. The loop:
 - **notices a client that leaves** at once (the socket becomes readable with EOF or an error)
   and a peer that vanished without closing through TCP keepalive (about 2 minutes);
 - **ends** a finished stream with the chunked terminator and closes the connection (streams
-  are answered with `Connection: close`), then closes the response, which runs the
-  middlewares' clean-up and releases the source.
+  are answered with `Connection: close`), then has the response closed, which runs the
+  middlewares' clean-up and releases the source. That happens on a separate closer thread,
+  since a clean-up may wait (an events stream's end may run job retention), and the loop
+  must never wait.
 
 At shutdown every stream is ended the same way, without waiting for slow readers.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import selectors
@@ -93,6 +96,9 @@ class StreamLoop:
         self._stopping = False
         self._streams: set[_Stream] = set()
         self._thread: threading.Thread | None = None
+        self._closer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="http-stream-close"
+        )
 
     # -- any thread ------------------------------------------------------------------------
 
@@ -247,7 +253,14 @@ class StreamLoop:
         with contextlib.suppress(OSError):
             stream.sock.shutdown(socket.SHUT_RDWR)
         stream.sock.close()
-        close: Callable[[], None] | None = getattr(stream.response, "close", None)
+        try:
+            self._closer.submit(self._close_response, stream.response)
+        except RuntimeError:  # the closer has shut down (engine stop): close right here
+            self._close_response(stream.response)
+
+    @staticmethod
+    def _close_response(response: Iterable[bytes]) -> None:
+        close: Callable[[], None] | None = getattr(response, "close", None)
         if close is not None:
             try:
                 close()
@@ -272,3 +285,4 @@ class StreamLoop:
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
+        self._closer.shutdown(wait=True)

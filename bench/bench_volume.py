@@ -31,6 +31,8 @@ from tests.support.engine_process import EngineProcess
 from tests.support.prepare import PSQL, prepare, psql_body, submit, wait_for_running_step
 from tests.support.seed import IMAGE, Seeder
 
+from sqlrs_engine.snapshot.layout import StoreLayout
+
 BIN = Path(PSQL).parent
 
 
@@ -243,6 +245,14 @@ def seed_states(store: Path, count: int) -> None:
             rows,
         )
     seeder.close()
+    # Start-up removes rows of states without a complete directory: give each a minimal one.
+    layout = StoreLayout(store)
+    for row in rows:
+        pgdata = layout.state_dir(IMAGE, row["id"]) / "pgdata"
+        pgdata.mkdir(parents=True)
+        (pgdata / "PG_VERSION").write_text("15\n")
+        (pgdata.parent / ".build.ok").write_text("ok")
+    (store / "config.json").write_text('{"snapshot": {"backend": "copy"}}')
 
 
 def ttfb_and_total(engine: EngineProcess, accept: str) -> tuple[float, float, int]:

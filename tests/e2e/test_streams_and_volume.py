@@ -20,6 +20,7 @@ import requests
 
 from sqlrs_engine.http.responses import PAGE_ROWS
 from sqlrs_engine.jobs.event_log import DEFAULT_MAX_TASK_LOG_LINES
+from sqlrs_engine.snapshot.layout import StoreLayout
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, psql_body, submit, wait, wait_for_running_step
 from tests.support.seed import IMAGE, Seeder
@@ -174,6 +175,18 @@ def test_unknown_task_logs_are_a_plain_404(engine: EngineProcess) -> None:
     assert job_log.status_code == 200
 
 
+def complete_state_dirs(store: Path, state_ids: list[str]) -> None:
+    """Rows need their files (start-up removes rows of states without a complete directory):
+    minimal complete copy-backend states are enough for listings."""
+    layout = StoreLayout(store)
+    for state_id in state_ids:
+        pgdata = layout.state_dir(IMAGE, state_id) / "pgdata"
+        pgdata.mkdir(parents=True)
+        (pgdata / "PG_VERSION").write_text("15\n")
+        (pgdata.parent / ".build.ok").write_text("ok")
+    (store / "config.json").write_text('{"snapshot": {"backend": "copy"}}')
+
+
 @pytest.fixture(scope="module")
 def ten_thousand_states() -> Iterator[EngineProcess]:
     from tests.support.dirs import make_scratch_dir, remove_scratch_dir
@@ -190,6 +203,7 @@ def ten_thousand_states() -> Iterator[EngineProcess]:
             rows,
         )
     seeder.close()
+    complete_state_dirs(workdir / "state-store", [row["id"] for row in rows])
     running = start_engine(workdir)
     try:
         yield running

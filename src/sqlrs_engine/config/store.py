@@ -234,6 +234,7 @@ class ConfigStore:
             except DurationError:
                 pass
         return parse_duration(DEFAULT_JOB_MIN_AGE)
+
     def max_task_log_lines(self) -> int:
         """`orchestrator.jobs.maxTaskLogLines`: log lines a task stores as events."""
         value = self._lookup("orchestrator", "jobs", "maxTaskLogLines")

@@ -1826,7 +1826,10 @@ def test_run_that_never_ends_stops_when_the_client_leaves(
     response = engine.post("/v1/runs", json=fill(body, world), stream=True, timeout=60)
     try:
         assert response.status_code == 200, response.text
-        first = json.loads(next(line for line in response.iter_lines() if line))
+        # Keep the line iterator referenced: once it is garbage-collected, urllib3 closes the
+        # connection, and the engine (which notices a departed client at once) cancels the run.
+        lines = response.iter_lines()
+        first = json.loads(next(line for line in lines if line))
         assert first["type"] == "start"
         deadline = time.monotonic() + 30
         while not processes_with(marker):

@@ -11,11 +11,12 @@ buffer, not a thread. The loop:
   leaves bytes in the buffer until its socket is writable again, however long that takes;
 - **notices a client that leaves** at once (the socket becomes readable with EOF or an error)
   and a peer that vanished without closing through TCP keepalive (about 2 minutes);
-- **ends** a finished stream with the chunked terminator and closes the connection (streams
-  are answered with `Connection: close`), then has the response closed, which runs the
-  middlewares' clean-up and releases the source. That happens on a separate closer thread,
-  since a clean-up may wait (an events stream's end may run job retention), and the loop
-  must never wait.
+- **ends** a finished stream by first having the response closed, which runs the
+  middlewares' clean-up and releases the source, then writing the chunked terminator and
+  closing the connection (streams are answered with `Connection: close`). The clean-up thus
+  happens before the client sees the end, as under a plain WSGI server (an events stream's
+  end may run job retention, which a client reading the job list next expects to be done).
+  It runs on a separate closer thread, since it may wait, and the loop must never wait.
 
 At shutdown every stream is ended the same way, without waiting for slow readers.
 """
@@ -57,7 +58,12 @@ class _Stream:
     chunked: bool
     out: bytearray = field(default_factory=bytearray)
     finished: bool = False
-    """The source is exhausted; the terminator is in `out`."""
+    """The source is exhausted (its clean-up has been started)."""
+    cleaned: bool = False
+    """The response is closed: the terminator may go out."""
+    terminated: bool = False
+    """The terminator is in `out`."""
+    response_closed: bool = False
     events: int = 0
     """What the selector watches now."""
 
@@ -202,8 +208,11 @@ class StreamLoop:
                         stream.out += _frame(lines, stream.chunked)
                     if done:
                         stream.finished = True
-                        if stream.chunked:
-                            stream.out += _TERMINATOR
+                        self._close_response(stream, then=lambda: self._cleaned(stream))
+                if stream.cleaned and not stream.terminated:
+                    stream.terminated = True
+                    if stream.chunked:
+                        stream.out += _TERMINATOR
                 if not stream.out:
                     break
                 sent = stream.sock.send(memoryview(stream.out)[:SEND_LIMIT])
@@ -220,11 +229,15 @@ class StreamLoop:
             log.exception("stream source failed")
             self._close(stream)
             return
-        if stream.finished and not stream.out:
+        if stream.terminated and not stream.out:
             self._close(stream)
             return
         wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if stream.out else 0)
         self._watch(stream, wanted)
+
+    def _cleaned(self, stream: _Stream) -> None:
+        stream.cleaned = True
+        self._wake(stream)
 
     def _client_left(self, stream: _Stream) -> bool:
         """The socket is readable: EOF or an error means the client left; data is discarded."""
@@ -253,23 +266,32 @@ class StreamLoop:
         with contextlib.suppress(OSError):
             stream.sock.shutdown(socket.SHUT_RDWR)
         stream.sock.close()
-        try:
-            self._closer.submit(self._close_response, stream.response)
-        except RuntimeError:  # the closer has shut down (engine stop): close right here
-            self._close_response(stream.response)
+        self._close_response(stream)
 
-    @staticmethod
-    def _close_response(response: Iterable[bytes]) -> None:
-        close: Callable[[], None] | None = getattr(response, "close", None)
-        if close is not None:
+    def _close_response(self, stream: _Stream, then: Callable[[], None] | None = None) -> None:
+        """Close the response (once) on the closer thread, then call `then` there."""
+        if stream.response_closed:
+            return
+        stream.response_closed = True
+
+        def close() -> None:
+            closer: Callable[[], None] | None = getattr(stream.response, "close", None)
             try:
-                close()
+                if closer is not None:
+                    closer()
             except Exception:
                 log.exception("closing a stream's response failed")
+            if then is not None:
+                then()
+
+        try:
+            self._closer.submit(close)
+        except RuntimeError:  # the closer has shut down (engine stop): close right here
+            close()
 
     def _end_now(self, stream: _Stream) -> None:
         """End a stream at shutdown: what fits in the socket now is sent, then it is closed."""
-        if stream.chunked and not stream.finished:
+        if stream.chunked and not stream.terminated:
             stream.out += _TERMINATOR
         with contextlib.suppress(OSError):
             stream.sock.send(stream.out)

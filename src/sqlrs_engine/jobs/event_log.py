@@ -256,4 +256,9 @@ class JobEventLog:
 
     def _beat(self) -> None:
         while not self._stop.wait(self._period / 4):
-            self.tick()
+            try:
+                self.tick()
+            except Exception as error:
+                # The Registry refused a batch (a full disk): the job's own next append fails
+                # the job with that reason; the heartbeat just tries again next tick.
+                log.warning("job %s: heartbeat could not store events: %s", self._job_id, error)

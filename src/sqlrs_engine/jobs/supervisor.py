@@ -126,6 +126,8 @@ class JobSupervisor:
     def _close_log(self) -> None:
         try:
             self.events.close()
+        except StorageError as error:
+            log.warning("job %s: its last log lines were not stored: %s", self.job_id, error)
         except Exception:
             log.exception("job %s: cannot store its last log lines", self.job_id)
 

@@ -23,7 +23,6 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.ids import new_job_id
 from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
-from sqlrs_engine.jobs.event_log import JobEventLog
 from sqlrs_engine.jobs.kinds import KINDS
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.jobs.supervisor import job_event_log

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.snapshot.perms import PASSAGE, make_dirs
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,10 @@ class JobEventLog:
             return
         try:
             if self._file is None:
-                self._log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # jobs/ and jobs/<job>/ are passages for the job's server (0711, as the store
+                # makes them); the logs themselves are private to the engine's user.
+                make_dirs(self._log_dir.parent, PASSAGE)
+                make_dirs(self._log_dir, 0o700)
                 path = self._log_dir / f"{self._task}.log"
                 self._file = path.open("a", encoding="utf-8", errors="replace")
             self._file.write(message + "\n")

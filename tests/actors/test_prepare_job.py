@@ -153,7 +153,9 @@ def test_heartbeat_repeats_the_running_task_event(harness: Harness) -> None:
     # The step logs `psql: start` and then stays quiet: that line is what gets repeated.
     repeats = [e for e in events if e.get("message") == "psql: start"]
     assert len(repeats) >= 4, [e.get("message") or e.get("status") for e in events]
-    stamps = [e["ts"] for e in events]
+    # Compared as times: RFC 3339 text drops a fraction's trailing zeros, so `…12.519Z` sorts
+    # after `…12.519423Z` as a string (a flake seen under load).
+    stamps = [parse_rfc3339(e["ts"]) for e in events]
     assert stamps == sorted(stamps)
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import types
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pykka
 import pytest
 
 from sqlrs_engine.actors.events import END
@@ -328,3 +330,34 @@ def test_the_cancel_message_is_kept_when_the_failure_already_says_cancelled(
     run = supervise(psql_request("-c", "select 1"), cancel_from_inside)
     run.supervisor.run()
     assert run.error == {"code": "cancelled", "message": "task cancelled"}
+
+
+def test_an_event_the_registry_refused_fails_the_next_write_of_the_job() -> None:
+    """Events sent without waiting are not dropped silently: a refusal (a full disk) surfaces
+    at the job's next write, which then fails the job with that reason (issue 11)."""
+    from sqlrs_engine.jobs.supervisor import RegistrySink
+    from sqlrs_engine.persistence.guard import StorageError
+
+    refusal = StorageError(507, "storage_full", "the engine's database is out of disk space")
+
+    class RefusingRegistry:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def record_event(self, job_id: str, event: dict[str, object]) -> pykka.Future[int]:
+            future: pykka.Future[int] = pykka.ThreadingFuture()
+            self.sent.append(str(event["message"]))
+            if event["message"] == "refused":
+                future.set_exception((StorageError, refusal, None))
+            else:
+                future.set(len(self.sent))
+            return future
+
+    registry = RefusingRegistry()
+    services = types.SimpleNamespace(registry=registry)
+    sink = RegistrySink("j1", services)  # type: ignore[arg-type]
+    sink.record({"type": "log", "message": "stored"}, False)
+    sink.record({"type": "log", "message": "refused"}, False)
+    with pytest.raises(StorageError):
+        sink.record({"type": "log", "message": "next"}, False)
+    assert registry.sent == ["stored", "refused"]

@@ -8,12 +8,14 @@ ErrorResponse and its runtime released, or — when the engine is shutting down 
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pykka
 import ujson
 
 from sqlrs_engine.actors.instance import instance_proxy
@@ -39,18 +41,36 @@ RECORD_RETRY_SECONDS = 60.0
 
 
 class RegistrySink:
-    """Sends a job's events to the Registry (waiting only when asked to)."""
+    """Sends a job's events to the Registry (waiting only when asked to).
+
+    An event sent without waiting is still checked: the next write of the job first looks at
+    the answers that have come in meanwhile, so an event the Registry refused (a full disk)
+    fails the job with that reason instead of vanishing (issue 11).
+    """
 
     def __init__(self, job_id: str, services: JobServices) -> None:
         self._job_id = job_id
         self._registry = services.registry
+        self._unconfirmed: collections.deque[pykka.Future[Any]] = collections.deque()
+
+    def _check_sent(self) -> None:
+        while self._unconfirmed:
+            try:
+                self._unconfirmed[0].get(timeout=0)  # raises what the Registry refused
+            except pykka.Timeout:
+                return  # not answered yet: looked at again with the next write
+            self._unconfirmed.popleft()
 
     def record(self, event: dict[str, Any], wait: bool) -> None:
+        self._check_sent()
         future = self._registry.record_event(self._job_id, event)
         if wait:
             future.get(timeout=ASK_TIMEOUT)
+        else:
+            self._unconfirmed.append(future)
 
     def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
+        self._check_sent()
         future = self._registry.record_events(self._job_id, events)
 
         def stored() -> None:

@@ -18,7 +18,7 @@ import pytest
 from sqlrs_engine.actors.prepare_job import PrepareJobActor
 from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_registry
 from sqlrs_engine.actors.snapshot import SnapshotClient, start_snapshot_actor
-from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.clock import now_rfc3339, parse_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.ids import new_job_id
 from sqlrs_engine.jobs.services import JobServices

@@ -112,7 +112,11 @@ class Engine:
         config = ConfigStore.in_root(root)
         apply_log_level(config.log_level())
         choice = select_runtime(
-            config.container_runtime(), config.host_user(), config.host_bin_dirs(), self._environ
+            config.container_runtime(),
+            config.host_user(),
+            config.host_bin_dirs(),
+            self._environ,
+            store_root=root,
         )
         runtime = choice.runtime
         log.info("%s", choice.reason)

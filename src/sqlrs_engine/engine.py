@@ -124,7 +124,9 @@ class Engine:
         _make_reachable(root, runtime)
         backend = select_backend(config.snapshot_backend(), root)
         (log.warning if backend.fallback else log.info)("%s", backend.reason)
-        store = StateStore(StoreLayout(root), backend.backend)
+        store = StateStore(
+            StoreLayout(root), backend.backend, getattr(runtime, "data_dirs_in_use", None)
+        )
         snapshot_ref, snapshots = start_snapshot_actor(store)
         self._snapshot_ref = snapshot_ref
         version = self.options.version

@@ -172,6 +172,15 @@ class DockerRuntime:
         """Every container (running or not) carrying this store's label."""
         return list(self.client.containers.list(all=True, filters=self._filters()))
 
+    def data_dirs_in_use(self) -> list[Path]:
+        """Data dirs bind-mounted into this store's running servers (kept by the mount sweep)."""
+        try:
+            running = self.client.containers.list(filters=self._filters("server"))
+        except APIFailure:
+            logger.exception("cannot list running servers")
+            return []
+        return [Path(c.labels[LABEL_DATA_DIR]) for c in running if LABEL_DATA_DIR in c.labels]
+
     def sweep(self) -> list[str]:
         """Remove a crashed engine's leftovers: init/client/probe containers and stopped
         servers of this store. Running servers are kept for `adopt`. Returns removed ids."""
@@ -596,7 +605,31 @@ class DockerRuntime:
             on_output("stdout", out)
         if err:
             on_output("stderr", err)
+        if code != 0:
+            self._raise_if_server_died(server, handle)
         return code
+
+    def _raise_if_server_died(self, server: Any, handle: ServerHandle) -> None:
+        """A client that failed because its server container died: fail with the server's
+        log tail (why it died), not just the client's "connection lost"."""
+        try:
+            server.reload()
+        except docker.errors.NotFound:
+            raise JobFailure(
+                "internal_error",
+                "server container died",
+                f"container {handle.runtime_id} was removed while the program ran",
+            ) from None
+        except APIFailure:
+            return
+        if server.status != "running":
+            raise JobFailure(
+                "internal_error",
+                "server container died",
+                f"container {server.short_id} is {server.status} "
+                f"(exit code {server.attrs.get('State', {}).get('ExitCode')}); last log lines:\n"
+                + self.log_tail(server),
+            )
 
     def _wait_exit(self, container: Any, cancel: CancelToken) -> int:
         """Wait for a one-off container to exit; cancel kills it at once (then raises)."""

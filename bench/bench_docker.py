@@ -1,0 +1,141 @@
+"""Docker runtime benchmark (issue 15): docker vs host in the same run, same state.
+
+Measures, medians over repeated runs in one invocation (runtimes interleaved):
+  (a) cache hit → DSN (POST prepare → succeeded) on a `docker` engine and a `host` engine;
+  (b) cold prepare of a small script (a new state each time; the base is already there);
+  (c) a bare container start through the same Docker API on a copy of the same state's data
+      (run postgres, wait until pg_isready answers in it, then remove): the floor a docker
+      cache hit is compared with (goal: within 1.3×).
+
+Both engines use the copy snapshot backend, so a state is a plain data dir that the bare start
+can use as is (a cache hit includes copying it; so does the "copy and start" floor).
+
+Needs the container engine of scripts/container-engine (or SQLRS_TEST_DOCKER_HOST) and runs
+as root. Run: .venv/bin/python bench/bench_docker.py [--hits N] [--cold N] [--bare N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import docker
+from common import (  # type: ignore[import-not-found]
+    engine_in_scratch,
+    median,
+    save,
+    timed,
+)
+
+from sqlrs_engine.runtime.docker import DATA_MOUNT
+from tests.support import container_engine
+from tests.support.dirs import make_scratch_dir, remove_scratch_dir
+from tests.support.prepare import prepare, psql_body
+
+SCRIPT = "create table t as select g as id, md5(g::text) as v from generate_series(1, 100000) g;"
+
+
+def succeeded(engine: Any, body: dict[str, Any]) -> dict[str, Any]:
+    outcome = prepare(engine, body)
+    assert outcome.status["status"] == "succeeded", outcome.status
+    return outcome.result
+
+
+def bare_start(client: docker.DockerClient, data: Path, uid_gid: str) -> float:
+    """Start postgres in a container on `data` through the API, until pg_isready answers."""
+    started = time.perf_counter()
+    container = client.containers.run(
+        container_engine.IMAGE,
+        ["postgres", "-D", f"{DATA_MOUNT}/pgdata", "-c", "listen_addresses=*", "-p", "54998"],
+        detach=True,
+        user=uid_gid,
+        ports={"54998/tcp": ("127.0.0.1", 54998)},
+        volumes={str(data): {"bind": DATA_MOUNT, "mode": "rw"}},
+        stop_signal="SIGINT",
+    )
+    try:
+        while container.exec_run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", "54998"])[0]:
+            time.sleep(0.05)
+        return time.perf_counter() - started
+    finally:
+        container.stop(timeout=30)
+        container.remove(force=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--hits", type=int, default=10)
+    parser.add_argument("--cold", type=int, default=3)
+    parser.add_argument("--bare", type=int, default=10)
+    options = parser.parse_args()
+    url = container_engine.docker_host()
+    runtimes = {
+        "host": ("postgres:15", {"SQLRS_CONTAINER_RUNTIME": "host"}),
+        "docker": (
+            container_engine.IMAGE,
+            {"SQLRS_CONTAINER_RUNTIME": "docker", "DOCKER_HOST": url},
+        ),
+    }
+    hits: dict[str, list[float]] = {k: [] for k in runtimes}
+    cold: dict[str, list[float]] = {k: [] for k in runtimes}
+    bare: list[float] = []
+    bare_with_copy: list[float] = []
+    with ExitStack() as stack:
+        engines = {
+            kind: stack.enter_context(engine_in_scratch("copy", env=env))
+            for kind, (_image, env) in runtimes.items()
+        }
+        states: dict[str, str] = {}
+        for kind, (image, _env) in runtimes.items():  # warm: base init and the hit's state
+            states[kind] = succeeded(engines[kind], psql_body("-c", SCRIPT, image=image))[
+                "state_id"
+            ]
+        for i in range(options.cold):
+            for kind, (image, _env) in runtimes.items():
+                body = psql_body("-c", f"{SCRIPT} -- cold {i} {time.time()}", image=image)
+                cold[kind].append(timed(lambda e=engines[kind], b=body: succeeded(e, b)))
+        for _ in range(options.hits):
+            for kind, (image, _env) in runtimes.items():
+                body = psql_body("-c", SCRIPT, image=image)
+                hits[kind].append(timed(lambda e=engines[kind], b=body: succeeded(e, b)))
+        # The bare floor on a copy of the docker engine's state for the same script.
+        store = engines["docker"].state_store
+        (state_dir,) = store.glob(f"engines/postgres/*/states/{states['docker']}")
+        scratch = make_scratch_dir("sqlrs-bench-bare-")
+        try:
+            client = docker.DockerClient(base_url=url)
+            owner = (state_dir / "pgdata").stat()
+            for i in range(options.bare):
+                data = scratch / f"d{i}"
+                copy = timed(
+                    lambda d=data: subprocess.run(
+                        ["cp", "-a", "--reflink=auto", f"{state_dir}/.", str(d)], check=True
+                    )
+                )
+                bare.append(bare_start(client, data, f"{owner.st_uid}:{owner.st_gid}"))
+                bare_with_copy.append(copy + bare[-1])
+        finally:
+            remove_scratch_dir(scratch)
+    report = {
+        "hit_median_s": {k: median(v) for k, v in hits.items()},
+        "cold_median_s": {k: median(v) for k, v in cold.items()},
+        "bare_container_start_median_s": median(bare),
+        "bare_copy_and_start_median_s": median(bare_with_copy),
+        "hit_docker_over_bare": median(hits["docker"]) / median(bare),
+        "hit_docker_over_bare_copy_and_start": median(hits["docker"]) / median(bare_with_copy),
+        "hit_docker_over_host": median(hits["docker"]) / median(hits["host"]),
+        "cold_docker_over_host": median(cold["docker"]) / median(cold["host"]),
+        "raw": {"hits": hits, "cold": cold, "bare": bare, "bare_with_copy": bare_with_copy},
+    }
+    for key, value in report.items():
+        if key != "raw":
+            print(f"{key}: {value}")
+    print(f"saved {save('docker', report)}")
+
+
+if __name__ == "__main__":
+    main()

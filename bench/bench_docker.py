@@ -5,7 +5,7 @@ Measures, medians over repeated runs in one invocation (runtimes interleaved):
   (b) cold prepare of a small script (a new state each time; the base is already there);
   (c) a bare container start through the same Docker API on a copy of the same state's data
       (run postgres, wait until pg_isready answers in it, then remove): the floor a docker
-      cache hit is compared with (goal: within 1.3×).
+      cache hit is compared with (goal: within 1.3x).
 
 Both engines use the copy snapshot backend, so a state is a plain data dir that the bare start
 can use as is (a cache hit includes copying it; so does the "copy and start" floor).
@@ -30,11 +30,11 @@ from common import (  # type: ignore[import-not-found]
     save,
     timed,
 )
-
-from sqlrs_engine.runtime.docker import DATA_MOUNT
 from tests.support import container_engine
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.prepare import prepare, psql_body
+
+from sqlrs_engine.runtime.docker import DATA_MOUNT
 
 SCRIPT = "create table t as select g as id, md5(g::text) as v from generate_series(1, 100000) g;"
 

@@ -172,3 +172,22 @@ def test_a_missing_image_fails_resolve_saying_how_to_provide_it(env: Env) -> Non
         assert "scripts/container-engine" in error["details"]
     explained = env.engine.post("/v1/cache/explain/prepare", json=psql_body("-c", "x", image=image))
     assert explained.status_code == 400, explained.text
+
+
+def test_pgbench_and_streamed_output(env: Env) -> None:
+    outcome = succeeded(prepare(env.engine, psql_body("-c", "select 1", image=env.image)))
+    ref = outcome.result["instance_id"]
+    body = {"instance_ref": ref, "kind": "pgbench", "args": ["-i", "-s", "1", "-q"]}
+    with env.engine.post("/v1/runs", json=body, stream=True, timeout=300) as response:
+        assert response.status_code == 200, response.text
+        events = [json.loads(line) for line in response.iter_lines() if line]
+    assert events[-1]["type"] == "exit" and events[-1]["exit_code"] == 0, events
+    assert "done in" in "".join(e["data"] for e in events if e["type"] == "stderr")
+    assert query(outcome.dsn, "select count(*) from pgbench_accounts") == "100000"
+    # Two outputs a second apart arrive as two chunks: the output is streamed, not buffered.
+    events = run(
+        env.engine, ref, "-At", "-c", "select 1", "-c", "select pg_sleep(1)", "-c", "select 2"
+    )
+    chunks = [e["data"] for e in events if e["type"] == "stdout"]
+    assert "".join(chunks).split() == ["1", "2"]
+    assert len(chunks) >= 2

@@ -154,6 +154,7 @@ class DockerRuntime:
         self.start_attempts = start_attempts
         self.locale = locale
         self._users: dict[str, RunAs] = {}
+        self._stream_api: Any = None
         self._lock = threading.Lock()
 
     # -- labels ---------------------------------------------------------------------------------
@@ -549,8 +550,8 @@ class DockerRuntime:
     ) -> int:
         """Run psql/pgbench in a client container sharing the server's network namespace.
 
-        Output is delivered when the program has exited (stdout, then stderr). Cancel kills
-        and removes the client container; a program killed by signal N returns 128+N.
+        Output is delivered as it is produced (the container's log, followed per stream).
+        Cancel kills and removes the client container and raises `cancelled`.
         """
         name = program.strip()
         if name not in CLIENT_PROGRAMS:
@@ -588,10 +589,12 @@ class DockerRuntime:
                 )
             except APIFailure as exc:
                 raise JobFailure("internal_error", message, self._api_text(exc)) from None
+            api = self._streaming_api()
+            pumps = [_LogPump(api, container.id, name, on_output) for name in ("stdout", "stderr")]
             try:
                 code = self._wait_exit(container, cancel)
-                out = container.logs(stdout=True, stderr=False)
-                err = container.logs(stdout=False, stderr=True)
+                for pump in pumps:
+                    pump.join()
             except APIFailure as exc:
                 raise JobFailure("internal_error", message, self._api_text(exc)) from None
             finally:
@@ -600,10 +603,9 @@ class DockerRuntime:
         finally:
             if stdin_dir is not None:
                 shutil.rmtree(stdin_dir, ignore_errors=True)
-        if out:
-            on_output("stdout", out)
-        if err:
-            on_output("stderr", err)
+        for pump in pumps:
+            if pump.error is not None:
+                raise JobFailure("internal_error", message, self._api_text(pump.error))
         if code != 0:
             self._raise_if_server_died(server, handle)
         return code
@@ -682,6 +684,22 @@ class DockerRuntime:
         text = bytes(raw).decode(errors="replace").strip()
         return text or "(container log is empty)"
 
+    def _streaming_api(self) -> Any:
+        """A low-level client without a read timeout, for following a client's output: a
+        program may be silent for longer than any request timeout (pgbench -i, pg_sleep)."""
+        with self._lock:
+            if self._stream_api is None:
+                version = self.client.api.api_version
+                if self.base_url:
+                    self._stream_api = docker.APIClient(
+                        base_url=self.base_url, version=version, timeout=None
+                    )
+                else:
+                    self._stream_api = docker.APIClient(
+                        version=version, timeout=None, **docker.utils.kwargs_from_env()
+                    )
+            return self._stream_api
+
     def _run_to_end(
         self,
         ref: str,
@@ -753,6 +771,38 @@ def client_mounts(args: Sequence[str], cwd: Path | None) -> list[str]:
         if not any(d == k or d.startswith(k.rstrip("/") + "/") for k in kept):
             kept.append(d)
     return kept
+
+
+class _LogPump:
+    """Follows one stream (stdout or stderr) of a container's log on a thread, handing each
+    chunk to the sink as it arrives; the follow ends when the container exits."""
+
+    def __init__(self, api: Any, container_id: str, stream: str, sink: OutputSink) -> None:
+        self.error: BaseException | None = None
+        self._api = api
+        self._container_id = container_id
+        self._stream = stream
+        self._sink = sink
+        self._thread = threading.Thread(target=self._run, name=f"docker-{stream}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            chunks = self._api.logs(
+                self._container_id,
+                stream=True,
+                follow=True,
+                stdout=self._stream == "stdout",
+                stderr=self._stream == "stderr",
+            )
+            for chunk in chunks:
+                if chunk:
+                    self._sink(self._stream, bytes(chunk))
+        except APIFailure as exc:
+            self.error = exc
+
+    def join(self) -> None:
+        self._thread.join()
 
 
 def connect(base_url: str | None, timeout: float = 10.0) -> docker.DockerClient:

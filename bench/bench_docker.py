@@ -46,6 +46,11 @@ def succeeded(engine: Any, body: dict[str, Any]) -> dict[str, Any]:
     return outcome.result
 
 
+def delete_instances(engine: Any) -> None:
+    for instance in engine.get("/v1/instances").json():
+        engine.delete(f"/v1/instances/{instance['instance_id']}?force=true")
+
+
 def bare_start(client: docker.DockerClient, data: Path, uid_gid: str) -> float:
     """Start postgres in a container on `data` through the API, until pg_isready answers."""
     started = time.perf_counter()
@@ -91,6 +96,10 @@ def main() -> None:
             kind: stack.enter_context(engine_in_scratch("copy", env=env))
             for kind, (_image, env) in runtimes.items()
         }
+        for engine in engines.values():
+            # Instances outlive an engine (servers keep running, containers too): delete them
+            # before the engine stops, so the benchmark leaves nothing behind.
+            stack.callback(delete_instances, engine)
         states: dict[str, str] = {}
         for kind, (image, _env) in runtimes.items():  # warm: base init and the hit's state
             states[kind] = succeeded(engines[kind], psql_body("-c", SCRIPT, image=image))[

@@ -80,6 +80,8 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
             assert mounts_under(workdir) == []
             assert servers_under(workdir) == []
     finally:
+        if runtime == "docker":
+            container_engine.remove_labeled(store)
         remove_scratch_dir(workdir)
 
 

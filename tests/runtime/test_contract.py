@@ -117,11 +117,15 @@ def subject(request: pytest.FixtureRequest, pg_root: Path) -> Iterator[Subject]:
         for handle in found.handles:
             found.runtime.kill(handle)
         kill_servers_under(root)
-        # The leak check: nothing of this module's runtime is left.
-        assert servers_under(root) == []
-        if request.param == "docker":
-            assert container_engine.labeled_containers(root) == []
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            # The leak check: nothing of this module's runtime is left.
+            assert servers_under(root) == []
+            if request.param == "docker":
+                assert container_engine.labeled_containers(root) == []
+        finally:
+            if request.param == "docker":
+                container_engine.remove_labeled(root)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def test_base_has_a_cluster(subject: Subject) -> None:

@@ -57,3 +57,10 @@ def labeled_containers(store: Path | str) -> list[Any]:
         )
     finally:
         client.close()
+
+
+def remove_labeled(store: Path | str) -> None:
+    """Force-remove every container labeled with this store (teardown after a failed test,
+    so a failure does not leave servers running on a shared machine)."""
+    for container in labeled_containers(store):
+        container.remove(force=True)

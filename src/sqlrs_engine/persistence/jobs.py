@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,25 +106,19 @@ class JobQueries:
     def move_result_port(self, job_id: str, port: int) -> bool:
         """Point the DSN of a job's result at `port` (its instance's server moved there);
         True when the result changed. The `result` event keeps what was sent at the time."""
-        row = self.job_row(job_id)
-        result = load_json(row["result_json"]) if row and row["result_json"] else None
-        if not isinstance(result, dict) or not isinstance(result.get("dsn"), str):
-            return False
-        moved = with_port(result["dsn"], port)
-        if moved == result["dsn"]:
-            return False
-        result["dsn"] = moved
-        self.update_job(job_id, result=result)
-        return True
+        return self._rewrite_result_dsn(job_id, lambda dsn: with_port(dsn, port))
 
     def set_result_password(self, job_id: str, password: str) -> bool:
         """Give the DSN of a job's result its instance's password (an instance of an older
         engine got one at its server's restart, SPEC §0.9); True when the result changed."""
+        return self._rewrite_result_dsn(job_id, lambda dsn: with_password(dsn, password))
+
+    def _rewrite_result_dsn(self, job_id: str, rewrite: Callable[[str], str]) -> bool:
         row = self.job_row(job_id)
         result = load_json(row["result_json"]) if row and row["result_json"] else None
         if not isinstance(result, dict) or not isinstance(result.get("dsn"), str):
             return False
-        updated = with_password(result["dsn"], password)
+        updated = rewrite(result["dsn"])
         if updated == result["dsn"]:
             return False
         result["dsn"] = updated

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import ujson
 
+from sqlrs_engine.snapshot.perms import make_dirs
+
 log = logging.getLogger(__name__)
 
 
@@ -35,17 +37,7 @@ class EngineInfo:
 
 def make_private_dirs(directory: Path) -> None:
     """Create `directory` and its missing parents, each with mode 0700 (umask aside)."""
-    missing: list[Path] = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for item in reversed(missing):
-        try:
-            item.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        os.chmod(item, 0o700)
+    make_dirs(directory, 0o700)
 
 
 def write_engine_json(path: Path, info: EngineInfo) -> None:

@@ -29,6 +29,7 @@ import requests
 import ujson
 
 from sqlrs_engine.client.errors import EngineUnavailable
+from sqlrs_engine.discovery import make_private_dirs
 from sqlrs_engine.locks import FileLock, LockTimeout
 from sqlrs_engine.runtime import procs
 
@@ -107,22 +108,6 @@ def is_live(info: EngineEndpoint, timeout: float = HEALTH_TIMEOUT) -> bool:
     except (requests.RequestException, ValueError):
         return False
     return isinstance(body, dict) and body.get("instanceId") == info.instance_id
-
-
-def make_private_dirs(path: Path) -> None:
-    """`mkdir -p` with mode 0700 for every directory created (Go `os.MkdirAll(p, 0700)`,
-    as the CLI does; `Path.mkdir(parents=True)` would give the parents the umask mode)."""
-    missing = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o700)
-        except FileExistsError:
-            continue  # a concurrent client created it
-        directory.chmod(0o700)  # the umask must not widen or narrow it
 
 
 _children: list[subprocess.Popen[bytes]] = []

@@ -93,6 +93,17 @@ def _reason(failure: JobFailure, outer: str) -> str:
     return f"{failure.message}: {failure.details}"
 
 
+NO_SPACE_SIGNS = ("no space left on device", "check free disk space")
+"""How a full filesystem shows in tool output: the OS's ENOSPC text, and PostgreSQL's hint
+when a write came back short (`could not extend file …: wrote only 4096 of 8192 bytes`)."""
+
+
+def reports_no_space(text: str) -> bool:
+    """Whether a tool's message says the filesystem is full (mapped per SPEC §10.2)."""
+    lowered = text.lower()
+    return any(sign in lowered for sign in NO_SPACE_SIGNS)
+
+
 class StartupRefused(Exception):
     """The engine cannot start as configured; the message says why and what to do.
 

@@ -34,7 +34,6 @@ from sqlrs_engine.snapshot.fsops import (
     copy_dir_attrs,
     copy_entries,
     data_entries,
-    is_no_space,
     os_error_to_snapshot,
     refuse_unclean_source,
     remove_tree,
@@ -544,20 +543,6 @@ def test_run_tool_cancel_kills_the_tool(tmp_path: Path) -> None:
     assert raised.value.code == "cancelled"
     assert not isinstance(raised.value, SnapshotError)
     assert time.monotonic() - begun < 50, "sleep 60 did not run to its end"
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("cp: error writing 'x': No space left on device", True),
-        ("NO SPACE LEFT ON DEVICE", True),
-        ("no space left", False),
-        ("Disk quota exceeded", False),
-        ("", False),
-    ],
-)
-def test_is_no_space(text: str, expected: bool) -> None:
-    assert is_no_space(text) is expected
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ import ujson
 
 from sqlrs_engine.clock import parse_rfc3339
 from sqlrs_engine.durations import DurationError, parse_duration_ns
-from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.errors import JobFailure, reports_no_space
 
 GIB = 1024**3
 DEFAULT_HIGH = 0.9
@@ -284,20 +284,17 @@ def no_space(phase: str, error: str) -> JobFailure:
     )
 
 
-NO_SPACE_TEXT = "no space left on device"
-
-
 @contextlib.contextmanager
 def no_space_as_cache_error(phase: str) -> Iterator[None]:
     """A job failure caused by ENOSPC during `phase` becomes `cache_limit_too_small` (§10.2):
-    a snapshot backend's `no_space` flag, or psql's own "No space left on device"."""
+    a snapshot backend's `no_space` flag, or a tool's own disk-full message."""
     try:
         yield
     except JobFailure as failure:
         if failure.code == "cancelled":
             raise
         text = f"{failure.message}: {failure.details or ''}"
-        if getattr(failure, "no_space", False) or NO_SPACE_TEXT in text.lower():
+        if getattr(failure, "no_space", False) or reports_no_space(text):
             details = ujson.dumps({"phase": phase, "error": failure.details or failure.message})
             raise JobFailure("cache_limit_too_small", failure.message, details) from None
         raise

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
+from sqlrs_engine.errors import reports_no_space
 from sqlrs_engine.process import ProcessError, run
 from sqlrs_engine.snapshot.base import DIRTY_REASON, SnapshotError, data_dir_problem
 from sqlrs_engine.snapshot.layout import (
@@ -29,16 +30,11 @@ from sqlrs_engine.snapshot.layout import (
 
 log = logging.getLogger(__name__)
 
-NO_SPACE_TEXT = "no space left on device"
 REMOVE_ATTEMPTS = 3
 REMOVE_BACKOFF = 0.1
 """Seconds before the 2nd removal attempt; doubled for each further one."""
 _ARGV_CHUNK = 512
 """Entries per `cp` invocation, far below any ARG_MAX."""
-
-
-def is_no_space(text: str) -> bool:
-    return NO_SPACE_TEXT in text.lower()
 
 
 def run_tool(argv: Sequence[str], what: str, cancel: CancelToken = NEVER_CANCELLED) -> None:
@@ -49,7 +45,7 @@ def run_tool(argv: Sequence[str], what: str, cancel: CancelToken = NEVER_CANCELL
         raise SnapshotError(what, str(exc)) from exc
     if result.exit_code != 0:
         output = result.output.strip() or f"{os.path.basename(argv[0])} exited {result.exit_code}"
-        raise SnapshotError(what, output, no_space=is_no_space(output))
+        raise SnapshotError(what, output, no_space=reports_no_space(output))
 
 
 def resolved(path: Path) -> Path:
@@ -293,7 +289,6 @@ __all__ = [
     "copy_entries",
     "data_entries",
     "fsync_dir",
-    "is_no_space",
     "os_error_to_snapshot",
     "refuse_unclean_source",
     "remove_tree",

@@ -121,8 +121,6 @@ class PsqlSteps:
         lines.flush()
         if exit_code != 0:
             output = "\n".join(tail).strip() or f"psql exited with code {exit_code}"
-            if "no space left on device" in output.lower():
-                raise JobFailure("cache_limit_too_small", "psql execution failed", output)
             raise JobFailure("internal_error", "psql execution failed", output)
 
 

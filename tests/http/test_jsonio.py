@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 import ujson
 
-from sqlrs_engine.http.jsonio import JSON, NDJSON, dumps, json_line, render_list, wants_ndjson
+from sqlrs_engine.http.jsonio import dumps, json_line, wants_ndjson
 
 
 def test_json_line_is_compact_and_ends_with_one_newline() -> None:
@@ -66,39 +63,6 @@ def test_sort_keys(sort_keys: bool, expected: bytes) -> None:
 )
 def test_wants_ndjson(accept: str | None, expected: bool) -> None:
     assert wants_ndjson(accept) is expected
-
-
-ITEMS: list[dict[str, Any]] = [{"id": "a/1", "n": 1}, {"id": "b", "n": 2}]
-
-
-def test_render_list_as_a_json_array() -> None:
-    body, content_type = render_list(ITEMS, "application/json")
-    assert content_type == JSON
-    assert body == b'[{"id":"a/1","n":1},{"id":"b","n":2}]\n'
-
-
-def test_render_list_as_ndjson() -> None:
-    body, content_type = render_list(ITEMS, NDJSON)
-    assert content_type == NDJSON
-    assert body == b'{"id":"a/1","n":1}\n{"id":"b","n":2}\n'
-
-
-@pytest.mark.parametrize(("accept", "expected"), [(None, b"[]\n"), (NDJSON, b"")])
-def test_render_empty_list(accept: str | None, expected: bytes) -> None:
-    """An empty list is `[]` (never `null`); as NDJSON it is no lines at all."""
-    assert render_list([], accept)[0] == expected
-
-
-@pytest.mark.parametrize("accept", [None, NDJSON])
-def test_render_list_takes_any_iterable(accept: str | None) -> None:
-    """Rows may arrive as a generator; both shapes must consume it exactly once."""
-
-    def rows() -> Iterator[dict[str, Any]]:
-        yield from ITEMS
-
-    body, _ = render_list(rows(), accept)
-    decoded = ujson.loads(body) if accept is None else [ujson.loads(x) for x in body.splitlines()]
-    assert decoded == ITEMS
 
 
 def test_a_lone_surrogate_is_written_escaped_not_raised() -> None:

@@ -10,15 +10,17 @@ import pytest
 import ujson
 
 from sqlrs_engine.errors import ApiError
-from sqlrs_engine.http.jsonio import JSON, NDJSON
+from sqlrs_engine.http.jsonio import JSON, NDJSON, json_line
 from sqlrs_engine.http.responses import (
     PLAIN_TEXT,
+    PageReader,
     empty_response,
     error_response,
     json_response,
-    list_response,
+    paged_list_response,
     plain_not_found,
 )
+from sqlrs_engine.persistence.pages import Page
 
 BindRequest = Callable[..., None]
 
@@ -51,22 +53,81 @@ def test_json_response_status_headers_and_sorted_keys() -> None:
     assert response.body == b'{"a":2,"b":1}\n'
 
 
+def reader_over(items: list[dict[str, Any]], size: int, reads: list[int | None]) -> PageReader[int]:
+    """A PageReader over `items` in pages of `size` (whatever the limit), keyed by index;
+    records the key of every read."""
+
+    def read(after: int | None, limit: int) -> Page[int]:
+        reads.append(after)
+        start = 0 if after is None else after + 1
+        rows = items[start : start + size]
+        more = start + size < len(items)
+        return Page(rows, start + size - 1 if more else None)
+
+    return read
+
+
+ITEMS: list[dict[str, Any]] = [{"id": f"a/{n}", "n": n, "é": None} for n in range(7)]
+
+
 @pytest.mark.parametrize(
-    ("accept", "content_type", "body"),
+    ("accept", "content_type", "items", "body"),
     [
-        (None, JSON, b'[{"id":1},{"id":2}]\n'),
-        ("application/json", JSON, b'[{"id":1},{"id":2}]\n'),
-        (NDJSON, NDJSON, b'{"id":1}\n{"id":2}\n'),
+        (
+            None,
+            JSON,
+            ITEMS,
+            ujson.dumps(ITEMS, ensure_ascii=False, escape_forward_slashes=False).encode() + b"\n",
+        ),
+        ("application/json", JSON, [], b"[]\n"),
+        (None, JSON, [], b"[]\n"),
+        (NDJSON, NDJSON, ITEMS, b"".join(json_line(item) for item in ITEMS)),
+        (NDJSON, NDJSON, [], b""),
+        ("application/json, application/x-ndjson;q=0.9", NDJSON, ITEMS[:1], json_line(ITEMS[0])),
     ],
 )
-def test_list_response_follows_the_request_accept(
-    bind_request: BindRequest, accept: str | None, content_type: str, body: bytes
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 500])
+def test_a_paged_list_is_the_whole_list_in_the_requested_shape(
+    bind_request: BindRequest,
+    accept: str | None,
+    content_type: str,
+    items: list[dict[str, Any]],
+    body: bytes,
+    size: int,
 ) -> None:
+    """Whatever the page boundaries, the bytes are those of the whole list encoded at once:
+    a JSON array (`[]` when empty) or one NDJSON line per entry."""
     bind_request(**({} if accept is None else {"HTTP_ACCEPT": accept}))
-    response = list_response([{"id": 1}, {"id": 2}])
+    reads: list[int | None] = []
+    response = paged_list_response(reader_over(items, size, reads))
     assert response.status_code == 200
     assert response.headers["Content-Type"] == content_type
-    assert response.body == body
+    assert reads == [None], "only the first page is read before the body is iterated"
+    assert b"".join(response.body) == body
+    pages = max(1, -(-len(items) // size))
+    assert len(reads) == pages, "every page read once, resuming after the previous one"
+
+
+def test_pages_are_sent_as_they_are_read(bind_request: BindRequest) -> None:
+    """The body yields a page before the next is read: memory stays at one page."""
+    bind_request(HTTP_ACCEPT=NDJSON)
+    reads: list[int | None] = []
+    body = iter(paged_list_response(reader_over(ITEMS, 3, reads)).body)
+    assert next(body) == b"".join(json_line(item) for item in ITEMS[:3])
+    assert reads == [None]
+    assert next(body) == b"".join(json_line(item) for item in ITEMS[3:6])
+    assert reads == [None, 2]
+
+
+def test_a_failing_first_page_is_raised_before_anything_is_sent(bind_request: BindRequest) -> None:
+    """A busy Registry on the first page is still an ErrorResponse, not a cut-off body."""
+    bind_request()
+
+    def busy(after: int | None, limit: int) -> Page[int]:
+        raise ApiError(503, "unavailable", "engine is busy")
+
+    with pytest.raises(ApiError):
+        paged_list_response(busy)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,6 +15,7 @@ from sqlrs_engine.clock import format_rfc3339, utcnow
 from sqlrs_engine.persistence.database import SchemaTooNewError, open_database, schema_version
 from sqlrs_engine.persistence.jobs import JobQueries, JobRecord
 from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
+from sqlrs_engine.persistence.pages import Page
 from sqlrs_engine.persistence.schema import SCHEMA_VERSION
 
 STATE = "s" * 64
@@ -337,6 +340,63 @@ def test_state_pages_concatenate_to_the_whole_list(
             )
         assert all(len(page.rows) <= limit for page in pages)
         assert [row for page in pages for row in page.rows] == metadata.list_states(**filters)
+
+
+def all_pages(read: Callable[[Any, int], Page[Any]], limit: int) -> list[Page[Any]]:
+    pages = [read(None, limit)]
+    while pages[-1].next_key is not None:
+        pages.append(read(pages[-1].next_key, limit))
+    assert all(len(page.rows) <= limit for page in pages)
+    return pages
+
+
+def seed_jobs_and_tasks(jobs: JobQueries) -> list[str]:
+    """Jobs inserted out of `created_at` order, several created in the same instant (the
+    keyset must break ties by rowid), each with tasks replaced out of position order."""
+    created = ["2026-01-03", "2026-01-01", "2026-01-02", "2026-01-01", "2026-01-01", "2026-01-02"]
+    ids = [f"{n:02d}{'ab'[n % 2]}" + "0" * 29 for n in range(len(created))]
+    for job_id, at in zip(ids, created, strict=True):
+        jobs.insert_job(JobRecord(job_id, "psql", "img", False, "", "{}", at + "T00:00:00Z"))
+        positions = [2, 0, 1] if job_id[1] in "135" else [0]
+        jobs.replace_tasks(
+            job_id,
+            [
+                {"task_id": f"t{p}", "position": p, "type": "plan", "status": "queued"}
+                for p in positions
+            ],
+        )
+    return ids
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 50])
+def test_job_and_task_pages_concatenate_to_the_whole_list_in_spec_order(
+    stores: tuple[MetadataQueries, JobQueries, Path], limit: int
+) -> None:
+    """Jobs by created_at (ties in insertion order), tasks by job_id then position (§4.9),
+    filters applied on every page; no row twice, none lost."""
+    _, jobs, _ = stores
+    ids = seed_jobs_and_tasks(jobs)
+    for prefix in (None, "0", "00A"):
+        pages = all_pages(partial(jobs.list_jobs_page, prefix), limit)
+        listed = [row for page in pages for row in page.rows]
+        assert listed == jobs.list_jobs(prefix)
+    by_time = [ids[n] for n in (1, 3, 4, 2, 5, 0)]
+    assert [row["job_id"] for row in jobs.list_jobs()] == by_time
+    assert [row["job_id"] for row in jobs.list_jobs("0")] == by_time
+    assert [row["job_id"] for row in jobs.list_jobs("00b")] == []
+    assert [row["job_id"] for row in jobs.list_jobs("01B")] == [ids[1]]
+
+    for job_id in (None, ids[1], ids[0], "missing"):
+        pages = all_pages(partial(jobs.list_tasks_page, job_id), limit)
+        listed = [row for page in pages for row in page.rows]
+        assert listed == jobs.list_tasks(job_id)
+    expected = [
+        (job_id, f"t{p}")
+        for job_id in sorted(ids)
+        for p in ((0, 1, 2) if job_id[1] in "135" else (0,))
+    ]
+    assert [(t["job_id"], t["task_id"]) for t in jobs.list_tasks()] == expected
+    assert [t["task_id"] for t in jobs.list_tasks(ids[1])] == ["t0", "t1", "t2"]
 
 
 def test_a_batch_of_events_is_one_transaction_in_order(

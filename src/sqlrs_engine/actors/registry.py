@@ -29,13 +29,16 @@ from sqlrs_engine.errors import ApiError, internal_error
 from sqlrs_engine.jobs.failure_log import log_job_failure
 from sqlrs_engine.persistence.database import open_database
 from sqlrs_engine.persistence.guard import StorageGuard, StorageHealth, guard_public_methods
-from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, canonical_event, is_terminal
-from sqlrs_engine.persistence.metadata import (
-    InstanceRecord,
-    MetadataQueries,
-    Page,
-    StateRecord,
+from sqlrs_engine.persistence.jobs import (
+    JobKey,
+    JobQueries,
+    JobRecord,
+    TaskKey,
+    canonical_event,
+    is_terminal,
 )
+from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, StateRecord
+from sqlrs_engine.persistence.pages import Page
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import ServerHandle
 
@@ -214,7 +217,7 @@ class RegistryActor(pykka.ThreadingActor):
     # Listings are read a page per message: a big list never blocks the Registry for long,
     # and the HTTP side streams each page before asking for the next.
 
-    def list_states_page(self, filters: ListFilters, after: int, limit: int) -> Page:
+    def list_states_page(self, filters: ListFilters, after: int | None, limit: int) -> Page[int]:
         return self._metadata.list_states_page(
             kind=filters.get("kind"),
             image=filters.get("image"),
@@ -223,7 +226,7 @@ class RegistryActor(pykka.ThreadingActor):
             limit=limit,
         )
 
-    def list_instances_page(self, filters: ListFilters, after: int, limit: int) -> Page:
+    def list_instances_page(self, filters: ListFilters, after: int | None, limit: int) -> Page[int]:
         return self._metadata.list_instances_page(
             state=filters.get("state"),
             image=filters.get("image"),
@@ -232,7 +235,7 @@ class RegistryActor(pykka.ThreadingActor):
             limit=limit,
         )
 
-    def list_names_page(self, filters: ListFilters, after: int, limit: int) -> Page:
+    def list_names_page(self, filters: ListFilters, after: int | None, limit: int) -> Page[int]:
         return self._metadata.list_names_page(
             instance=filters.get("instance"),
             state=filters.get("state"),
@@ -244,11 +247,21 @@ class RegistryActor(pykka.ThreadingActor):
     def list_jobs(self, job_prefix: str | None) -> list[Row]:
         return self._jobs.list_jobs(job_prefix)
 
+    def list_jobs_page(
+        self, job_prefix: str | None, after: JobKey | None, limit: int
+    ) -> Page[JobKey]:
+        return self._jobs.list_jobs_page(job_prefix, after, limit)
+
     def job_status(self, job_id: str) -> Row | None:
         return self._jobs.job_status(job_id)
 
     def list_tasks(self, job_id: str | None) -> list[Row]:
         return self._jobs.list_tasks(job_id)
+
+    def list_tasks_page(
+        self, job_id: str | None, after: TaskKey | None, limit: int
+    ) -> Page[TaskKey]:
+        return self._jobs.list_tasks_page(job_id, after, limit)
 
     # -- config (SPEC §8) ------------------------------------------------------------------
 
@@ -552,8 +565,10 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     list_instances_page = proxy_method(RegistryActor.list_instances_page)
     list_names_page = proxy_method(RegistryActor.list_names_page)
     list_jobs = proxy_method(RegistryActor.list_jobs)
+    list_jobs_page = proxy_method(RegistryActor.list_jobs_page)
     job_status = proxy_method(RegistryActor.job_status)
     list_tasks = proxy_method(RegistryActor.list_tasks)
+    list_tasks_page = proxy_method(RegistryActor.list_tasks_page)
     config_get = proxy_method(RegistryActor.config_get)
     config_patch = proxy_method(RegistryActor.config_patch)
     config_delete = proxy_method(RegistryActor.config_delete)

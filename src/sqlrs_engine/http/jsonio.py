@@ -6,7 +6,6 @@ it). Lists are a JSON array unless the client's `Accept` asks for NDJSON.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import ujson
@@ -36,10 +35,3 @@ def json_line(value: Any, sort_keys: bool = False) -> bytes:
 
 def wants_ndjson(accept: str | None) -> bool:
     return NDJSON in (accept or "").lower()
-
-
-def render_list(items: Iterable[Any], accept: str | None) -> tuple[bytes, str]:
-    """(body, content type) of a list endpoint's reply."""
-    if wants_ndjson(accept):
-        return b"".join(json_line(item) for item in items), NDJSON
-    return json_line(list(items)), JSON

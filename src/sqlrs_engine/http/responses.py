@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import bottle
 
 from sqlrs_engine.errors import ApiError
-from sqlrs_engine.http.jsonio import JSON, NDJSON, json_line, render_list, wants_ndjson
+from sqlrs_engine.http.jsonio import JSON, NDJSON, json_line, wants_ndjson
 from sqlrs_engine.http.params import header_value
-from sqlrs_engine.persistence.metadata import Page
+from sqlrs_engine.persistence.pages import Page
 
 PAGE_ROWS = 500
 """Rows per Registry message when a list is streamed."""
 
-PageReader = Callable[[int, int], Page]
-"""Reads the page after keyset `after` with at most `limit` rows (one Registry ask)."""
+K = TypeVar("K")
+
+PageReader = Callable[[K | None, int], Page[K]]
+"""Reads the page after keyset `after` (None: the first page) with at most `limit` rows
+(one Registry ask)."""
 
 
 def json_response(
@@ -31,25 +34,21 @@ def json_response(
     return bottle.HTTPResponse(body=body, status=status, headers=all_headers)
 
 
-def list_response(items: Iterable[Any]) -> bottle.HTTPResponse:
-    body, content_type = render_list(items, header_value(bottle.request.environ, "Accept"))
-    return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": content_type})
-
-
-def paged_list_response(read_page: PageReader) -> bottle.HTTPResponse:
+def paged_list_response(read_page: PageReader[K]) -> bottle.HTTPResponse:
     """A list written page by page as it is read: memory stays at one page, whatever the size.
 
     The first page is read before anything is sent, so a busy or stopping Registry is still
-    an ErrorResponse. The JSON array is byte-for-byte what `list_response` would send.
+    an ErrorResponse. The JSON array is byte-for-byte the whole list encoded at once (`[]`
+    when empty); NDJSON is one line per entry (nothing when empty).
     """
-    first = read_page(0, PAGE_ROWS)
+    first = read_page(None, PAGE_ROWS)
     ndjson = wants_ndjson(header_value(bottle.request.environ, "Accept"))
     body = _ndjson_pages(first, read_page) if ndjson else _json_array_pages(first, read_page)
     content_type = NDJSON if ndjson else JSON
     return bottle.HTTPResponse(body=body, status=200, headers={"Content-Type": content_type})
 
 
-def _pages(first: Page, read_page: PageReader) -> Iterator[list[Any]]:
+def _pages(first: Page[K], read_page: PageReader[K]) -> Iterator[list[Any]]:
     page = first
     while True:
         yield page.rows
@@ -58,13 +57,13 @@ def _pages(first: Page, read_page: PageReader) -> Iterator[list[Any]]:
         page = read_page(page.next_key, PAGE_ROWS)
 
 
-def _ndjson_pages(first: Page, read_page: PageReader) -> Iterator[bytes]:
+def _ndjson_pages(first: Page[K], read_page: PageReader[K]) -> Iterator[bytes]:
     for rows in _pages(first, read_page):
         if rows:
             yield b"".join(json_line(row) for row in rows)
 
 
-def _json_array_pages(first: Page, read_page: PageReader) -> Iterator[bytes]:
+def _json_array_pages(first: Page[K], read_page: PageReader[K]) -> Iterator[bytes]:
     yield b"["
     separator = b""
     for rows in _pages(first, read_page):

@@ -16,7 +16,7 @@ from sqlrs_engine.http.params import header_value, json_object_body, optional_te
 from sqlrs_engine.http.responses import (
     PLAIN_TEXT,
     json_response,
-    list_response,
+    paged_list_response,
     plain_not_found,
 )
 from sqlrs_engine.http.streams import (
@@ -76,7 +76,11 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     @app.get("/v1/prepare-jobs")
     def list_jobs() -> Any:
         prefix = optional_text(query_value(bottle.request.query, "job"))
-        return list_response(registry.list_jobs(prefix).get(timeout=ASK_TIMEOUT))
+        return paged_list_response(
+            lambda after, limit: registry.list_jobs_page(prefix, after, limit).get(
+                timeout=ASK_TIMEOUT
+            )
+        )
 
     @app.get("/v1/prepare-jobs/<job_id>")
     def job_status(job_id: str) -> Any:
@@ -86,7 +90,11 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     @app.get("/v1/tasks")
     def list_tasks() -> Any:
         job_id = optional_text(query_value(bottle.request.query, "job"))
-        return list_response(registry.list_tasks(job_id).get(timeout=ASK_TIMEOUT))
+        return paged_list_response(
+            lambda after, limit: registry.list_tasks_page(job_id, after, limit).get(
+                timeout=ASK_TIMEOUT
+            )
+        )
 
     @app.get("/v1/prepare-jobs/<job_id>/tasks/<task_id>/log")
     def task_log(job_id: str, task_id: str) -> Any:

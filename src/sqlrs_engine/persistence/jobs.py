@@ -9,6 +9,7 @@ from typing import Any
 import dataset
 
 from sqlrs_engine.dbms.dsn import with_password, with_port
+from sqlrs_engine.persistence.pages import Page, page_of
 from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
 from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
 from sqlrs_engine.prepare.plan import PlanTask
@@ -36,6 +37,13 @@ TASK_COLUMNS = (
     "changeset_path",
     "args_summary",
 )
+
+
+JobKey = tuple[str, int]
+"""Where a page of jobs resumes: the last row's `(created_at, rowid)`."""
+
+TaskKey = tuple[str, int]
+"""Where a page of tasks resumes: the last row's `(job_id, position)`."""
 
 
 @dataclass(frozen=True)
@@ -163,19 +171,32 @@ class JobQueries:
 
     def list_jobs(self, job_prefix: str | None = None) -> list[Row]:
         """Job entries (SPEC §4.9), `job_prefix` matched case-insensitively as a prefix."""
-        params: dict[str, Any] = {}
-        where = ""
+        return self.list_jobs_page(job_prefix).rows
+
+    def list_jobs_page(
+        self, job_prefix: str | None = None, after: JobKey | None = None, limit: int = -1
+    ) -> Page[JobKey]:
+        """One page of `list_jobs`: entries after keyset `after` (created_at, rowid), at most
+        `limit` (-1: all). The index on `created_at` (rowid is in every index) serves both
+        the order and the seek."""
+        clauses = []
+        params: dict[str, Any] = {"limit": limit}
         if job_prefix:
-            where = "WHERE lower(j.job_id) LIKE :prefix ESCAPE '\\'"
+            clauses.append("lower(j.job_id) LIKE :prefix ESCAPE '\\'")
             params["prefix"] = like_prefix(job_prefix.lower())
+        if after is not None:
+            clauses.append("(j.created_at, j.rowid) > (:after_at, :after_row)")
+            params.update(after_at=after[0], after_row=after[1])
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
         rows = fetch(
             self._db,
-            f"""SELECT j.*, (SELECT t.resolved_image_id FROM prepare_tasks t
-                    WHERE t.job_id = j.job_id AND t.type = 'resolve_image') AS resolved_image_id
-                FROM prepare_jobs j {where} ORDER BY j.created_at, j.rowid""",
+            f"""SELECT j.*, j.rowid AS row_key,
+                    (SELECT t.resolved_image_id FROM prepare_tasks t
+                     WHERE t.job_id = j.job_id AND t.type = 'resolve_image') AS resolved_image_id
+                FROM prepare_jobs j {where} ORDER BY j.created_at, j.rowid LIMIT :limit""",
             **params,
         )
-        return [_job_entry(row) for row in rows]
+        return page_of(rows, limit, _job_entry, _job_key)
 
     def job_status(self, job_id: str) -> Row | None:
         """The job status object of SPEC §4.2, or None."""
@@ -243,13 +264,28 @@ class JobQueries:
 
     def list_tasks(self, job_id: str | None = None) -> list[Row]:
         """Task entries (SPEC §4.9), `job_id` an exact filter."""
-        where = "WHERE job_id = :id" if job_id else ""
+        return self.list_tasks_page(job_id).rows
+
+    def list_tasks_page(
+        self, job_id: str | None = None, after: TaskKey | None = None, limit: int = -1
+    ) -> Page[TaskKey]:
+        """One page of `list_tasks`: entries after keyset `after` (job_id, position), at most
+        `limit` (-1: all), read through the index on those two columns."""
+        clauses = []
+        params: dict[str, Any] = {"limit": limit}
+        if job_id:
+            clauses.append("job_id = :id")
+            params["id"] = job_id
+        if after is not None:
+            clauses.append("(job_id, position) > (:after_job, :after_position)")
+            params.update(after_job=after[0], after_position=after[1])
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
         rows = fetch(
             self._db,
-            f"SELECT * FROM prepare_tasks {where} ORDER BY job_id, position",
-            **({"id": job_id} if job_id else {}),
+            f"SELECT * FROM prepare_tasks {where} ORDER BY job_id, position LIMIT :limit",
+            **params,
         )
-        return [_task_entry(row) for row in rows]
+        return page_of(rows, limit, _task_entry, _task_key)
 
     # -- events ----------------------------------------------------------------------------
 
@@ -319,6 +355,14 @@ def _job_entry(row: Mapping[str, Any]) -> Row:
             "finished_at": row["finished_at"],
         }
     )
+
+
+def _job_key(row: Row) -> JobKey:
+    return (str(row["created_at"]), int(row["row_key"]))
+
+
+def _task_key(row: Row) -> TaskKey:
+    return (str(row["job_id"]), int(row["position"]))
 
 
 def _plan_task(row: Mapping[str, Any]) -> Row:

@@ -6,13 +6,13 @@ are facts of the data, computed in SQL next to the rows they come from.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import dataset
 
 from sqlrs_engine.clock import format_rfc3339, parse_rfc3339, utcnow
+from sqlrs_engine.persistence.pages import Page, page_of
 from sqlrs_engine.persistence.rows import Row, compact
 from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
 
@@ -142,9 +142,9 @@ class MetadataQueries:
         kind: str | None = None,
         image: str | None = None,
         id_prefix: str | None = None,
-        after: int = 0,
+        after: int | None = None,
         limit: int = -1,
-    ) -> Page:
+    ) -> Page[int]:
         """One page of `list_states`: entries after keyset `after`, at most `limit` (-1: all)."""
         where, params = _filters(
             ("s.prepare_kind = :kind", "kind", kind),
@@ -152,15 +152,14 @@ class MetadataQueries:
             ("lower(s.state_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
             ("s.rowid > :after", "after", after),
         )
-        rows = list(self._state_rows(where, params, limit))
-        return Page([_state_entry(row) for row in rows], _next_key(rows, limit))
+        return page_of(self._state_rows(where, params, limit), limit, _state_entry, _row_key)
 
     def get_state(self, state_id: str) -> Row | None:
-        rows = list(self._state_rows("WHERE s.state_id = :id", {"id": state_id}))
+        rows = self._state_rows("WHERE s.state_id = :id", {"id": state_id})
         return _state_entry(rows[0]) if rows else None
 
-    def _state_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> Iterator[Row]:
-        yield from fetch(
+    def _state_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> list[Row]:
+        return fetch(
             self._db,
             f"""SELECT s.*, s.rowid AS row_key,
                        (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
@@ -298,9 +297,9 @@ class MetadataQueries:
         state: str | None = None,
         image: str | None = None,
         id_prefix: str | None = None,
-        after: int = 0,
+        after: int | None = None,
         limit: int = -1,
-    ) -> Page:
+    ) -> Page[int]:
         """One page of `list_instances` (keyset `after`, at most `limit`; -1: all)."""
         where, params = _filters(
             ("i.state_id = :state", "state", state),
@@ -308,19 +307,18 @@ class MetadataQueries:
             ("lower(i.instance_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
             ("i.rowid > :after", "after", after),
         )
-        rows = list(self._instance_rows(where, params, limit))
-        return Page([_instance_entry(row) for row in rows], _next_key(rows, limit))
+        return page_of(self._instance_rows(where, params, limit), limit, _instance_entry, _row_key)
 
     def get_instance(self, instance_id: str) -> Row | None:
-        rows = list(self._instance_rows("WHERE i.instance_id = :id", {"id": instance_id}))
+        rows = self._instance_rows("WHERE i.instance_id = :id", {"id": instance_id})
         return _instance_entry(rows[0]) if rows else None
 
     def instance_id_by_name(self, name: str) -> str | None:
         row = fetch_one(self._db, "SELECT instance_id FROM names WHERE name = :name", name=name)
         return str(row["instance_id"]) if row and row["instance_id"] else None
 
-    def _instance_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> Iterator[Row]:
-        yield from fetch(
+    def _instance_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> list[Row]:
+        return fetch(
             self._db,
             f"""SELECT i.*, i.rowid AS row_key,
                        (SELECT n.name FROM names n WHERE n.instance_id = i.instance_id
@@ -349,9 +347,9 @@ class MetadataQueries:
         instance: str | None = None,
         state: str | None = None,
         image: str | None = None,
-        after: int = 0,
+        after: int | None = None,
         limit: int = -1,
-    ) -> Page:
+    ) -> Page[int]:
         """One page of `list_names` (keyset `after`, at most `limit`; -1: all)."""
         where, params = _filters(
             ("n.instance_id = :instance", "instance", instance),
@@ -359,15 +357,14 @@ class MetadataQueries:
             ("n.image_id = :image", "image", image),
             ("n.rowid > :after", "after", after),
         )
-        rows = list(self._name_rows(where, params, limit))
-        return Page([_name_entry(row) for row in rows], _next_key(rows, limit))
+        return page_of(self._name_rows(where, params, limit), limit, _name_entry, _row_key)
 
     def get_name(self, name: str) -> Row | None:
-        rows = list(self._name_rows("WHERE n.name = :name", {"name": name}))
+        rows = self._name_rows("WHERE n.name = :name", {"name": name})
         return _name_entry(rows[0]) if rows else None
 
-    def _name_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> Iterator[Row]:
-        yield from fetch(
+    def _name_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> list[Row]:
+        return fetch(
             self._db,
             f"""SELECT n.*, n.rowid AS row_key, i.instance_id AS live_instance_id,
                        i.expires_at AS expires_at
@@ -378,19 +375,9 @@ class MetadataQueries:
         )
 
 
-@dataclass(frozen=True)
-class Page:
-    """Some entries of a list, and the keyset to ask for the next page (None: no more)."""
-
-    rows: list[Row]
-    next_key: int | None
-
-
-def _next_key(rows: list[Row], limit: int) -> int | None:
-    """A full page may have a successor; a short one is the last."""
-    if limit < 0 or len(rows) < limit or not rows:
-        return None
-    return int(rows[-1]["row_key"])
+def _row_key(row: Row) -> int:
+    """The keyset of the listings ordered by rowid."""
+    return int(row["row_key"])
 
 
 def _prefix(id_prefix: str | None) -> str | None:

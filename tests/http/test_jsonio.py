@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ujson
 
-from sqlrs_engine.http.jsonio import dumps, json_line, wants_ndjson
+from sqlrs_engine.http.jsonio import dumps, json_line, json_lines, wants_ndjson
 
 
 def test_json_line_is_compact_and_ends_with_one_newline() -> None:
@@ -70,3 +70,17 @@ def test_a_lone_surrogate_is_written_escaped_not_raised() -> None:
     line = json_line({"details": "bad \ud800 value", "b": "é"})
     assert line == b'{"details":"bad \\ud800 value","b":"\\u00e9"}\n'
     assert line.decode("ascii")
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [{"a": "/x", "b": "é"}],
+        [{"a": 1}, [1, 2], "s", None],
+        [{"ok": "fine"}, {"details": "bad \ud800 value"}],
+    ],
+)
+def test_json_lines_is_each_json_line(values: list[object]) -> None:
+    """A page of NDJSON is the concatenation of its values' lines, lone surrogates included."""
+    assert json_lines(values) == b"".join(json_line(value) for value in values)

@@ -342,6 +342,77 @@ def test_state_pages_concatenate_to_the_whole_list(
         assert [row for page in pages for row in page.rows] == metadata.list_states(**filters)
 
 
+STATE_ROW = {
+    "state_id": STATE,
+    "parent_state_id": "p" * 64,
+    "state_fingerprint": STATE,
+    "image_id": "img@x",
+    "prepare_kind": "psql",
+    "prepare_args_normalized": "-c x",
+    "created_at": "2026-01-01T00:00:00Z",
+    "size_bytes": 5,
+    "last_used_at": "2026-01-02T00:00:00Z",
+    "use_count": 3,
+    "min_retention_until": "2026-02-01T00:00:00Z",
+    "evicted_at": "2026-03-01T00:00:00Z",
+    "status": "active",
+    "snapshot_backend": "copy",
+}
+FULL_ENTRY = {
+    key: STATE_ROW[key]
+    for key in (
+        "state_id",
+        "parent_state_id",
+        "image_id",
+        "prepare_kind",
+        "prepare_args_normalized",
+        "created_at",
+        "size_bytes",
+        "last_used_at",
+        "use_count",
+        "min_retention_until",
+    )
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "dropped"),
+    [
+        ({}, ()),
+        (
+            {"parent_state_id": None, "min_retention_until": None},
+            ("parent_state_id", "min_retention_until"),
+        ),
+        ({"min_retention_until": ""}, ("min_retention_until",)),
+        ({"size_bytes": 0, "use_count": 0}, ("size_bytes", "use_count")),
+        ({"size_bytes": None}, ("size_bytes",)),
+        ({"prepare_args_normalized": ""}, ("prepare_args_normalized",)),
+    ],
+)
+def test_a_state_entry_is_its_api_fields_in_order_without_absent_values(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+    changes: dict[str, Any],
+    dropped: tuple[str, ...],
+) -> None:
+    """SPEC §7 state entries: API field order, `refcount` last and always there, absent
+    (NULL, empty) values and a zero size or use count left out; no internal column leaks."""
+    metadata, _, path = stores
+    columns = {**STATE_ROW, **changes}
+    connection = sqlite3.connect(path)
+    with connection:
+        connection.execute(
+            f"INSERT INTO states ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            list(columns.values()),
+        )
+    connection.close()
+    expected = {k: v for k, v in FULL_ENTRY.items() if k not in dropped} | {"refcount": 0}
+    entry = metadata.get_state(STATE)
+    assert entry is not None
+    assert list(entry.items()) == list(expected.items())
+    assert metadata.list_states() == [entry]
+    assert metadata.list_states_page(limit=1) == Page([entry], 1)
+
+
 def all_pages(read: Callable[[Any, int], Page[Any]], limit: int) -> list[Page[Any]]:
     pages = [read(None, limit)]
     while pages[-1].next_key is not None:

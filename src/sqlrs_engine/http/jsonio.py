@@ -6,6 +6,7 @@ it). Lists are a JSON array unless the client's `Accept` asks for NDJSON.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import ujson
@@ -31,6 +32,20 @@ def json_line(value: Any, sort_keys: bool = False) -> bytes:
             value, ensure_ascii=True, escape_forward_slashes=False, sort_keys=sort_keys
         )
         return (escaped + "\n").encode("ascii")
+
+
+_dump_line = functools.partial(ujson.dumps, ensure_ascii=False, escape_forward_slashes=False)
+
+
+def json_lines(values: list[Any]) -> bytes:
+    """NDJSON: every value as its `json_line`, encoded to UTF-8 once for all of them (a
+    listing page: per-value calls and encodes were a third of an NDJSON listing's time)."""
+    if not values:
+        return b""
+    try:
+        return ("\n".join(map(_dump_line, values)) + "\n").encode("utf-8")
+    except UnicodeEncodeError:
+        return b"".join([json_line(value) for value in values])
 
 
 def wants_ndjson(accept: str | None) -> bool:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 import bottle
 
 from sqlrs_engine.errors import ApiError
-from sqlrs_engine.http.jsonio import JSON, NDJSON, json_line, wants_ndjson
+from sqlrs_engine.http.jsonio import JSON, NDJSON, json_line, json_lines, wants_ndjson
 from sqlrs_engine.http.params import header_value
 from sqlrs_engine.persistence.pages import Page
 
@@ -60,15 +60,17 @@ def _pages(first: Page[K], read_page: PageReader[K]) -> Iterator[list[Any]]:
 def _ndjson_pages(first: Page[K], read_page: PageReader[K]) -> Iterator[bytes]:
     for rows in _pages(first, read_page):
         if rows:
-            yield b"".join(json_line(row) for row in rows)
+            yield json_lines(rows)
 
 
 def _json_array_pages(first: Page[K], read_page: PageReader[K]) -> Iterator[bytes]:
+    """Each page is encoded as one array (one call into ujson) and sent without its
+    brackets; the pages' elements are joined by commas inside one pair of brackets."""
     yield b"["
     separator = b""
     for rows in _pages(first, read_page):
         if rows:
-            yield separator + b",".join(json_line(row)[:-1] for row in rows)
+            yield separator + json_line(rows)[1:-2]
             separator = b","
     yield b"]\n"
 

@@ -14,7 +14,7 @@ import dataset
 from sqlrs_engine.clock import format_rfc3339, parse_rfc3339, utcnow
 from sqlrs_engine.persistence.pages import Page, page_of
 from sqlrs_engine.persistence.rows import Row, compact
-from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
+from sqlrs_engine.persistence.sql import execute, fetch, fetch_entries, fetch_one
 
 
 @dataclass(frozen=True)
@@ -152,18 +152,28 @@ class MetadataQueries:
             ("lower(s.state_id) LIKE :prefix", "prefix", _prefix(id_prefix)),
             ("s.rowid > :after", "after", after),
         )
-        return page_of(self._state_rows(where, params, limit), limit, _state_entry, _row_key)
+        entries, last_key = self._state_entries(where, params, limit)
+        full = 0 <= limit <= len(entries) and bool(entries)
+        return Page(entries, int(last_key) if full else None)
 
     def get_state(self, state_id: str) -> Row | None:
-        rows = self._state_rows("WHERE s.state_id = :id", {"id": state_id})
-        return _state_entry(rows[0]) if rows else None
+        entries, _ = self._state_entries("WHERE s.state_id = :id", {"id": state_id})
+        return entries[0] if entries else None
 
-    def _state_rows(self, where: str, params: dict[str, Any], limit: int = -1) -> list[Row]:
-        return fetch(
+    def _state_entries(
+        self, where: str, params: dict[str, Any], limit: int = -1
+    ) -> tuple[list[Row], Any]:
+        """State entries (SPEC §7) in API field order, built by SQL; a zero `size_bytes` or
+        `use_count` means unknown/never and is left out like an absent value."""
+        return fetch_entries(
             self._db,
-            f"""SELECT s.*, s.rowid AS row_key,
+            f"""SELECT s.state_id, s.parent_state_id, s.image_id, s.prepare_kind,
+                       s.prepare_args_normalized, s.created_at,
+                       NULLIF(s.size_bytes, 0) AS size_bytes, s.last_used_at,
+                       NULLIF(s.use_count, 0) AS use_count, s.min_retention_until,
                        (SELECT COUNT(*) FROM instances i WHERE i.state_id = s.state_id)
-                       AS refcount
+                       AS refcount,
+                       s.rowid AS row_key
                     FROM states s {where} ORDER BY s.rowid LIMIT :limit""",
             limit=limit,
             **params,
@@ -388,25 +398,6 @@ def _filters(*clauses: tuple[str, str, Any]) -> tuple[str, dict[str, Any]]:
     parts = [sql for sql, _, value in clauses if value is not None]
     params = {name: value for _, name, value in clauses if value is not None}
     return ("WHERE " + " AND ".join(parts) if parts else "", params)
-
-
-def _state_entry(row: Row) -> Row:
-    entry = compact(
-        {
-            "state_id": row["state_id"],
-            "parent_state_id": row["parent_state_id"],
-            "image_id": row["image_id"],
-            "prepare_kind": row["prepare_kind"],
-            "prepare_args_normalized": row["prepare_args_normalized"],
-            "created_at": row["created_at"],
-            "size_bytes": row["size_bytes"] or None,
-            "last_used_at": row["last_used_at"],
-            "use_count": row["use_count"] or None,
-            "min_retention_until": row["min_retention_until"],
-        }
-    )
-    entry["refcount"] = int(row["refcount"])
-    return entry
 
 
 def _instance_entry(row: Row) -> Row:

@@ -43,6 +43,31 @@ def fetch(db: dataset.Database, sql: str, **params: Any) -> list[Row]:
     return rows
 
 
+def fetch_entries(db: dataset.Database, sql: str, **params: Any) -> tuple[list[Row], Any]:
+    """API entries read straight off a SELECT, and the value of its last column in its last row.
+
+    The SELECT names the entry's fields in order, computed in SQL, then one more column: the
+    listing's keyset (None when there is no row). NULL and empty values are left out (Go's
+    `omitempty`), as `rows.compact` does. One dict per row and nothing else is built: for
+    the 10 000-row state listing, building a row dict and then an entry from it was about
+    half of the listing's time.
+    """
+    connection: Any = db.executable.connection.driver_connection
+    cursor: sqlite3.Cursor = connection.execute(sql, params)
+    try:
+        fields = [column[0] for column in cursor.description][:-1]
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    _end_implicit_transaction(db)
+    # zip stops at the shorter `fields`: the key column never enters an entry.
+    entries = [
+        {k: v for k, v in zip(fields, row, strict=False) if v is not None and v != ""}
+        for row in rows
+    ]
+    return entries, rows[-1][-1] if rows else None
+
+
 def fetch_one(db: dataset.Database, sql: str, **params: Any) -> Row | None:
     rows = fetch(db, sql, **params)
     return rows[0] if rows else None

@@ -21,12 +21,13 @@ from types import FrameType
 from sqlrs_engine import __version__
 from sqlrs_engine.config.atomic import ConfigLoadError
 from sqlrs_engine.config.defaults import MAX_HTTP_THREADS, MIN_HTTP_THREADS
+from sqlrs_engine.discovery import EngineInfo
 from sqlrs_engine.durations import DurationError, parse_duration
 from sqlrs_engine.engine import Engine, EngineOptions, run_until_stopped
 from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.http.server import is_loopback, parse_listen
 from sqlrs_engine.logsetup import configure_logging
-from sqlrs_engine.memory import return_large_allocations
+from sqlrs_engine.memory import release_free_memory, return_large_allocations
 
 log = logging.getLogger("sqlrs_engine")
 
@@ -202,8 +203,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     engine = Engine(options)
     started = threading.Event()
+
+    def on_ready(_info: EngineInfo) -> None:
+        started.set()
+        release_free_memory()  # what start-up freed; the idle engine is smaller for it
+
     try:
-        reason = run_until_stopped(engine, stop_requested, lambda _info: started.set())
+        reason = run_until_stopped(engine, stop_requested, on_ready)
     except (StartupRefused, ConfigLoadError, OSError) as error:
         if started.is_set():
             log.exception("engine failed")

@@ -4,7 +4,9 @@ Sections (all by default; pick with --only):
   inserts   a 100 000-statement insert script: engine prepare vs `psql -f` on a started server
   output    a prepare printing 250 000 lines: time, peak engine RSS, state.db growth
   streams   /v1/health latency with 0 and with 1 000 open event streams (same engine)
-  listings  GET /v1/states with 10 000 states, JSON and NDJSON: TTFB and total; RSS after 200
+  listings  GET /v1/states with 10 000 states, JSON and NDJSON: TTFB and total; RSS after 200;
+            GET /v1/prepare-jobs and /v1/tasks with 10 000 jobs (20 000 tasks): the same, and
+            the engine's peak RSS while listing them
   idle      engine RSS and threads idle, and with 50 instances
 
 Run: .venv/bin/python bench/bench_volume.py [--only inserts,output,...] [--repeat N]
@@ -255,9 +257,38 @@ def seed_states(store: Path, count: int) -> None:
     (store / "config.json").write_text('{"snapshot": {"backend": "copy"}}')
 
 
-def ttfb_and_total(engine: EngineProcess, accept: str) -> tuple[float, float, int]:
+def seed_jobs(store: Path, count: int) -> None:
+    """`count` finished jobs with two tasks each (plan, state_execute)."""
+    seeder = Seeder(store)
+    jobs = [
+        {"id": f"{n:032x}", "image": IMAGE, "ts": f"2026-01-01T00:00:{n % 60:02d}Z"}
+        for n in range(count)
+    ]
+    tasks = [
+        {"id": job["id"], "task": task, "position": position, "type": kind}
+        for job in jobs
+        for position, (task, kind) in enumerate((("plan", "plan"), ("execute-0", "state_execute")))
+    ]
+    with seeder.db as tx:
+        tx.executable.exec_driver_sql(
+            """INSERT INTO prepare_jobs (job_id, status, prepare_kind, image_id,
+                   prepare_args_normalized, request_json, created_at, started_at, finished_at)
+               VALUES (:id, 'succeeded', 'psql', :image, '-c select 1', '{}', :ts, :ts, :ts)""",
+            jobs,
+        )
+        tx.executable.exec_driver_sql(
+            """INSERT INTO prepare_tasks (job_id, task_id, position, type, status, args_summary)
+               VALUES (:id, :task, :position, :type, 'succeeded', '-c select 1')""",
+            tasks,
+        )
+    seeder.close()
+
+
+def ttfb_and_total(
+    engine: EngineProcess, accept: str, path: str = "/v1/states"
+) -> tuple[float, float, int]:
     started = time.perf_counter()
-    with engine.get("/v1/states", headers={"Accept": accept}, stream=True) as response:
+    with engine.get(path, headers={"Accept": accept}, stream=True) as response:
         chunks = response.iter_content(chunk_size=None)
         first = next(chunks)
         ttfb = time.perf_counter() - started
@@ -271,6 +302,7 @@ def bench_listings(count: int, listings: int) -> dict[str, Any]:
 
     workdir = make_scratch_dir("sqlrs-bench-")
     seed_states(workdir / "state-store", count)
+    seed_jobs(workdir / "state-store", count)
     engine = start_engine(workdir)
     try:
         figures: dict[str, Any] = {"states": count}
@@ -287,6 +319,18 @@ def bench_listings(count: int, listings: int) -> dict[str, Any]:
         figures["rss_before_bytes"] = rss_before
         figures["rss_after_bytes"] = rss_bytes(engine.process.pid)
         figures["listings"] = listings + 45
+        # Jobs (10 000) and their tasks (20 000), the same way; peak RSS from here on.
+        Path(f"/proc/{engine.process.pid}/clear_refs").write_text("5")
+        rss_before = rss_bytes(engine.process.pid)
+        for name, path in (("jobs", "/v1/prepare-jobs"), ("tasks", "/v1/tasks")):
+            for shape, accept in (("json", "application/json"), ("ndjson", "application/x-ndjson")):
+                samples = [ttfb_and_total(engine, accept, path) for _ in range(10)]
+                figures[f"{name}_{shape}_ttfb_ms"] = median([s[0] for s in samples]) * 1000
+                figures[f"{name}_{shape}_total_ms"] = median([s[1] for s in samples]) * 1000
+                figures[f"{name}_{shape}_bytes"] = samples[0][2]
+        figures["jobs_rss_before_bytes"] = rss_before
+        figures["jobs_rss_after_bytes"] = rss_bytes(engine.process.pid)
+        figures["jobs_rss_peak_bytes"] = peak_rss(engine.process.pid)
         return figures
     finally:
         engine.stop()

@@ -421,6 +421,44 @@ def all_pages(read: Callable[[Any, int], Page[Any]], limit: int) -> list[Page[An
     return pages
 
 
+@pytest.mark.parametrize("plan_only", [False, True])
+def test_a_job_entry_has_its_resolved_image_and_plan_flag(
+    stores: tuple[MetadataQueries, JobQueries, Path], plan_only: bool
+) -> None:
+    """SPEC §4.9 job entries: field order, `resolved_image_id` from the resolve-image task,
+    `plan_only` only when true (a JSON boolean), absent values left out."""
+    _, jobs, _ = stores
+    jobs.insert_job(JobRecord(JOB, "psql", "postgres:15", plan_only, "", "{}", "2026-01-01"))
+    jobs.update_job(JOB, signature="sig", started_at="2026-01-02")
+    jobs.replace_tasks(
+        JOB,
+        [
+            {"task_id": "plan", "position": 0, "type": "plan", "status": "succeeded"},
+            {
+                "task_id": "resolve-image",
+                "position": 1,
+                "type": "resolve_image",
+                "status": "succeeded",
+                "resolved_image_id": "postgres@sha256:ab",
+            },
+        ],
+    )
+    expected = {
+        "job_id": JOB,
+        "status": "queued",
+        "prepare_kind": "psql",
+        "image_id": "postgres:15",
+        "resolved_image_id": "postgres@sha256:ab",
+        "signature": "sig",
+        **({"plan_only": True} if plan_only else {}),
+        "created_at": "2026-01-01",
+        "started_at": "2026-01-02",
+    }
+    [entry] = jobs.list_jobs()
+    assert list(entry.items()) == list(expected.items())
+    assert entry.get("plan_only", False) is plan_only
+
+
 def seed_jobs_and_tasks(jobs: JobQueries) -> list[str]:
     """Jobs inserted out of `created_at` order, several created in the same instant (the
     keyset must break ties by rowid), each with tasks replaced out of position order."""

@@ -9,9 +9,9 @@ from typing import Any
 import dataset
 
 from sqlrs_engine.dbms.dsn import with_password, with_port
-from sqlrs_engine.persistence.pages import Page, page_of
+from sqlrs_engine.persistence.pages import Page, entries_page, page_of
 from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
-from sqlrs_engine.persistence.sql import execute, fetch, fetch_one
+from sqlrs_engine.persistence.sql import execute, fetch, fetch_entries, fetch_one
 from sqlrs_engine.prepare.plan import PlanTask
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
@@ -178,7 +178,8 @@ class JobQueries:
     ) -> Page[JobKey]:
         """One page of `list_jobs`: entries after keyset `after` (created_at, rowid), at most
         `limit` (-1: all). The index on `created_at` (rowid is in every index) serves both
-        the order and the seek."""
+        the order and the seek; `resolved_image_id` comes from a partial index of the
+        resolve-image tasks without touching the task table."""
         clauses = []
         params: dict[str, Any] = {"limit": limit}
         if job_prefix:
@@ -188,15 +189,24 @@ class JobQueries:
             clauses.append("(j.created_at, j.rowid) > (:after_at, :after_row)")
             params.update(after_at=after[0], after_row=after[1])
         where = "WHERE " + " AND ".join(clauses) if clauses else ""
-        rows = fetch(
+        entries, last_key = fetch_entries(
             self._db,
-            f"""SELECT j.*, j.rowid AS row_key,
+            f"""SELECT j.job_id, j.status, j.prepare_kind, j.image_id,
                     (SELECT t.resolved_image_id FROM prepare_tasks t
-                     WHERE t.job_id = j.job_id AND t.type = 'resolve_image') AS resolved_image_id
+                     WHERE t.job_id = j.job_id AND t.type = 'resolve_image') AS resolved_image_id,
+                    j.prepare_args_normalized, j.signature,
+                    CASE WHEN j.plan_only THEN 1 END AS plan_only,
+                    j.created_at, j.started_at, j.finished_at,
+                    j.created_at AS key_created_at, j.rowid AS key_row
                 FROM prepare_jobs j {where} ORDER BY j.created_at, j.rowid LIMIT :limit""",
+            key_columns=2,
             **params,
         )
-        return page_of(rows, limit, _job_entry, _job_key)
+        for entry in entries:
+            if "plan_only" in entry:
+                entry["plan_only"] = True  # a JSON boolean; SQLite has none
+        key = None if last_key is None else (str(last_key[0]), int(last_key[1]))
+        return entries_page(entries, limit, key)
 
     def job_status(self, job_id: str) -> Row | None:
         """The job status object of SPEC §4.2, or None."""
@@ -337,28 +347,6 @@ def _event_row(job_id: str, event: Mapping[str, Any]) -> Row:
         "result_json": dump_json(event.get("result")),
         "error_json": dump_json(event.get("error")),
     }
-
-
-def _job_entry(row: Mapping[str, Any]) -> Row:
-    return compact(
-        {
-            "job_id": row["job_id"],
-            "status": row["status"],
-            "prepare_kind": row["prepare_kind"],
-            "image_id": row["image_id"],
-            "resolved_image_id": row["resolved_image_id"],
-            "prepare_args_normalized": row["prepare_args_normalized"],
-            "signature": row["signature"],
-            "plan_only": True if row["plan_only"] else None,
-            "created_at": row["created_at"],
-            "started_at": row["started_at"],
-            "finished_at": row["finished_at"],
-        }
-    )
-
-
-def _job_key(row: Row) -> JobKey:
-    return (str(row["created_at"]), int(row["row_key"]))
 
 
 def _task_key(row: Row) -> TaskKey:

@@ -12,7 +12,7 @@ from typing import Any
 import dataset
 
 from sqlrs_engine.clock import format_rfc3339, parse_rfc3339, utcnow
-from sqlrs_engine.persistence.pages import Page, page_of
+from sqlrs_engine.persistence.pages import Page, entries_page, page_of
 from sqlrs_engine.persistence.rows import Row, compact
 from sqlrs_engine.persistence.sql import execute, fetch, fetch_entries, fetch_one
 
@@ -153,8 +153,7 @@ class MetadataQueries:
             ("s.rowid > :after", "after", after),
         )
         entries, last_key = self._state_entries(where, params, limit)
-        full = 0 <= limit <= len(entries) and bool(entries)
-        return Page(entries, int(last_key) if full else None)
+        return entries_page(entries, limit, None if last_key is None else int(last_key[0]))
 
     def get_state(self, state_id: str) -> Row | None:
         entries, _ = self._state_entries("WHERE s.state_id = :id", {"id": state_id})
@@ -162,7 +161,7 @@ class MetadataQueries:
 
     def _state_entries(
         self, where: str, params: dict[str, Any], limit: int = -1
-    ) -> tuple[list[Row], Any]:
+    ) -> tuple[list[Row], tuple[Any, ...] | None]:
         """State entries (SPEC §7) in API field order, built by SQL; a zero `size_bytes` or
         `use_count` means unknown/never and is left out like an absent value."""
         return fetch_entries(

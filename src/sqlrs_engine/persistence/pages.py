@@ -32,3 +32,10 @@ def page_of(
     resumed after the key of its last row; a short one is the last."""
     full = 0 <= limit <= len(rows) and bool(rows)
     return Page([entry(row) for row in rows], key(rows[-1]) if full else None)
+
+
+def entries_page(entries: list[Row], limit: int, last_key: K | None) -> Page[K]:
+    """`page_of` for entries built by their SELECT (`sql.fetch_entries`), whose last key
+    came with them."""
+    full = 0 <= limit <= len(entries) and bool(entries)
+    return Page(entries, last_key if full else None)

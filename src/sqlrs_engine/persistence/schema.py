@@ -108,10 +108,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 2: per-instance credentials (SPEC §0.9): the superuser password of the instance's server.
     ("ALTER TABLE instances ADD COLUMN secret TEXT",),
     # 3: keyset pages of the job and task listings (SPEC §4.9 orders) seek through an index
-    # instead of sorting the whole table for every page.
+    # instead of sorting the whole table for every page; a job entry's `resolved_image_id`
+    # is read from a small covering index of the resolve-image tasks alone.
     (
         "CREATE INDEX IF NOT EXISTS idx_jobs_created ON prepare_jobs(created_at)",
         "CREATE INDEX IF NOT EXISTS idx_tasks_position ON prepare_tasks(job_id, position)",
+        """CREATE INDEX IF NOT EXISTS idx_tasks_resolved ON prepare_tasks(job_id, resolved_image_id)
+               WHERE type = 'resolve_image'""",
     ),
 )
 

@@ -43,29 +43,31 @@ def fetch(db: dataset.Database, sql: str, **params: Any) -> list[Row]:
     return rows
 
 
-def fetch_entries(db: dataset.Database, sql: str, **params: Any) -> tuple[list[Row], Any]:
-    """API entries read straight off a SELECT, and the value of its last column in its last row.
+def fetch_entries(
+    db: dataset.Database, sql: str, key_columns: int = 1, **params: Any
+) -> tuple[list[Row], tuple[Any, ...] | None]:
+    """API entries read straight off a SELECT, and the last row's key (None without rows).
 
-    The SELECT names the entry's fields in order, computed in SQL, then one more column: the
-    listing's keyset (None when there is no row). NULL and empty values are left out (Go's
-    `omitempty`), as `rows.compact` does. One dict per row and nothing else is built: for
-    the 10 000-row state listing, building a row dict and then an entry from it was about
-    half of the listing's time.
+    The SELECT names the entry's fields in order, computed in SQL, then `key_columns` more
+    columns: the listing's keyset. NULL and empty values are left out (Go's `omitempty`), as
+    `rows.compact` does. One dict per row and nothing else is built: for the 10 000-row
+    state listing, building a row dict and then an entry from it was about half of the
+    listing's time.
     """
     connection: Any = db.executable.connection.driver_connection
     cursor: sqlite3.Cursor = connection.execute(sql, params)
     try:
-        fields = [column[0] for column in cursor.description][:-1]
+        fields = [column[0] for column in cursor.description][:-key_columns]
         rows = cursor.fetchall()
     finally:
         cursor.close()
     _end_implicit_transaction(db)
-    # zip stops at the shorter `fields`: the key column never enters an entry.
+    # zip stops at the shorter `fields`: the key columns never enter an entry.
     entries = [
         {k: v for k, v in zip(fields, row, strict=False) if v is not None and v != ""}
         for row in rows
     ]
-    return entries, rows[-1][-1] if rows else None
+    return entries, tuple(rows[-1][-key_columns:]) if rows else None
 
 
 def fetch_one(db: dataset.Database, sql: str, **params: Any) -> Row | None:

@@ -38,6 +38,8 @@ from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.logsetup import apply_log_level
 from sqlrs_engine.persistence.guard import StorageHealth
 from sqlrs_engine.persistence.rows import Row
+from sqlrs_engine.pool.cleanup import remove_orphan_members
+from sqlrs_engine.pool.warm_pool import WarmPool
 from sqlrs_engine.runtime.base import Runtime, ServerHandle
 from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.runtime.select import select_runtime
@@ -88,6 +90,7 @@ class Engine:
         self._info: EngineInfo | None = None
         self._storage_health = StorageHealth()
         self._cache: CacheEnforcer | None = None
+        self._pool: WarmPool | None = None
 
     @property
     def registry(self) -> RegistryProxy:
@@ -136,6 +139,7 @@ class Engine:
                 max_task_log_lines=config.max_task_log_lines(),
                 trim_jobs=self._trim_jobs,
                 check_cache=self._check_cache,
+                pool=self._pool,
             )
             return PrepareJobActor.start(job_id, services)
 
@@ -164,7 +168,15 @@ class Engine:
                 storage_health=self._storage_health,
             )
         )
-        self._deletion = DeletionService(self._registry, snapshots)
+        # Members a crash left are removed before anything else looks at the store.
+        remove_orphan_members(
+            snapshots.layout.jobs_dir,
+            self._registry.instance_runtime_dirs().get(timeout=STOP_TIMEOUT),
+            runtime,
+            snapshots,
+        )
+        self._pool = WarmPool(self._registry, runtime, snapshots)
+        self._deletion = DeletionService(self._registry, snapshots, self._pool.drained)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()
         _record_adopted_servers(self._registry)
@@ -185,6 +197,7 @@ class Engine:
             storage=self._storage_health,
             cache=self._cache,
             jobs_dir=snapshots.layout.jobs_dir,
+            pool=self._pool,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()
@@ -200,6 +213,7 @@ class Engine:
         )
         write_engine_json(self.options.engine_json, self._info)
         self._http.start()
+        self._pool.start()
         expiry_interval = config.expiry_interval()
         if expiry_interval > 0:
             self._reaper = ExpiryReaper(self._registry, self._deletion, expiry_interval)
@@ -256,6 +270,10 @@ class Engine:
             self._reaper.stop()
         if self._http is not None:
             self._http.stop()
+        if self._pool is not None:
+            # Before the children: jobs no longer take members, and the members' servers and
+            # clones go away with the engine (a pool never outlives it).
+            self._pool.stop()
         if self._registry is not None and self._registry_ref is not None:
             _stop_children(self._registry, self._registry_ref)
             self._registry_ref.stop(block=True, timeout=STOP_TIMEOUT)

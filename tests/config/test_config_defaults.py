@@ -54,6 +54,13 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "orchestrator.jobs.maxIdentical",
         "orchestrator.jobs.minAge",
         "orchestrator.jobs.maxTaskLogLines",
+        "pool.enabled",
+        "pool.fillConcurrency",
+        "pool.idleExpiry",
+        "pool.maxMembers",
+        "pool.maxMemoryBytes",
+        "pool.membersPerState",
+        "pool.pinnedStates",
         "runtime.host.binDirs",
         "runtime.host.user",
         "snapshot.backend",
@@ -139,8 +146,8 @@ def test_schema_allows_additional_properties_at_every_object() -> None:
 
     nodes = objects(SCHEMA)
     # root, cache, capacity, container, http, instances, liquibase, log, orchestrator, jobs,
-    # runtime, host, snapshot
-    assert len(nodes) == 13
+    # pool, runtime, host, snapshot
+    assert len(nodes) == 14
     assert all(node["additionalProperties"] is True for node in nodes)
 
 

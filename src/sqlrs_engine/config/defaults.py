@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from sqlrs_engine.pool import settings as pool_settings
+
 __all__ = [
     "CONTAINER_RUNTIMES",
     "DEFAULTS",
@@ -73,6 +75,16 @@ DEFAULTS: dict[str, Any] = {
             "maxTaskLogLines": DEFAULT_MAX_TASK_LOG_LINES,  # read when a job starts
             "minAge": DEFAULT_JOB_MIN_AGE,
         },
+    },
+    # The warm pool of ready instances (pool/settings.py; off by default: docs/configuration.md)
+    "pool": {
+        "enabled": pool_settings.DEFAULT_ENABLED,
+        "fillConcurrency": pool_settings.DEFAULT_FILL_CONCURRENCY,
+        "idleExpiry": pool_settings.DEFAULT_IDLE_EXPIRY,
+        "maxMembers": pool_settings.DEFAULT_MAX_MEMBERS,
+        "maxMemoryBytes": pool_settings.DEFAULT_MAX_MEMORY_BYTES,
+        "membersPerState": pool_settings.DEFAULT_MEMBERS_PER_STATE,
+        "pinnedStates": [],
     },
     "runtime": {
         "host": {

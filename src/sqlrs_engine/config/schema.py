@@ -18,6 +18,7 @@ from sqlrs_engine.config.defaults import (
     MIN_HTTP_THREADS,
     SNAPSHOT_BACKENDS,
 )
+from sqlrs_engine.pool.settings import MAX_FILL_CONCURRENCY, MAX_MEMBERS_LIMIT
 
 __all__ = ["SCHEMA", "config_schema"]
 
@@ -61,7 +62,18 @@ def _watermark(default: float, description: str) -> dict[str, Any]:
     }
 
 
+def _int_range(low: int, high: int, default: int, description: str) -> dict[str, Any]:
+    return {
+        "type": ["integer", "null"],
+        "minimum": low,
+        "maximum": high,
+        "default": default,
+        "description": description,
+    }
+
+
 _capacity = DEFAULTS["cache"]["capacity"]
+_pool = DEFAULTS["pool"]
 
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -186,6 +198,53 @@ SCHEMA: dict[str, Any] = {
                     },
                 },
                 "Liquibase (prepare_kind lb).",
+            ),
+            "pool": _obj(
+                {
+                    "enabled": {
+                        "type": ["boolean", "null"],
+                        "default": _pool["enabled"],
+                        "description": "Keep ready, running instances of recently hit "
+                        "states and hand them out on a cache hit.",
+                    },
+                    "membersPerState": _int_range(
+                        0,
+                        MAX_MEMBERS_LIMIT,
+                        _pool["membersPerState"],
+                        "Ready instances kept per wanted state.",
+                    ),
+                    "maxMembers": _int_range(
+                        0,
+                        MAX_MEMBERS_LIMIT,
+                        _pool["maxMembers"],
+                        "Ready instances kept in all (global cap).",
+                    ),
+                    "maxMemoryBytes": _non_negative_int(
+                        _pool["maxMemoryBytes"],
+                        "Memory (PSS of their servers) the ready instances may use in all; "
+                        "0 = no bound besides maxMembers.",
+                    ),
+                    "idleExpiry": {
+                        "type": ["string", "null"],
+                        "default": _pool["idleExpiry"],
+                        "description": "Go duration; a state not hit for this long (and not "
+                        "pinned) loses its ready instances.",
+                    },
+                    "fillConcurrency": _int_range(
+                        1,
+                        MAX_FILL_CONCURRENCY,
+                        _pool["fillConcurrency"],
+                        "Ready instances made at the same time (only while no prepare job "
+                        "is queued or running).",
+                    ),
+                    "pinnedStates": {
+                        "type": ["array", "null"],
+                        "items": {"type": "string"},
+                        "default": [],
+                        "description": "State ids kept warm whether or not they are hit.",
+                    },
+                },
+                "Warm pool of ready instances (docs/configuration.md).",
             ),
             "runtime": _obj(
                 {

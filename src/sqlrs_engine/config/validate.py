@@ -29,6 +29,7 @@ from sqlrs_engine.config.defaults import (
 from sqlrs_engine.config.merge import effective_tree
 from sqlrs_engine.config.paths import ConfigPath, find_value, format_path, get_value, has_value
 from sqlrs_engine.durations import DurationError, parse_duration_ns
+from sqlrs_engine.pool.settings import MAX_FILL_CONCURRENCY, MAX_MEMBERS_LIMIT
 from sqlrs_engine.runtime.users import ServerUserError, server_user
 
 __all__ = [
@@ -218,6 +219,32 @@ def _http_threads(name: str, value: Any) -> None:
         )
 
 
+def _int_range(low: int, high: int) -> Callable[[str, Any], None]:
+    def check(name: str, value: Any) -> None:
+        if not is_integer(value) or not low <= value <= high:
+            raise InvalidValue(
+                f"{name} must be an integer from {low} to {high} (got {_show(value)})"
+            )
+
+    return check
+
+
+def _positive_duration(name: str, value: Any) -> None:
+    _duration(name, value)
+    if parse_duration_ns(value) <= 0:
+        raise InvalidValue(
+            f"{name} must be a positive Go duration such as 10m (got {_show(value)})"
+        )
+
+
+def _state_ids(name: str, value: Any) -> None:
+    if not isinstance(value, list):
+        raise InvalidValue(f"{name} must be an array of state ids (got {_show(value)})")
+    for pos, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip() or "/" in item or item.startswith("."):
+            raise InvalidValue(f"{name}[{pos}] must be a state id (got {_show(item)})")
+
+
 RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("orchestrator", "jobs", "maxIdentical"): _non_negative_int,
     ("orchestrator", "jobs", "minAge"): _duration,
@@ -236,6 +263,13 @@ RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("http", "threads"): _http_threads,
     ("liquibase", "exec"): _abs_file,
     ("liquibase", "warmJvm"): _boolean,
+    ("pool", "enabled"): _boolean,
+    ("pool", "membersPerState"): _int_range(0, MAX_MEMBERS_LIMIT),
+    ("pool", "maxMembers"): _int_range(0, MAX_MEMBERS_LIMIT),
+    ("pool", "maxMemoryBytes"): _non_negative_int,
+    ("pool", "idleExpiry"): _positive_duration,
+    ("pool", "fillConcurrency"): _int_range(1, MAX_FILL_CONCURRENCY),
+    ("pool", "pinnedStates"): _state_ids,
 }
 """Checks by path; each gets the path text and a non-null value and raises `InvalidValue`."""
 

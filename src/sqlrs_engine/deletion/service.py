@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,24 @@ JOB_STOP_TIMEOUT = 60.0
 
 DeleteResult = tuple[int, dict[str, Any]]
 
+StateDrain = Callable[[Iterable[str], str], contextlib.AbstractContextManager[None]]
+"""Given state ids and a reason: a context inside which no pool member of them exists."""
+
 
 class DeletionService:
     """DELETE of instances, states and jobs; also trims jobs by signature (retention)."""
 
-    def __init__(self, registry: RegistryProxy, snapshots: SnapshotClient) -> None:
+    def __init__(
+        self,
+        registry: RegistryProxy,
+        snapshots: SnapshotClient,
+        drain: StateDrain | None = None,
+    ) -> None:
         self._registry = registry
         self._snapshots = snapshots
         self._claims = Claims()
+        self._drain = drain
+        """Empties the warm pool of states about to go (`WarmPool.drained`)."""
 
     # -- instances -------------------------------------------------------------------------
 
@@ -90,7 +101,9 @@ class DeletionService:
             if subtree is None:
                 raise not_found("state not found")
             keys = _subtree_keys(subtree)
-            with self._claims.hold(keys):
+            with self._claims.hold(keys), self._drained(subtree, dry_run):
+                # Read again inside the drain: a pooled hand-out that was under way is an
+                # instance row now, and blocks (or joins) this deletion like any other.
                 subtree = self._registry.state_subtree(state_id).get(timeout=ASK_TIMEOUT)
                 if subtree is None:
                     raise not_found("state not found")
@@ -104,6 +117,14 @@ class DeletionService:
             "delete state failed",
             f"the tree of state {state_id} kept changing; retry",
         )
+
+    def _drained(
+        self, subtree: dict[str, Any], dry_run: bool
+    ) -> contextlib.AbstractContextManager[None]:
+        """No warm-pool member of the subtree's states exists (or is handed out) inside."""
+        if self._drain is None or dry_run:
+            return contextlib.nullcontext()
+        return self._drain(_subtree_state_ids(subtree), "state deleted")
 
     def _state_tree(self, subtree: dict[str, Any], recurse: bool, force: bool) -> DeleteNode:
         children: list[DeleteNode] = [
@@ -393,6 +414,13 @@ def _instance_keys(row: dict[str, Any]) -> set[str]:
     if row.get("runtime_dir"):
         keys.add(f"job:{Path(row['runtime_dir']).parent.name}")
     return keys
+
+
+def _subtree_state_ids(subtree: dict[str, Any]) -> list[str]:
+    ids = [subtree["row"]["state_id"]]
+    for child in subtree["children"]:
+        ids += _subtree_state_ids(child)
+    return ids
 
 
 def _subtree_keys(subtree: dict[str, Any]) -> set[str]:

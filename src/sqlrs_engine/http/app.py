@@ -22,6 +22,7 @@ from sqlrs_engine.http import (
     routes_cache,
     routes_delete,
     routes_jobs,
+    routes_pool,
     routes_registry,
     routes_runs,
     routes_system,
@@ -47,6 +48,7 @@ def build_app(ctx: ApiContext) -> WsgiApp:
     app.error(405)(_method_not_allowed)
     routes_system.register(app, ctx)
     routes_cache.register(app, ctx)
+    routes_pool.register(app, ctx)
     routes_registry.register(app, ctx)
     routes_jobs.register(app, ctx)
     routes_delete.register(app, ctx)

@@ -10,6 +10,7 @@ from sqlrs_engine.actors.snapshot import SnapshotClient
 from sqlrs_engine.cache.enforcer import CacheEnforcer
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.persistence.guard import StorageHealth
+from sqlrs_engine.pool.warm_pool import WarmPool
 from sqlrs_engine.runtime.base import Runtime
 
 ASK_TIMEOUT = 30.0
@@ -39,3 +40,5 @@ class ApiContext:
     """Whether state.db can be written (reported by `/v1/health`)."""
     jobs_dir: Path | None = None
     """`<root>/jobs`: where each job keeps its full task logs (`<job_id>/logs/<task>.log`)."""
+    pool: WarmPool | None = None
+    """The warm pool of ready instances (`GET /v1/pool`)."""

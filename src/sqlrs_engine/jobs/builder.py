@@ -227,7 +227,12 @@ class StateBuilder:
         return False
 
     def _invalidate(self, state: str, problem: str) -> None:
-        reason = self.services.snapshots.invalidate_state(self.effective_image, state, self.cancel)
+        pool = self.services.pool
+        drained = pool.drained([state], "state invalidated") if pool else contextlib.nullcontext()
+        with drained:
+            reason = self.services.snapshots.invalidate_state(
+                self.effective_image, state, self.cancel
+            )
         if reason is None:
             return  # another job completed it meanwhile: it is valid after all
         # Instances and child states may still reference the row; it then stays, and the
@@ -370,15 +375,40 @@ class StateBuilder:
             raise JobFailure("internal_error", "cannot store state", str(error)) from None
 
     def _prepare_instance(self, task: PlanTask) -> dict[str, Any]:
-        """Hand the running server to a new instance (starting one if every step was cached)."""
+        """Hand a running server to a new instance: the one this job's last step left, else
+        a ready member of the warm pool (a cache hit), else a new clone and server."""
         assert self._planned is not None
         self.tasks.start(task.task_id)
         final_state = task.input_id
-        self._server_on(
-            self.services.snapshots.state_dir(self.effective_image, final_state), is_state=True
-        )
+        source = self.services.snapshots.state_dir(self.effective_image, final_state)
+        pool = self.services.pool
+        if pool is not None and not self._holds(source):
+            pool.note_hit(final_state, self.effective_image)
+            with pool.take(final_state, self.effective_image, self.job_id) as member:
+                if member is not None:
+                    self.events.log("instance: ready server taken from the warm pool")
+                    return self._create_instance(
+                        task, member.handle, member.runtime_dir, pooled=True
+                    )
+        self._server_on(source, is_state=True)
         assert self.session is not None
         handle, runtime_dir = self.session.hand_over()
+        return self._create_instance(task, handle, runtime_dir, pooled=False)
+
+    def _holds(self, source: Path) -> bool:
+        """Whether this job's own server stands on `source` (it built that state itself)."""
+        return self.session is not None and self.session.held and self.session.source == source
+
+    def _create_instance(
+        self, task: PlanTask, handle: ServerHandle, runtime_dir: Path, pooled: bool
+    ) -> dict[str, Any]:
+        """The instance row and actor for a running server; the job's result.
+
+        If recording fails, an unpooled server and clone are removed here; a pooled one by
+        the pool (`WarmPool.take` sees the exception).
+        """
+        assert self._planned is not None
+        final_state = task.input_id
         instance_id = new_instance_id()
         created = utcnow()
         record = InstanceRecord(
@@ -395,8 +425,9 @@ class StateBuilder:
         try:
             self.registry.create_instance(record, handle).get(timeout=ASK_TIMEOUT)
         except Exception:
-            self.services.runtime.kill(handle)
-            self.services.snapshots.remove_runtime_dir(self.job_id)
+            if not pooled:
+                self.services.runtime.kill(handle)
+                self.services.snapshots.remove_runtime_dir(self.job_id)
             raise
         fault_point("job:instance-created")
         self.events.log(f"instance created {instance_id}")

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlrs_engine.actors.registry import RegistryProxy
 from sqlrs_engine.actors.snapshot import SnapshotClient
 from sqlrs_engine.jobs.event_log import DEFAULT_HEARTBEAT, DEFAULT_MAX_TASK_LOG_LINES
 from sqlrs_engine.runtime.base import Runtime
+
+if TYPE_CHECKING:
+    from sqlrs_engine.pool.warm_pool import WarmPool
 
 ASK_TIMEOUT = 60.0
 """Seconds a job worker waits for the Registry to answer."""
@@ -34,3 +38,5 @@ class JobServices:
     check_cache: Callable[[str, frozenset[str]], object] = lambda _trigger, _protected: None
     """Cache capacity enforcement (SPEC §10.2) with a trigger name and states to protect;
     raises a `JobFailure` with a §10 code when the store cannot make room."""
+    pool: WarmPool | None = None
+    """The warm pool: a cache hit takes a ready instance from it (None: no pool)."""

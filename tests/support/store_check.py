@@ -73,7 +73,20 @@ def store_problems(api: Api, store: Path) -> list[str]:
         if content not in ([], [".build.lock"]):
             problems.append(f"state dir {name} has no row: {content}")
 
+    # Warm-pool members are owned by the pool (GET /v1/pool), not by instance rows.
+    pool = api.get_json("/v1/pool")
+    if pool["filling_count"] or pool["removing_count"]:
+        problems.append(
+            f"pool still filling {pool['filling_count']} and removing "
+            f"{pool['removing_count']} member(s)"
+        )
+    member_dirs = {str(store / "jobs" / m["member_id"] / "runtime") for m in pool["members"]}
     owned: set[int] = set()
+    for member_dir in member_dirs:
+        pids = set(servers_under(Path(member_dir)))
+        if len(pids) != 1:
+            problems.append(f"pool member {member_dir}: servers there: {sorted(pids)}")
+        owned |= pids
     for instance_id, instance in instances.items():
         runtime_dir = runtime_dirs.get(instance_id, "")
         if not runtime_dir or not Path(runtime_dir).is_dir():
@@ -89,11 +102,16 @@ def store_problems(api: Api, store: Path) -> list[str]:
                 f"its runtime dir (servers there: {sorted(pids)})"
             )
     for runtime in store.glob("jobs/*/runtime"):
-        if str(runtime) not in runtime_dirs.values():
-            problems.append(f"runtime dir without an instance row: {runtime}")
+        if str(runtime) not in runtime_dirs.values() and str(runtime) not in member_dirs:
+            problems.append(f"runtime dir without an instance row or pool member: {runtime}")
+    for leftover in store.glob("jobs/pool-*"):
+        if not (leftover / "runtime").is_dir():
+            problems.append(f"pool member dir without a clone: {leftover}")
     for pid in sorted(set(servers_under(store)) - owned):
         problems.append(f"server without an instance row: {pid} {procs.cmdline(pid)}")
-    expected_mounts = {os.path.join(d, "merged") for d in runtime_dirs.values() if d}
+    expected_mounts = {
+        os.path.join(d, "merged") for d in [*runtime_dirs.values(), *member_dirs] if d
+    }
     for point in mount_points_under(store):
         if point not in expected_mounts:
             problems.append(f"mount without an owner: {point}")

@@ -119,6 +119,8 @@ class WarmPool:
         self._ready: dict[str, list[Member]] = {}
         self._filling: dict[str, int] = {}
         self._handing: dict[str, int] = {}
+        self._removing: dict[str, int] = {}
+        """Members taken out of the pool whose server and clone are being removed."""
         self._closed: dict[str, int] = {}
         self._wanted: dict[str, _Wanted] = {}
         self._settings = PoolSettings()
@@ -171,6 +173,7 @@ class WarmPool:
         with self._cond:
             victims = [m for members in self._ready.values() for m in members]
             self._ready.clear()
+            self._detach(victims)
         self._destroy_all(victims, "engine stopping")
 
     # -- the cache-hit hook --------------------------------------------------------------------
@@ -202,6 +205,8 @@ class WarmPool:
         try:
             yield member
         except BaseException:
+            with self._cond:
+                self._detach([member])
             self._destroy(member, "hand-out failed")
             raise
         else:
@@ -233,6 +238,7 @@ class WarmPool:
                     del self._ready[state_id]
                 if member.image_id != image_id:
                     stale: Member | None = member
+                    self._detach([member])
                 else:
                     stale = None
                     self._handing[state_id] = self._handing.get(state_id, 0) + 1
@@ -249,6 +255,7 @@ class WarmPool:
                 if not self._handing[state_id]:
                     del self._handing[state_id]
                 self._counters["hand_outs"] -= 1
+                self._detach([member])
             self._destroy(member, "its server was no longer running")
 
     # -- drain (deletion, eviction, invalidation) ----------------------------------------------
@@ -273,10 +280,12 @@ class WarmPool:
                 ):
                     raise JobFailure("internal_error", "pool drain timed out", reason)
                 victims = [m for s in states for m in self._ready.pop(s, [])]
+                self._detach(victims)
             self._destroy_all(victims, reason)
             with self._cond:
                 if not self._cond.wait_for(
-                    lambda: not any(self._filling.get(s) for s in states), DRAIN_TIMEOUT
+                    lambda: not any(self._filling.get(s) or self._removing.get(s) for s in states),
+                    DRAIN_TIMEOUT,
                 ):
                     raise JobFailure("internal_error", "pool drain timed out", reason)
             yield
@@ -322,6 +331,7 @@ class WarmPool:
                 "settings": settings.as_json(),
                 "member_count": len(members),
                 "filling_count": sum(self._filling.values()),
+                "removing_count": sum(self._removing.values()),
                 "memory_bytes": sum(m["memory_bytes"] for m in members),
                 "refill_waiting_for_jobs": self._gated,
                 "states": states,
@@ -374,6 +384,7 @@ class WarmPool:
             victims: list[Member] = []
             for state in decided.expired:
                 victims += self._ready.pop(state, [])
+            self._detach(victims)
             for state, wanted in list(self._wanted.items()):
                 if now - wanted.last_hit >= settings.idle_expiry_seconds:
                     del self._wanted[state]
@@ -463,6 +474,8 @@ class WarmPool:
                 self._ready.setdefault(state_id, []).append(member)
                 self._counters["fills"] += 1
                 self._estimate = max(self._estimate, member.memory_bytes)
+            elif member is not None:
+                self._detach([member])
             self._cond.notify_all()
         if member is None:
             return
@@ -504,6 +517,11 @@ class WarmPool:
 
     # -- removal -------------------------------------------------------------------------------
 
+    def _detach(self, members: list[Member]) -> None:
+        """Count members as being removed (the caller holds the lock and took them out)."""
+        for member in members:
+            self._removing[member.state_id] = self._removing.get(member.state_id, 0) + 1
+
     def _destroy_all(self, members: list[Member], reason: str) -> None:
         if not members:
             return
@@ -525,6 +543,11 @@ class WarmPool:
         except Exception:
             log.exception("pool: cannot stop member %s", member.member_id)
         self._remove_dir(member.member_id)
+        with self._cond:
+            self._removing[member.state_id] -= 1
+            if not self._removing[member.state_id]:
+                del self._removing[member.state_id]
+            self._cond.notify_all()
         if not quiet:
             log.info(
                 "pool: removed member %s of state %s (%s)",

@@ -13,8 +13,9 @@ in `<root>/jobs/pool-<id>/runtime` (job ids are 32 hex digits, so the prefix can
 Their lifecycle, and the invariants that keep it safe:
 
 - **Refill** runs on the pool's own threads, one scheduler and at most
-  `pool.fillConcurrency` fills at a time, and only while no prepare job is queued or running:
-  a fill never competes with a user's job for CPU, disk or the snapshot workers.
+  `pool.fillConcurrency` fills at a time, only while no prepare job is queued or running and
+  not within `REFILL_QUIET` of the last hit: a fill never competes with a user's job for CPU,
+  disk or the snapshot workers, nor with the first queries on the instance just handed out.
 - **Drain** (`drained`) closes states to hand-outs, waits for hand-outs already under way to
   finish (their instance rows then exist, and the deletion sees and judges them), stops the
   members and waits for fills of those states to end. Deletion and eviction of a state run
@@ -60,6 +61,9 @@ IDLE_WAKE = 1.0
 """Seconds between scheduler passes when nothing happens (idle expiry, config changes)."""
 GATED_WAKE = 0.1
 """Seconds between passes while a fill waits for user jobs to finish."""
+REFILL_QUIET = 0.2
+"""Seconds after the last cache hit before a refill starts: the client that just got a DSN
+connects to it right away, and its first queries should not share the CPU with a refill."""
 FAILURE_BACKOFF = 30.0
 """Seconds before a state whose fill failed is filled again (a pinned state, say)."""
 DRAIN_TIMEOUT = 120.0
@@ -134,6 +138,8 @@ class WarmPool:
             "expired": 0,
         }
         self._retry_after: dict[str, float] = {}
+        self._last_hit = 0.0
+        """`time.monotonic()` of the last cache hit (refills wait REFILL_QUIET after it)."""
         self._unknown_pinned: set[str] = set()
         self._gated = False
         self._stopping = False
@@ -188,6 +194,7 @@ class WarmPool:
             wanted.last_hit, wanted.image_id = now, image_id
             wanted.last_hit_at = format_rfc3339(utcnow())
             wanted.hits += 1
+            self._last_hit = time.monotonic()
             self._cond.notify_all()
 
     @contextlib.contextmanager
@@ -402,9 +409,10 @@ class WarmPool:
         if not fills:
             self._gated = False
             return IDLE_WAKE
-        if self._user_jobs_active():
+        quiet_for = time.monotonic() - self._last_hit
+        if quiet_for < REFILL_QUIET or self._user_jobs_active():
             self._gated = True
-            return GATED_WAKE
+            return max(GATED_WAKE, REFILL_QUIET - quiet_for)
         self._gated = False
         for state in fills:
             image = self._image_of(state)

@@ -77,8 +77,10 @@ def runtime() -> FakeRuntime:
 
 
 @pytest.fixture
-def registry() -> FakeRegistry:
-    return FakeRegistry({"enabled": True, "membersPerState": 2, "maxMembers": 4})
+def registry(request: pytest.FixtureRequest) -> FakeRegistry:
+    """Pool settings: enabled, 2 per state, 4 in all, unless the test overrides some."""
+    overrides = getattr(request, "param", {})
+    return FakeRegistry({"enabled": True, "membersPerState": 2, "maxMembers": 4, **overrides})
 
 
 @pytest.fixture
@@ -160,10 +162,10 @@ def test_a_failed_hand_out_removes_the_member(pool: WarmPool, runtime: FakeRunti
     assert not member.runtime_dir.exists()
 
 
+@pytest.mark.parametrize("registry", [{"membersPerState": 1}], indirect=True)
 def test_a_member_whose_server_died_is_never_handed_out(
     pool: WarmPool, runtime: FakeRuntime, registry: FakeRegistry, tmp_path: Path
 ) -> None:
-    registry.pool["membersPerState"] = 1
     pool.note_hit(STATE, RESOLVED)
     [entry] = ready(pool, 1)
     registry.active_jobs = 1  # hold refills back

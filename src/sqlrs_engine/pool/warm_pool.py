@@ -59,6 +59,9 @@ MEMBER_FILE = ".pool-member"
 ASK_TIMEOUT = 30.0
 IDLE_WAKE = 1.0
 """Seconds between scheduler passes when nothing happens (idle expiry, config changes)."""
+SETTINGS_TTL = 0.5
+"""Seconds a read of the `pool` config is reused: a burst of hits wakes the scheduler once per
+hit, and each pass must not cost the Registry (which serves the jobs) a message."""
 GATED_WAKE = 0.1
 """Seconds between passes while a fill waits for user jobs to finish."""
 REFILL_QUIET = 0.2
@@ -128,6 +131,7 @@ class WarmPool:
         self._closed: dict[str, int] = {}
         self._wanted: dict[str, _Wanted] = {}
         self._settings = PoolSettings()
+        self._settings_read = -SETTINGS_TTL
         self._estimate = FALLBACK_MEMBER_BYTES
         self._counters = {
             "hand_outs": 0,
@@ -373,7 +377,10 @@ class WarmPool:
 
     def _pass(self) -> float:
         """One scheduling pass; returns how long to sleep unless woken earlier."""
-        settings = self._settings = self._read_settings()
+        if time.monotonic() - self._settings_read >= SETTINGS_TTL:
+            self._settings = self._read_settings()
+            self._settings_read = time.monotonic()
+        settings = self._settings
         now = self._clock()
         with self._cond:
             demands = {s: Demand(w.last_hit) for s, w in self._wanted.items()}

@@ -291,3 +291,38 @@ def test_disabling_the_pool_drains_it_and_the_pool_stops_with_the_engine(
     assert list((engine.state_store / "jobs").glob("pool-*")) == []
     assert set(servers_under(engine.state_store)) == instance_pids
     assert all(procs.is_alive(pid) for pid in instance_pids)
+
+
+def test_eviction_drains_the_pool_of_an_evicted_state(engine: EngineProcess) -> None:
+    """Members never keep a state from being evicted: eviction goes through the deletion,
+    which drains the state's pool first."""
+    configure(engine, enabled=True, membersPerState=1, maxMembers=4)
+    body_a = psql_body("-c", "create table evict_a(a int)")
+    body_b = psql_body("-c", "create table evict_b(a int)")
+    states = {}
+    for name, body in (("a", body_a), ("b", body_b)):
+        succeeded(prepare(engine, body))
+        states[name] = succeeded(prepare(engine, body)).result["state_id"]
+        wait_ready(engine, states[name], 1)
+    for entry in engine.get("/v1/instances").json():
+        assert engine.delete(f"/v1/instances/{entry['instance_id']}").status_code == 200
+    usage = sum(s["size_bytes"] for s in engine.get("/v1/states").json())
+    for path, value in (
+        ("cache.capacity.reserveBytes", 0),
+        ("cache.capacity.minStateAge", "0s"),
+        # Just above the high watermark: the next state's build must evict (a first).
+        ("cache.capacity.maxBytes", int(usage / 0.9) - 1),
+    ):
+        response = engine.patch("/v1/config", json={"path": path, "value": value})
+        assert response.status_code == 200, response.text
+
+    outcome = succeeded(prepare(engine, psql_body("-c", "create table evict_c(a int)")))
+    left = {s["state_id"] for s in engine.get("/v1/states").json()}
+    assert states["a"] not in left, "the least recently used state is evicted, pool or not"
+    assert outcome.result["state_id"] in left
+    status = pool_status(engine)
+    evicted = {s for s in states.values() if s not in left}
+    assert not [m for m in status["members"] if m["state_id"] in evicted]
+    assert status["counters"]["drained"] >= len(evicted)
+    assert "cache eviction (prepare_step)" in engine.stderr_text()
+    assert settled_store_problems(EngineApi(engine), engine.state_store) == []

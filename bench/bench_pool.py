@@ -47,6 +47,8 @@ from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.snapshot.overlay import OverlayBackend
 
 FILL_TIMEOUT = 600.0
+BURST_MB = 58
+"""The bursts hit the state of this size (it must be among --sizes)."""
 
 
 def uptime() -> str:
@@ -98,28 +100,22 @@ def delete_instance(engine: EngineProcess, instance_id: str) -> None:
     assert response.status_code == 200, response.text
 
 
-def floor(state_dir: Path, image_id: str, runs: int) -> list[float]:
+def floor_sample(state_dir: Path, image_id: str, workdir: Path, run: int) -> float:
     """Overlay mount of a clone + `pg_ctl start -w` + the one psql readiness probe
     (`HostRuntime.start`), no engine: what an unpooled hit cannot avoid."""
-    workdir = make_scratch_dir("sqlrs-bench-floor-")
     backend = OverlayBackend(workdir)
     runtime = HostRuntime()
-    times = []
-    try:
-        for run in range(runs):
-            runtime_dir = workdir / f"clone-{run}"
-            started = time.perf_counter()
-            data_dir = backend.clone(state_dir, runtime_dir)
-            mounted = time.perf_counter()
-            runtime.prepare_data_dir(data_dir)  # ownership: not part of the floor
-            starting = time.perf_counter()
-            handle = runtime.start(image_id, data_dir, lambda _line: None, NEVER_CANCELLED)
-            times.append(mounted - started + time.perf_counter() - starting)
-            runtime.kill(handle)
-            backend.remove(runtime_dir)
-    finally:
-        remove_scratch_dir(workdir)
-    return times
+    runtime_dir = workdir / f"clone-{run}"
+    started = time.perf_counter()
+    data_dir = backend.clone(state_dir, runtime_dir)
+    mounted = time.perf_counter()
+    runtime.prepare_data_dir(data_dir)  # ownership: not part of the floor
+    starting = time.perf_counter()
+    handle = runtime.start(image_id, data_dir, lambda _line: None, NEVER_CANCELLED)
+    elapsed = mounted - started + time.perf_counter() - starting
+    runtime.kill(handle)
+    backend.remove(runtime_dir)
+    return elapsed
 
 
 def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> dict[str, Any]:
@@ -139,7 +135,12 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
     plain_dsn: list[float] = []
     plain_answer: list[float] = []
     memory: list[int] = []
-    for _ in range(hits):
+    state_dir = next(engine.state_store.glob(f"engines/*/*/states/{state_id}"))
+    floor_dir = make_scratch_dir("sqlrs-bench-floor-")
+    floors: list[float] = []
+    for run in range(hits):
+        # The floor alternates with the hits, so that load changes hit all three alike.
+        floors.append(floor_sample(state_dir, image_id, floor_dir, run))
         configure(engine, enabled=True, membersPerState=1, maxMembers=1, maxMemoryBytes=0)
         wait_pool_for(engine, body, state_id, memory)
         to_dsn, to_answer, instance, logs = timed_hit(engine, body)
@@ -154,8 +155,7 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
         plain_dsn.append(to_dsn)
         plain_answer.append(to_answer)
         delete_instance(engine, instance)
-    state_dir = next(engine.state_store.glob(f"engines/*/*/states/{state_id}"))
-    floors = floor(state_dir, image_id, hits)
+    remove_scratch_dir(floor_dir)
     result = {
         "target_mb": target_mb,
         "db_bytes": db_bytes,
@@ -221,7 +221,7 @@ def burst(engine: EngineProcess, body: dict[str, Any], size: int) -> tuple[float
 
 
 def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> dict[str, Any]:
-    body = psql_body(*build_args(58))  # cached by the 58 MB section
+    body = psql_body(*build_args(BURST_MB))  # cached by its size's section
     state_id = prepare(engine, body).result["state_id"]
     for entry in engine.get("/v1/instances").json():
         delete_instance(engine, entry["instance_id"])
@@ -279,8 +279,14 @@ def main() -> int:
     try:
         for size in [int(s) for s in args.sizes.split(",") if s]:
             data["sizes"].append(measure_size(engine, size, args.hits, print))
-        if args.bursts > 0:
-            data["burst"] = measure_burst(engine, args.bursts, args.burst_size, print)
+            if size == BURST_MB and args.bursts > 0:
+                # Before a bigger state is hit: then this one is the only state the pool
+                # wants, and all of the burst's members are its own.
+                data["burst"] = measure_burst(engine, args.bursts, args.burst_size, print)
+    except BaseException:
+        pool_lines = [line for line in engine.stderr_text().splitlines() if "pool" in line]
+        print("\n".join(pool_lines[-60:]), file=sys.stderr)
+        raise
     finally:
         engine.stop()
         remove_scratch_dir(workdir)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -218,6 +220,38 @@ def test_states_and_base_are_immutable_for_the_server_user(env: Env) -> None:
     clone = env.data_dir(hit.job_id) / "pgdata"
     code, output = _as_server_user(f"touch '{clone}/sqlrs-test' && rm '{clone}/sqlrs-test'")
     assert code == 0, output
+    assert query(hit.dsn, "select count(*) from t") == "1000"
+
+
+def _not_owned_by(root: Path, uid: int, gid: int) -> list[Path]:
+    """Entries under `root` (itself included) another user owns; overlay whiteouts (character
+    devices the kernel makes as the mounter) are not files and are left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for path in [Path(dirpath), *(Path(dirpath, name) for name in dirnames + filenames)]:
+            st = path.lstat()
+            if stat.S_ISCHR(st.st_mode):
+                continue
+            if (st.st_uid, st.st_gid) != (uid, gid):
+                found.append(path)
+        dirnames[:] = [d for d in dirnames if not Path(dirpath, d).is_symlink()]
+    return sorted(set(found))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as non-root the server runs as the engine user")
+def test_states_belong_to_the_server_user_so_a_hit_changes_no_owner(env: Env) -> None:
+    """Issue 16: a cache hit does no work per file of its clone. Ownership is made right once,
+    in the base and when a state is built, so every clone starts as it is, still sealed."""
+    hit = succeeded(prepare(env.engine, psql_body(*TWO_STEPS)))
+    server = pwd.getpwnam("postgres")
+    state = env.state_dir(hit.result["state_id"])
+    (base,) = env.store.glob("engines/postgres/*/base")
+    data = state / "layer" if env.kind == "overlayfs" else state / "pgdata"
+    for root in (base / "pgdata", data, env.data_dir(hit.job_id)):
+        assert _not_owned_by(root, server.pw_uid, server.pw_gid) == [], root
+    for sealed in (state.parent, base):
+        st = sealed.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700), sealed
     assert query(hit.dsn, "select count(*) from t") == "1000"
 
 

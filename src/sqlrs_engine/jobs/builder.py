@@ -325,6 +325,10 @@ class StateBuilder:
             self.services.check_cache("snapshot", self._chain())
             data_dir = self.session.stop_for_snapshot()
             try:
+                # Ownership is made right once, here, for every clone of the state to come
+                # (a no-op walk unless the step left a file the server user does not own).
+                with failures_reported_as("snapshot prepare failed"):
+                    self.services.runtime.prepare_data_dir(data_dir)
                 self.events.log("snapshot: start")
                 with no_space_as_cache_error("snapshot"):
                     size = snapshots.snapshot(build, data_dir, self.session.source, self.cancel)

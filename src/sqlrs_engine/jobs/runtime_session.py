@@ -60,7 +60,11 @@ class RuntimeSession:
                 source, self.job_id, require_pg_version=is_state, cancel=self._cancel
             )
         self.source = source
-        self._runtime.prepare_data_dir(self.mount_dir)
+        if not is_state:
+            # A state's files are the server user's already (made so when it was built, see
+            # StateBuilder._build_state): a cache hit walks none of them. The base is cloned
+            # only by builds; `runtime.start` still gives the clone's root its owner.
+            self._runtime.prepare_data_dir(self.mount_dir)
         self.handle = self._runtime.start(self.image_id, self.mount_dir, self._log, self._cancel)
         return self.handle
 

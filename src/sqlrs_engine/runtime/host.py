@@ -384,6 +384,7 @@ class HostRuntime:
                     f"initdb exited with code {result.exit_code}: {result.output.strip()}",
                 )
             pg.write_hba(pgdata / pg.HBA_FILE_NAME)
+            chown_tree(pgdata, self.user)  # the base is the server user's, as states are
         except BaseException as exc:
             shutil.rmtree(pgdata, ignore_errors=True)
             if isinstance(exc, ProcessError):

@@ -23,11 +23,12 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.ids import new_job_id
 from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
+from sqlrs_engine.jobs.event_log import Item, Stored
 from sqlrs_engine.jobs.kinds import KINDS
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.jobs.supervisor import job_event_log
 from sqlrs_engine.jobs.tasks import TaskTracker
-from sqlrs_engine.persistence.jobs import JobRecord
+from sqlrs_engine.persistence.jobs import JobRecord, RowChange
 from sqlrs_engine.persistence.rows import Row, dump_json
 from sqlrs_engine.prepare.job_request import PrepareRequest
 from sqlrs_engine.runtime.base import OutputSink, Runtime, ServerHandle, pgdata_of
@@ -121,7 +122,7 @@ class Parts:
         """A PsqlJob wired as the supervisor wires it (events and tasks to the Registry)."""
         services = self.services(runtime, **overrides)
         events = job_event_log(job_id, services)
-        tasks = TaskTracker(job_id, self.registry, events)
+        tasks = TaskTracker(job_id, events)
         return PsqlJob(job_id, request, services, events, tasks, CancelToken())
 
     def events(self, job_id: str) -> list[Row]:
@@ -289,16 +290,29 @@ def host_world(host_store: HostStore, tmp_path: Path) -> Iterator[World]:
 
 @dataclass
 class Recorded:
-    """An `EventSink` that keeps what it was given (and whether the caller waited)."""
+    """An `EventSink` that keeps what it was given: the events, each with whether the caller
+    has waited for its batch to be stored, and the row changes sent with them."""
 
     events: list[tuple[dict[str, Any], bool]] = field(default_factory=list)
+    rows: list[RowChange] = field(default_factory=list)
+    sent: list[list[Item]] = field(default_factory=list)
     on_record: Callable[[dict[str, Any]], None] = lambda _event: None
 
-    def record(self, event: dict[str, Any], wait: bool) -> None:
-        self.events.append((dict(event), wait))
-        self.on_record(event)
+    def record_batch(self, items: list[Item]) -> Stored:
+        self.sent.append(list(items))
+        start = len(self.events)
+        for item in items:
+            if isinstance(item, RowChange):
+                self.rows.append(item)
+            else:
+                self.events.append((dict(item), False))
+                self.on_record(item)
+        end = len(self.events)
 
-    def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
-        for event in events:
-            self.record(event, False)
-        return lambda: None
+        def stored(timeout: float | None) -> bool:
+            if timeout is None:
+                for n in range(start, end):
+                    self.events[n] = (self.events[n][0], True)
+            return True
+
+        return stored

@@ -23,10 +23,13 @@ from sqlrs_engine.jobs.event_log import (
     MAX_HEARTBEAT,
     MAX_STORED_LINE,
     MIN_HEARTBEAT,
+    Item,
     JobEventLog,
+    Stored,
     clamp_heartbeat,
 )
 from sqlrs_engine.jobs.supervisor import RegistrySink
+from sqlrs_engine.persistence.jobs import RowChange
 from tests.jobs.conftest import ASK, Recorded, ScriptRuntime, World, psql_request
 
 
@@ -80,42 +83,73 @@ def test_the_log_repeats_at_the_clamped_period(requested: float, period: float) 
 
 
 def test_appends_have_their_shape_timestamp_and_wait_mode() -> None:
-    """Status changes are waited for (a job never looks finished before they are stored);
-    log lines are not (there can be many)."""
+    """Status changes are waited for (a job never looks finished before they are stored),
+    with everything appended before them; a running task is sent at once but not waited for;
+    other task changes and log lines wait for the next batch (issue 16)."""
     log, sink, _ = heartbeat_log()
+
+    def shapes() -> list[tuple[dict[str, Any], bool]]:
+        return [({k: v for k, v in e.items() if k != "ts"}, waited) for e, waited in sink.events]
+
+    running = {"type": "status", "status": "running"}
+    task_running = {"type": "task", "task_id": "execute-0", "status": "running"}
+    line = {"type": "log", "message": "psql: start"}
+    error = {"code": "internal_error", "message": "psql failed"}
+    task_failed = {**task_running, "status": "failed", "message": "psql failed", "error": error}
     log.status("running")
+    assert shapes() == [(running, True)]
     log.task("execute-0", "running")
+    assert shapes() == [(running, True), (task_running, False)]
     log.log("psql: start")
-    log.task("execute-0", "failed", {"code": "internal_error", "message": "psql failed"})
+    log.task("execute-0", "failed", error)
     log.status("failed", wait=False)
-    log.error({"code": "internal_error", "message": "psql failed"})
-    log.result({"dsn": "postgres://x"})
-    shapes = [({k: v for k, v in e.items() if k != "ts"}, wait) for e, wait in sink.events]
-    assert shapes == [
-        ({"type": "status", "status": "running"}, True),
-        ({"type": "task", "task_id": "execute-0", "status": "running"}, True),
-        ({"type": "log", "message": "psql: start"}, False),
-        (
-            {
-                "type": "task",
-                "task_id": "execute-0",
-                "status": "failed",
-                "message": "psql failed",
-                "error": {"code": "internal_error", "message": "psql failed"},
-            },
-            True,
-        ),
-        ({"type": "status", "status": "failed"}, False),
-        ({"type": "error", "error": {"code": "internal_error", "message": "psql failed"}}, True),
-        ({"type": "result", "result": {"dsn": "postgres://x"}}, True),
+    assert shapes() == [(running, True), (task_running, False)], "nothing more sent yet"
+    log.error(error)
+    failed = {"type": "status", "status": "failed"}
+    assert shapes() == [
+        (running, True),
+        (task_running, False),  # found stored when the next batch went out: never waited for
+        (line, True),
+        (task_failed, True),
+        (failed, True),
+        ({"type": "error", "error": error}, True),
     ]
+    log.result({"dsn": "postgres://x"})
+    assert shapes()[-1] == ({"type": "result", "result": {"dsn": "postgres://x"}}, True)
     stamps = [parse_rfc3339(e["ts"]) for e, _ in sink.events]
     assert stamps == sorted(stamps)
+
+
+def test_row_changes_travel_in_the_batch_of_their_event() -> None:
+    """A task's row change and its `task` event, and the job's row change and its status,
+    are sent together, so the Registry stores each pair in one transaction."""
+    log, sink, _ = heartbeat_log()
+    log.task("plan", "succeeded", row={"status": "succeeded"})
+    log.task("execute-0", "succeeded", row={"status": "succeeded", "cached": True})
+    log.job_row({"status": "succeeded"})
+    log.status("succeeded")
+    assert len(sink.sent) == 1, "one message for the whole bookkeeping"
+    (batch,) = sink.sent
+    kinds = [item["type"] if isinstance(item, dict) else "RowChange" for item in batch]
+    assert kinds == [
+        "RowChange",
+        "task",
+        "RowChange",
+        "task",
+        "RowChange",
+        "status",
+    ]
+    assert [item.task_id for item in batch if isinstance(item, RowChange)] == [
+        "plan",
+        "execute-0",
+        None,
+    ]
 
 
 def test_a_task_error_without_message_gets_an_empty_message() -> None:
     log, sink, _ = heartbeat_log()
     log.task("plan", "failed", {"code": "cancelled"})
+    log.flush()
     event, _ = sink.events[0]
     assert event["message"] == ""
     assert event["error"] == {"code": "cancelled"}
@@ -351,12 +385,15 @@ class SlowSink(Recorded):
         self.released = threading.Event()
         self.waited = threading.Event()
 
-    def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
-        self.batches.append(len(events))
+    def record_batch(self, items: list[Item]) -> Stored:
+        self.batches.append(len(items))
 
-        def stored() -> None:
+        def stored(timeout: float | None) -> bool:
+            if timeout is not None:
+                return self.released.wait(timeout)
             self.waited.set()
             assert self.released.wait(10)
+            return True
 
         return stored
 

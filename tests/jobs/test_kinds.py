@@ -92,7 +92,7 @@ def builder(parts: Parts, job_id: str, request: PrepareRequest, store: HostStore
         request,
         services,
         events,
-        TaskTracker(job_id, parts.registry, events),
+        TaskTracker(job_id, events),
         CancelToken(),
     )
 

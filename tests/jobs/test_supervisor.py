@@ -333,8 +333,10 @@ def test_the_cancel_message_is_kept_when_the_failure_already_says_cancelled(
 
 
 def test_an_event_the_registry_refused_fails_the_next_write_of_the_job() -> None:
-    """Events sent without waiting are not dropped silently: a refusal (a full disk) surfaces
-    at the job's next write, which then fails the job with that reason (issue 11)."""
+    """Batches sent without waiting are not dropped silently: a refusal (a full disk)
+    surfaces at the job's next write, which then fails the job with that reason (issue 11);
+    the refused batch is kept and sent again, in order, by the next flush."""
+    from sqlrs_engine.jobs.event_log import JobEventLog
     from sqlrs_engine.jobs.supervisor import RegistrySink
     from sqlrs_engine.persistence.guard import StorageError
 
@@ -342,12 +344,14 @@ def test_an_event_the_registry_refused_fails_the_next_write_of_the_job() -> None
 
     class RefusingRegistry:
         def __init__(self) -> None:
-            self.sent: list[str] = []
+            self.sent: list[list[str]] = []
+            self.full = True
 
-        def record_event(self, job_id: str, event: dict[str, object]) -> pykka.Future[int]:
+        def record_events(self, job_id: str, items: list[dict[str, object]]) -> pykka.Future[int]:
             future: pykka.Future[int] = pykka.ThreadingFuture()
-            self.sent.append(str(event["message"]))
-            if event["message"] == "refused":
+            messages = [str(item["message"]) for item in items]
+            self.sent.append(messages)
+            if self.full and "refused" in messages:
                 future.set_exception((StorageError, refusal, None))
             else:
                 future.set(len(self.sent))
@@ -355,9 +359,15 @@ def test_an_event_the_registry_refused_fails_the_next_write_of_the_job() -> None
 
     registry = RefusingRegistry()
     services = types.SimpleNamespace(registry=registry)
-    sink = RegistrySink("j1", services)  # type: ignore[arg-type]
-    sink.record({"type": "log", "message": "stored"}, False)
-    sink.record({"type": "log", "message": "refused"}, False)
+    events = JobEventLog(RegistrySink("j1", services))  # type: ignore[arg-type]
+    events.log("stored")
+    events.send()
+    events.log("refused")
+    events.send()
+    events.log("next")
     with pytest.raises(StorageError):
-        sink.record({"type": "log", "message": "next"}, False)
-    assert registry.sent == ["stored", "refused"]
+        events.send()
+    assert registry.sent == [["stored"], ["refused"]]
+    registry.full = False
+    events.flush()
+    assert registry.sent == [["stored"], ["refused"], ["refused", "next"]]

@@ -111,6 +111,7 @@ def test_transitions(
     parts, job = planned_job(world)
     for op in ops:
         op(job.tasks)
+    job.events.flush()  # task changes are stored with the job's next batch
     rows = parts.task_rows(job.job_id)
     assert {task_id: rows[task_id]["status"] for task_id in statuses} == statuses
     assert job.tasks.running == running
@@ -120,10 +121,12 @@ def test_transitions(
 def test_timestamps_error_and_fields_land_on_the_row(world: World) -> None:
     parts, job = planned_job(world)
     job.tasks.start("execute-0")
+    job.events.flush()
     started = parts.task_rows(job.job_id)["execute-0"]
     assert started["started_at"] and started["finished_at"] is None
     job.tasks.fail("execute-0", ERROR)
     job.tasks.succeed("execute-1", cached=True)
+    job.events.flush()
     rows = parts.task_rows(job.job_id)
     failed, cached = rows["execute-0"], rows["execute-1"]
     assert failed["finished_at"] >= failed["started_at"]
@@ -138,6 +141,7 @@ def test_update_changes_only_the_given_fields(world: World) -> None:
     parts, job = planned_job(world)
     before = parts.task_rows(job.job_id)["execute-1"]
     job.tasks.update("execute-1", cached=True, task_hash="f" * 64)
+    job.events.flush()
     after = parts.task_rows(job.job_id)["execute-1"]
     assert after["cached"] == 1 and after["task_hash"] == "f" * 64
     unchanged = {k: v for k, v in before.items() if k not in ("cached", "task_hash")}

@@ -33,6 +33,7 @@ from sqlrs_engine.persistence.jobs import (
     JobKey,
     JobQueries,
     JobRecord,
+    RowChange,
     TaskKey,
     canonical_event,
     is_terminal,
@@ -439,8 +440,11 @@ class RegistryActor(pykka.ThreadingActor):
     def update_job(self, job_id: str, fields: dict[str, Any]) -> None:
         self._jobs.update_job(job_id, **fields)
 
-    def replace_tasks(self, job_id: str, tasks: list[Row]) -> None:
-        self._jobs.replace_tasks(job_id, tasks)
+    def store_plan(self, job_id: str, tasks: list[Row], signature: str | None) -> None:
+        """A job's planned task rows and its plan signature, in one transaction."""
+        with self._db:
+            self._jobs.replace_tasks(job_id, tasks)
+            self._jobs.update_job(job_id, signature=signature)
 
     def update_task(self, job_id: str, task_id: str, fields: dict[str, Any]) -> None:
         self._jobs.update_task(job_id, task_id, **fields)
@@ -452,11 +456,11 @@ class RegistryActor(pykka.ThreadingActor):
         """Persist and publish one event; returns its index."""
         return self._append(job_id, event)
 
-    def record_events(self, job_id: str, events: list[Event]) -> int:
-        """Persist (one transaction) and publish a batch of events; returns the next index."""
-        batch = [canonical_event(event) for event in events]
+    def record_events(self, job_id: str, items: list[Event | RowChange]) -> int:
+        """Persist a batch of events and the job's row changes among them (one transaction),
+        then publish the events; returns the next event index."""
         index = self._event_count(job_id)
-        self._jobs.append_events(job_id, batch)
+        batch = self._jobs.apply(job_id, items)
         self._event_counts[job_id] = index + len(batch)
         self._hub.publish_many(job_id, batch)
         return index + len(batch)
@@ -584,7 +588,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     submit_job = proxy_method(RegistryActor.submit_job)
     job_row = proxy_method(RegistryActor.job_row)
     update_job = proxy_method(RegistryActor.update_job)
-    replace_tasks = proxy_method(RegistryActor.replace_tasks)
+    store_plan = proxy_method(RegistryActor.store_plan)
     update_task = proxy_method(RegistryActor.update_task)
     task_rows = proxy_method(RegistryActor.task_rows)
     record_event = proxy_method(RegistryActor.record_event)

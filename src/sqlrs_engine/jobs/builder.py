@@ -114,10 +114,8 @@ class StateBuilder:
             row = task.to_task_row(self.job_id, position)
             row["args_summary"] = task.args_summary or None
             rows.append(row)
-        self.registry.replace_tasks(self.job_id, rows).get(timeout=ASK_TIMEOUT)
-        self.registry.update_job(self.job_id, {"signature": self.signature}).get(
-            timeout=ASK_TIMEOUT
-        )
+        self.events.send()  # task changes made so far go first (the Registry keeps order)
+        self.registry.store_plan(self.job_id, rows, self.signature).get(timeout=ASK_TIMEOUT)
         return self.plan
 
     def _resume(self, resumption: Resumption) -> None:

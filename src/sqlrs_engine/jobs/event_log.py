@@ -18,8 +18,18 @@ Output can be huge (a script printing a line per statement), so log lines are ch
   (`<job dir>/logs/<task_id>.log`; lines outside a task go to `job.log`), served by
   `GET /v1/prepare-jobs/{id}/tasks/{task_id}/log`.
 
-Status changes are waited for, so a job never reports itself finished before its events
-are stored.
+Bookkeeping is batched too (issue 16): a task's row change travels with its `task` event,
+and the job's row changes with its status events (`RowChange`), all in the pending batch. A
+batch goes to the Registry as one message, stored in one transaction:
+
+- when a status, result or error is appended with `wait` (the batch is then waited for: a
+  job never reports itself finished before its events and rows are stored),
+- when a task starts running (sent, not waited for: the work that follows may be long, and
+  a stream should see it begin),
+- at every heartbeat tick, every `BATCH_LINES` log lines, and on `send`/`flush`.
+
+So a cache hit, whose tasks succeed one after the other without work between them, records
+its task changes in the message that also carries the job's next status.
 """
 
 from __future__ import annotations
@@ -34,11 +44,14 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.persistence.jobs import RowChange
 from sqlrs_engine.snapshot.perms import PASSAGE, make_dirs
 
 log = logging.getLogger(__name__)
 
 Event = dict[str, Any]
+Item = Event | RowChange
+Stored = Callable[[float | None], bool]
 
 DEFAULT_HEARTBEAT = 0.5
 MIN_HEARTBEAT = 0.2
@@ -64,11 +77,10 @@ def log_url(job_id: str, task_id: str) -> str:
 class EventSink(Protocol):
     """Where events go: persisted and published by the Registry, in call order."""
 
-    def record(self, event: Event, wait: bool) -> None:
-        """One event; with `wait`, return only once it is stored."""
-
-    def record_batch(self, events: list[Event]) -> Callable[[], None]:
-        """Several events in one message; returns a call that waits until they are stored."""
+    def record_batch(self, items: list[Item]) -> Stored:
+        """Events and row changes in one message (one transaction); returns a call that
+        tells whether they are stored (waiting up to its timeout; None: until they are) and
+        raises what the Registry refused."""
 
 
 def clamp_heartbeat(seconds: float) -> float:
@@ -99,8 +111,8 @@ class JobEventLog:
         self._job_id = job_id
         self._log_dir = log_dir
         self._max_task_lines = max(0, max_task_lines)
-        self._pending: list[Event] = []
-        self._in_flight: collections.deque[Callable[[], None]] = collections.deque()
+        self._pending: list[Item] = []
+        self._in_flight: collections.deque[tuple[list[Item], Stored]] = collections.deque()
         self._task = JOB_LOG
         self._task_lines = 0
         self._file: IO[str] | None = None
@@ -109,15 +121,25 @@ class JobEventLog:
     # -- appends ---------------------------------------------------------------------------
 
     def status(self, status: str, wait: bool = True) -> None:
-        """A job status change (pending log lines are sent first)."""
+        """A job status change, after everything pending; `wait`: sent and stored now."""
         self._append({"type": "status", "status": status}, wait=wait, running_task=False)
 
-    def task(self, task_id: str, status: str, error: dict[str, Any] | None = None) -> None:
+    def task(
+        self,
+        task_id: str,
+        status: str,
+        error: dict[str, Any] | None = None,
+        row: dict[str, Any] | None = None,
+    ) -> None:
+        """A task status change, with the change of its row (`row`) when given: both are
+        stored together. A running task is sent at once; other changes go with the next
+        batch."""
         event: Event = {"type": "task", "task_id": task_id, "status": status}
         if error is not None:
             event["message"] = error.get("message", "")
             event["error"] = error
-        self._append(event, wait=True, running_task=status == "running")
+        running = status == "running"
+        self._append(event, wait=False, running_task=running, row=row, send=running)
         with self._lock:
             if status == "running":
                 self._switch_file(task_id)
@@ -146,18 +168,34 @@ class JobEventLog:
             if len(self._pending) >= BATCH_LINES:
                 self._flush()
 
-    def result(self, result: dict[str, Any]) -> None:
-        self._append({"type": "result", "result": result}, wait=True, running_task=False)
+    def result(self, result: dict[str, Any], wait: bool = True) -> None:
+        self._append({"type": "result", "result": result}, wait=wait, running_task=False)
 
-    def error(self, error: dict[str, Any]) -> None:
-        self._append({"type": "error", "error": error}, wait=True, running_task=False)
+    def error(self, error: dict[str, Any], wait: bool = True) -> None:
+        self._append({"type": "error", "error": error}, wait=wait, running_task=False)
 
-    def flush(self) -> None:
-        """Send buffered log lines now and wait until everything sent is stored."""
+    def job_row(self, fields: dict[str, Any]) -> None:
+        """A change of the job's row, stored with the next batch (with the status event that
+        follows it, when there is one)."""
+        with self._lock:
+            self._pending.append(RowChange(dict(fields)))
+
+    def task_row(self, task_id: str, fields: dict[str, Any]) -> None:
+        """A change of a task's row without an event, stored with the next batch."""
+        with self._lock:
+            self._pending.append(RowChange(dict(fields), task_id))
+
+    def send(self) -> None:
+        """Send what is pending now, without waiting for it to be stored (keeps the order
+        with a Registry write that follows)."""
         with self._lock:
             self._flush()
-            while self._in_flight:
-                self._in_flight.popleft()()
+
+    def flush(self) -> None:
+        """Send what is pending now and wait until everything sent is stored."""
+        with self._lock:
+            self._flush()
+            self._wait_all()
             if self._file is not None:
                 self._file.flush()
 
@@ -167,12 +205,26 @@ class JobEventLog:
         with self._lock:
             self._close_file()
 
-    def _append(self, event: Event, *, wait: bool, running_task: bool | None) -> None:
-        """Append with a fresh `ts`; `running_task` True/False starts/stops the heartbeat."""
+    def _append(
+        self,
+        event: Event,
+        *,
+        wait: bool,
+        running_task: bool | None,
+        row: dict[str, Any] | None = None,
+        send: bool = False,
+    ) -> None:
+        """Append with a fresh `ts` (and the task row change `row` before it); `running_task`
+        True/False starts/stops the heartbeat; `wait` sends and waits, `send` only sends."""
         with self._lock:
-            self._flush()
+            if row is not None:
+                self._pending.append(RowChange(dict(row), event["task_id"]))
             event["ts"] = now_rfc3339()
-            self._sink.record(event, wait)
+            self._pending.append(event)
+            if wait or send:
+                self._flush()
+            if wait:
+                self._wait_all()
             self._last_append = self._clock()
             if running_task is True:
                 self._repeatable = dict(event)
@@ -182,14 +234,44 @@ class JobEventLog:
                 self._repeatable = dict(event)
 
     def _flush(self) -> None:
-        """Send pending log lines as one batch; wait while too many batches are unstored."""
+        """Send what is pending as one batch; wait while too many batches are unstored.
+
+        Batches already answered are looked at first, so a refused one (a full disk) fails
+        this write of the job instead of vanishing (issue 11).
+        """
+        self._settle(0)
         if self._pending:
             batch, self._pending = self._pending, []
-            self._in_flight.append(self._sink.record_batch(batch))
+            self._in_flight.append((batch, self._sink.record_batch(batch)))
             if self._file is not None:
                 self._file.flush()
         while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
-            self._in_flight.popleft()()
+            self._settle(None, limit=1)
+
+    def _wait_all(self) -> None:
+        self._settle(None)
+
+    def _settle(self, timeout: float | None, limit: int | None = None) -> None:
+        """Drop stored batches from the head of `_in_flight` (waiting up to `timeout` for
+        each; at most `limit`). A refused batch is put back in front of what is pending,
+        with the refused ones after it, so a retry (`flush`) stores them, still in order;
+        then the refusal is raised."""
+        refused: list[Item] = []
+        first: BaseException | None = None
+        settled = 0
+        while self._in_flight and (limit is None or settled < limit or first is not None):
+            batch, stored = self._in_flight[0]
+            try:
+                if not stored(None if first is not None else timeout):
+                    break
+            except BaseException as error:
+                refused += batch
+                first = first or error
+            self._in_flight.popleft()
+            settled += 1
+        if first is not None:
+            self._pending[:0] = refused
+            raise first
 
     # -- the full log on disk ----------------------------------------------------------------
 
@@ -254,7 +336,8 @@ class JobEventLog:
                 return False
             event = dict(self._repeatable)
             event["ts"] = now_rfc3339()
-            self._sink.record(event, False)
+            self._pending.append(event)
+            self._flush()
             self._last_append = self._clock()
             return True
 

@@ -8,7 +8,6 @@ ErrorResponse and its runtime released, or — when the engine is shutting down 
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
@@ -23,7 +22,7 @@ from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.errors import JobFailure, error_response
 from sqlrs_engine.jobs.builder import StateBuilder
-from sqlrs_engine.jobs.event_log import JobEventLog
+from sqlrs_engine.jobs.event_log import Item, JobEventLog, Stored
 from sqlrs_engine.jobs.failure_log import log_job_failure
 from sqlrs_engine.jobs.resume import StoredPlan
 from sqlrs_engine.jobs.services import ASK_TIMEOUT, JobServices
@@ -41,41 +40,22 @@ RECORD_RETRY_SECONDS = 60.0
 
 
 class RegistrySink:
-    """Sends a job's events to the Registry (waiting only when asked to).
-
-    An event sent without waiting is still checked: the next write of the job first looks at
-    the answers that have come in meanwhile, so an event the Registry refused (a full disk)
-    fails the job with that reason instead of vanishing (issue 11).
-    """
+    """Sends a job's batches of events and row changes to the Registry, one message each."""
 
     def __init__(self, job_id: str, services: JobServices) -> None:
         self._job_id = job_id
         self._registry = services.registry
-        self._unconfirmed: collections.deque[pykka.Future[Any]] = collections.deque()
 
-    def _check_sent(self) -> None:
-        while self._unconfirmed:
+    def record_batch(self, items: list[Item]) -> Stored:
+        future = self._registry.record_events(self._job_id, items)
+
+        def stored(timeout: float | None) -> bool:
+            # No timeout by default: this is flow control. A dead Registry fails the future.
             try:
-                self._unconfirmed[0].get(timeout=0)  # raises what the Registry refused
+                future.get(timeout=timeout)
             except pykka.Timeout:
-                return  # not answered yet: looked at again with the next write
-            self._unconfirmed.popleft()
-
-    def record(self, event: dict[str, Any], wait: bool) -> None:
-        self._check_sent()
-        future = self._registry.record_event(self._job_id, event)
-        if wait:
-            future.get(timeout=ASK_TIMEOUT)
-        else:
-            self._unconfirmed.append(future)
-
-    def record_batch(self, events: list[dict[str, Any]]) -> Callable[[], None]:
-        self._check_sent()
-        future = self._registry.record_events(self._job_id, events)
-
-        def stored() -> None:
-            # No timeout: this is flow control. A dead Registry fails the future instead.
-            future.get()
+                return False
+            return True
 
         return stored
 
@@ -101,7 +81,7 @@ class JobSupervisor:
         self.token = CancelToken()
         self.shutting_down = threading.Event()
         self.events = job_event_log(job_id, services)
-        self.tasks = TaskTracker(job_id, services.registry, self.events)
+        self.tasks = TaskTracker(job_id, self.events)
         self._job: StateBuilder | None = None
 
     def cancel(self, shutdown: bool = False) -> None:
@@ -158,10 +138,8 @@ class JobSupervisor:
             raise JobFailure("internal_error", "cannot restore job request", str(error)) from None
 
     def _mark_running(self) -> None:
-        self.services.registry.update_job(
-            self.job_id, {"status": "running", "started_at": now_rfc3339()}
-        ).get(timeout=ASK_TIMEOUT)
-        self.events.status("running")
+        self.events.job_row({"status": "running", "started_at": now_rfc3339()})
+        self.events.status("running")  # with the row, in one transaction
 
     def _adopt_created_instance(
         self, row: dict[str, Any], stored: StoredPlan
@@ -220,13 +198,13 @@ class JobSupervisor:
         fields: dict[str, Any] = {"status": "succeeded", "finished_at": now_rfc3339()}
         if result is not None:
             fields["result"] = result
-        self._durably(
-            "its success",
-            lambda: self.services.registry.update_job(self.job_id, fields).get(timeout=ASK_TIMEOUT),
-        )
-        self.events.status("succeeded")
+        # The job's row, its status and result events and every task change still pending
+        # (a cache hit's whole bookkeeping after planning): one transaction.
+        self.events.job_row(fields)
+        self.events.status("succeeded", wait=False)
         if result is not None:
-            self.events.result(result)
+            self.events.result(result, wait=False)
+        self._durably("its success", self.events.flush)
 
     def _fail(self, error: dict[str, Any]) -> None:
         if self.shutting_down.is_set():
@@ -239,15 +217,11 @@ class JobSupervisor:
         fields = {"status": "failed", "finished_at": now_rfc3339(), "error": error}
         try:
             if failing_task is not None:
-                self._durably("its failed task", lambda: self.tasks.fail(failing_task, error))
-            self._durably(
-                "its failure",
-                lambda: self.services.registry.update_job(self.job_id, fields).get(
-                    timeout=ASK_TIMEOUT
-                ),
-            )
-            self.events.status("failed")
-            self.events.error(error)
+                self.tasks.fail(failing_task, error)
+            self.events.job_row(fields)
+            self.events.status("failed", wait=False)
+            self.events.error(error, wait=False)
+            self._durably("its failure", self.events.flush)
         except StorageError as still:
             log.error(
                 "job %s: cannot record its failure (%s); it stays running in state.db and "

@@ -60,6 +60,15 @@ class JobRecord:
     status: str = "queued"
 
 
+@dataclass(frozen=True)
+class RowChange:
+    """A write to a job's own row (`task_id` None) or to one of its task rows, sent with the
+    job's events and stored in their transaction (jobs/event_log.py batches them)."""
+
+    fields: Mapping[str, Any]
+    task_id: str | None = None
+
+
 def canonical_event(event: Mapping[str, Any]) -> Row:
     """An event in the API's field order (SPEC §4.3), absent fields dropped."""
     return compact({key: event.get(key) for key in EVENT_FIELDS})
@@ -310,6 +319,22 @@ class JobQueries:
             return
         with self._db as tx:
             tx.executable.exec_driver_sql(_INSERT_EVENT, rows)
+
+    def apply(self, job_id: str, items: Iterable[Mapping[str, Any] | RowChange]) -> list[Row]:
+        """Row changes and events of a job, in order, in one transaction; returns the events
+        (canonical) that were appended."""
+        events: list[Row] = []
+        with self._db:
+            for item in items:
+                if isinstance(item, RowChange):
+                    if item.task_id is None:
+                        self.update_job(job_id, **item.fields)
+                    else:
+                        self.update_task(job_id, item.task_id, **item.fields)
+                else:
+                    events.append(canonical_event(item))
+            self.append_events(job_id, events)
+        return events
 
     def event_count(self, job_id: str) -> int:
         row = fetch_one(

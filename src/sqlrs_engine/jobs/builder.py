@@ -114,7 +114,8 @@ class StateBuilder:
             row = task.to_task_row(self.job_id, position)
             row["args_summary"] = task.args_summary or None
             rows.append(row)
-        self.events.send()  # task changes made so far go first (the Registry keeps order)
+        # `plan running` is already stored or on its way (a running task is sent at once),
+        # so replacing the rows cannot be overtaken by it.
         self.registry.store_plan(self.job_id, rows, self.signature).get(timeout=ASK_TIMEOUT)
         return self.plan
 

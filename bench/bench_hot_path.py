@@ -31,6 +31,7 @@ bench/results/hot_path-<timestamp>.json (`common.save`).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import pwd
@@ -195,10 +196,24 @@ def floor_once(state_dir: Path, scratch: Path, port: int, *, pg_ctl_wait: bool =
     assert out.stdout.strip() == "1", out
     stop = pg.pg_ctl_stop_argv(BIN, pgdata, "fast")
     subprocess.run(stop, check=True, capture_output=True, env=env, **as_server)
-    unmount(merged)
+    _unmount_when_free(merged)
     shutil.rmtree(clone)
     shutil.rmtree(run)
     return elapsed
+
+
+def _unmount_when_free(path: Path) -> None:
+    """`pg_ctl stop -w` returns once postmaster.pid is gone, a moment before the last server
+    process has closed its files: retry while the mount is busy."""
+    for _ in range(500):
+        try:
+            unmount(path)
+            return
+        except OSError as error:
+            if error.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
+    unmount(path)
 
 
 # -- IntegreSQL's mechanism -----------------------------------------------------------------

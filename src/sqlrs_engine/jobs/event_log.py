@@ -196,8 +196,7 @@ class JobEventLog:
         with self._lock:
             self._flush()
             self._wait_all()
-            if self._file is not None:
-                self._file.flush()
+            self._flush_file()
 
     def close(self) -> None:
         """Flush, and close the current log file."""
@@ -243,8 +242,7 @@ class JobEventLog:
         if self._pending:
             batch, self._pending = self._pending, []
             self._in_flight.append((batch, self._sink.record_batch(batch)))
-            if self._file is not None:
-                self._file.flush()
+            self._flush_file()
         while len(self._in_flight) > MAX_BATCHES_IN_FLIGHT:
             self._settle(None, limit=1)
 
@@ -286,8 +284,7 @@ class JobEventLog:
         )
 
     def _switch_file(self, task_id: str) -> None:
-        if self._file is not None:
-            self._file.flush()
+        self._flush_file()
         self._close_file()
         self._task = task_id
         self._task_lines = 0
@@ -306,6 +303,17 @@ class JobEventLog:
             self._file.write(message + "\n")
         except OSError as error:
             # A full disk must not fail the job: the events still carry the bounded log.
+            log.warning("job %s: cannot write its log file: %s", self._job_id, error)
+            self._file_failed = True
+            self._close_file()
+
+    def _flush_file(self) -> None:
+        """Flush the log file; a full disk stops the file, never the job or its events."""
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except OSError as error:
             log.warning("job %s: cannot write its log file: %s", self._job_id, error)
             self._file_failed = True
             self._close_file()

@@ -41,6 +41,7 @@ from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.pool.cleanup import remove_orphan_members
 from sqlrs_engine.pool.warm_pool import WarmPool
 from sqlrs_engine.runtime.base import Runtime, ServerHandle
+from sqlrs_engine.runtime.clients import kill_leftover_clients
 from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.runtime.select import select_runtime
 from sqlrs_engine.runtime.users import ServerUserError, grant_traversal
@@ -285,14 +286,14 @@ class Engine:
 
 
 def _kill_leftover_clients(runtime: Runtime, root: Path) -> None:
-    """Tag this store's client programs, and kill those an earlier engine left (SPEC §0.9)."""
+    """Tag this store's client programs, and kill those an earlier engine left (SPEC §0.9).
+
+    Liquibase runs on the host whatever the runtime, so the sweep does not depend on it."""
     if isinstance(runtime, HostRuntime):
         runtime.client_tag = str(root)
-        killed = runtime.kill_leftover_clients()
-        if killed:
-            log.warning(
-                "killed %d client programs left by a previous engine: %s", len(killed), killed
-            )
+    killed = kill_leftover_clients(str(root))
+    if killed:
+        log.warning("killed %d client programs left by a previous engine: %s", len(killed), killed)
 
 
 def _make_reachable(root: Path, runtime: Runtime) -> None:

@@ -341,6 +341,47 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
             pipe.close()
 
 
+def spawn(
+    argv: Sequence[str],
+    *,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    env: Mapping[str, str],
+    cwd: Path | str | None,
+    user: RunAs | None,
+    die_with_parent: bool,
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own process group, as `user`, dying with us when asked (see the
+    module docstring); for a caller that talks to the child itself (`run` is the usual way).
+
+    `env` is passed as it is (build it with `child_env`). Raises ProcessError when the
+    program cannot be started.
+    """
+    argv = [os.fspath(a) for a in argv]
+    if user is not None and cwd is None:
+        cwd = user.home if os.path.isdir(user.home) else "/"
+    switch = user is not None and (user.uid != os.geteuid() or user.gid != os.getegid())
+    setpriv = _setpriv() if die_with_parent else None
+    exec_argv = [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+    try:
+        return subprocess.Popen(
+            exec_argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+            user=user.uid if switch and user else None,
+            group=user.gid if switch and user else None,
+            extra_groups=list(user.groups) if switch and user else None,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ProcessError(argv, f"cannot start {_describe(argv)}: {exc}") from exc
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -365,27 +406,16 @@ def run(
     """
     argv = [os.fspath(a) for a in argv]
     cancel.raise_if_cancelled()
-    if user is not None and cwd is None:
-        cwd = user.home if os.path.isdir(user.home) else "/"
-    switch = user is not None and (user.uid != os.geteuid() or user.gid != os.getegid())
-    setpriv = _setpriv() if die_with_parent else None
-    exec_argv = [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
-    try:
-        proc = subprocess.Popen(
-            exec_argv,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=child_env(env, user, inherit=inherit_env),
-            cwd=cwd,
-            start_new_session=True,
-            close_fds=True,
-            user=user.uid if switch and user else None,
-            group=user.gid if switch and user else None,
-            extra_groups=list(user.groups) if switch and user else None,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise ProcessError(argv, f"cannot start {_describe(argv)}: {exc}") from exc
+    proc = spawn(
+        argv,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_env(env, user, inherit=inherit_env),
+        cwd=cwd,
+        user=user,
+        die_with_parent=die_with_parent,
+    )
     fault_point(f"spawned:{os.path.basename(argv[0])}")  # crash tests: freeze with a live child
     group = _Group(proc)
     unregister = cancel.register(lambda: group.signal(signal.SIGTERM))
@@ -601,4 +631,5 @@ __all__ = [
     "exit_status",
     "run",
     "run_lines",
+    "spawn",
 ]

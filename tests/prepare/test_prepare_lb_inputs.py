@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sqlrs_engine.prepare.lb_args import parse_lb_args
-from sqlrs_engine.prepare.lb_inputs import Uncacheable, inputs_fingerprint, references
+from sqlrs_engine.prepare.lb_inputs import Uncacheable, inputs_fingerprint, read_inputs, references
 
 FIXTURES = Path(__file__).parent / "fixtures" / "liquibase"
 
@@ -110,3 +110,71 @@ def test_uncacheable(tmp_path: Path, name: str, text: str, reason: str) -> None:
 )
 def test_references(name: str, text: str, expected: list[tuple[str, bool]]) -> None:
     assert references(name, text.encode()) == expected
+
+
+class Recorder:
+    """An InputSink that keeps what the walk hands over."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.dirs: list[str] = []
+
+    def file(self, path: str, data: bytes) -> None:
+        assert path not in self.files, f"{path} handed over twice"
+        self.files[path] = data
+
+    def directory(self, path: str) -> None:
+        self.dirs.append(path)
+
+
+def test_the_walk_hands_over_exactly_the_files_it_hashed(project: Path) -> None:
+    (project / "xml" / "notes.txt").write_text("not read by Liquibase")
+    (project / "xml" / "all" / "empty").mkdir()
+    lb = parse_lb_args(["update", "--changelog-file", "xml/changelog.xml"], project)
+    sink = Recorder()
+    found = read_inputs(
+        lb,
+        liquibase_cwd=str(project / "xml"),
+        environment=[],
+        identity=[("input", "img")],
+        stage=sink,
+    )
+    expected = {
+        str(project / "xml" / name): (project / "xml" / name).read_bytes()
+        for name in ("changelog.xml", "more.xml", "all/001-seed.sql")
+    }
+    assert sink.files == expected
+    assert sink.dirs == [str(project / "xml" / "all")]
+    assert found.unfollowed == []
+    assert found.fingerprint == fingerprint(project, "xml/changelog.xml")
+
+
+def test_the_walk_goes_on_past_what_it_cannot_follow(tmp_path: Path) -> None:
+    (tmp_path / "a.sql").write_text("--liquibase formatted sql\n")
+    (tmp_path / "c.xml").write_text(
+        '<d><include file="${dir}/x.xml"/><include file="classpath:y.xml"/>'
+        '<include file="a.sql"/></d>'
+    )
+    lb = parse_lb_args(["update", "--changelog-file", "c.xml"], tmp_path)
+    sink = Recorder()
+    found = read_inputs(lb, liquibase_cwd=str(tmp_path), environment=[], identity=[], stage=sink)
+    assert found.fingerprint is None
+    assert [reason.split(": ", 1)[1] for reason in found.unfollowed] == [
+        "property substitution in '${dir}/x.xml'",
+        "remote or classpath resource 'classpath:y.xml'",
+    ]
+    assert set(sink.files) == {str(tmp_path / "c.xml"), str(tmp_path / "a.sql")}
+
+
+def test_absolute_references_are_looked_up_under_the_search_roots(tmp_path: Path) -> None:
+    """As Liquibase 4 does: `/x/b.sql` is `<root>/x/b.sql`, never the file `/x/b.sql`."""
+    outside = tmp_path / "outside.sql"
+    outside.write_text("--liquibase formatted sql\n")
+    root = tmp_path / "root"
+    (root / str(outside).lstrip("/")).parent.mkdir(parents=True)
+    (root / str(outside).lstrip("/")).write_text("--liquibase formatted sql\n-- under the root\n")
+    (root / "c.xml").write_text(f'<d><include file="{outside}"/></d>')
+    lb = parse_lb_args(["update", "--changelog-file", "c.xml", "--searchPath", str(root)], root)
+    sink = Recorder()
+    read_inputs(lb, liquibase_cwd=str(root), environment=[], identity=[], stage=sink)
+    assert set(sink.files) == {str(root / "c.xml"), str(root / str(outside).lstrip("/"))}

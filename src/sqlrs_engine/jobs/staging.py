@@ -52,30 +52,51 @@ class StagedStep:
         return text.replace(str(self.root), "")
 
 
-class _Stager:
-    def __init__(self, root: Path, work_dir: str, locks: ContentLocks, gid: int | None) -> None:
+class StageTree:
+    """`<root>/<absolute path>` copies, readable by group `gid` (None: the engine's own group)
+    and writable by the engine only. Shared by the psql and Liquibase stagings."""
+
+    def __init__(self, root: Path, gid: int | None) -> None:
         self.root = root
-        self.work_dir = work_dir
-        self.locks = locks
         self.gid = gid
-        self.done: set[str] = set()
 
     def staged(self, path: str) -> Path:
+        """Where the copy of the absolute `path` lives."""
         return self.root / path.lstrip("/")
 
     def mkdirs(self, directory: Path) -> None:
+        """Create `directory` and its missing parents (each 0750, group `gid`)."""
         missing: list[Path] = []
         while not directory.exists():
             missing.append(directory)
             directory = directory.parent
         for item in reversed(missing):
             item.mkdir(mode=DIR_MODE)
-            self._own(item, DIR_MODE)
+            self.own(item, DIR_MODE)
 
-    def _own(self, path: Path, mode: int) -> None:
+    def write(self, path: str, chunks: Iterable[bytes]) -> Path:
+        """Write the copy of `path` (must not exist yet) from `chunks`; returns it."""
+        target = self.staged(path)
+        self.mkdirs(target.parent)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(chunks)
+        self.own(target, FILE_MODE)
+        return target
+
+    def own(self, path: Path, mode: int) -> None:
+        """Give `path` the stage's group and `mode`."""
         if self.gid is not None:
             os.chown(path, os.geteuid(), self.gid)
         os.chmod(path, mode)
+
+
+class _Stager(StageTree):
+    def __init__(self, root: Path, work_dir: str, locks: ContentLocks, gid: int | None) -> None:
+        super().__init__(root, gid)
+        self.work_dir = work_dir
+        self.locks = locks
+        self.done: set[str] = set()
 
     def resolve(self, command: str, argument: str, current_file: str) -> str:
         """The file an include names, exactly as the digest resolved it."""
@@ -112,12 +133,7 @@ class _Stager:
         if path in self.done:
             return
         self.done.add(path)
-        target = self.staged(path)
-        self.mkdirs(target.parent)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
-        with os.fdopen(fd, "wb") as fh:
-            fh.writelines(self.rewrite(self.locks.raw_lines(path), path))
-        self._own(target, FILE_MODE)
+        self.write(path, self.rewrite(self.locks.raw_lines(path), path))
 
 
 def stage_step(
@@ -138,7 +154,7 @@ def stage_step(
     stage.mkdir(mode=DIR_MODE, parents=True)
     root = stage / "root"
     stager = _Stager(root, work_dir, locks, reader_gid)
-    stager._own(stage, DIR_MODE)
+    stager.own(stage, DIR_MODE)
     stager.mkdirs(root)
     cwd = stager.staged(work_dir) if work_dir else root
     stager.mkdirs(cwd)
@@ -183,4 +199,4 @@ class InputEchoFilter:
         return False
 
 
-__all__ = ["InputEchoFilter", "StagedStep", "stage_step"]
+__all__ = ["DIR_MODE", "FILE_MODE", "InputEchoFilter", "StageTree", "StagedStep", "stage_step"]

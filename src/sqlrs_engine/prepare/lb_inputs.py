@@ -14,6 +14,12 @@ Anything the reader cannot follow (property substitution `${...}` in a reference
 classpath resource, a formatted-SQL `--include`, an unknown changelog format, a malformed
 changelog) makes the request uncacheable: then Liquibase plans every time, as the reference
 engine does.
+
+The same walk gives Liquibase its inputs (SPEC §0.9): with an `InputSink`, every file read is
+handed over with the very bytes that were hashed, and jobs/kinds/lb_stage.py writes them into
+a private staging copy that Liquibase runs from. The walk then goes on past what it cannot
+follow (each such reference is reported in `LbInputs.unfollowed`), so the copy holds everything
+the engine can name.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import stat
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlrs_engine.prepare.lb_args import LbArgs, is_remote
 
@@ -39,15 +45,34 @@ class Uncacheable(Exception):
     """Why the inputs cannot be fingerprinted (planning then runs Liquibase)."""
 
 
+class InputSink(Protocol):
+    """Receives what the walk reads, as it reads it (the staging copy)."""
+
+    def file(self, path: str, data: bytes) -> None:
+        """A regular file and its content, exactly as hashed."""
+        ...
+
+    def directory(self, path: str) -> None:
+        """A directory that was walked (`includeAll`), so it exists even when empty."""
+        ...
+
+
 @dataclass
 class _Reader:
     roots: list[str]
     sink: Any = field(default_factory=hashlib.sha256)
+    stage: InputSink | None = None
     seen: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    unfollowed: list[str] = field(default_factory=list)
     files: int = 0
 
     def record(self, label: str, data: bytes) -> None:
         self.sink.update(f"{label}={len(data)}:".encode("utf-8", "surrogateescape") + data + b"\n")
+
+    def skip(self, reason: str) -> None:
+        """Something Liquibase may read that the walk cannot follow: no fingerprint."""
+        self.unfollowed.append(reason)
 
     def file(self, path: str) -> bytes | None:
         """Record a file's content (or its absence); returns the content."""
@@ -63,13 +88,19 @@ class _Reader:
             self.directory(path)
             return None
         if not stat.S_ISREG(info.st_mode):
-            raise Uncacheable(f"{path} is not a regular file")
+            self.skip(f"{path} is not a regular file")
+            return None
         with open(path, "rb") as handle:
             data = handle.read()
         self.record(f"file {path}", data)
+        if self.stage is not None and path not in self.read:
+            self.stage.file(path, data)
+        self.read.add(path)
         return data
 
     def directory(self, path: str) -> None:
+        if self.stage is not None:
+            self.stage.directory(path)
         for current, dirs, names in os.walk(path):
             dirs.sort()
             for name in sorted(names):
@@ -82,20 +113,27 @@ class _Reader:
         if path in self.seen:
             return
         self.seen.add(path)
-        for reference, relative in references(path, data):
+        try:
+            found = references(path, data)
+        except Uncacheable as error:
+            self.skip(str(error))
+            return
+        for reference, relative in found:
             self.reference(reference, relative, path)
 
     def reference(self, reference: str, relative: bool, changelog: str) -> None:
         if "${" in reference:
-            raise Uncacheable(f"{changelog}: property substitution in {reference!r}")
+            self.skip(f"{changelog}: property substitution in {reference!r}")
+            return
         if is_remote(reference):
-            raise Uncacheable(f"{changelog}: remote or classpath resource {reference!r}")
-        if os.path.isabs(reference):
-            candidates = [reference]
-        elif relative:
+            self.skip(f"{changelog}: remote or classpath resource {reference!r}")
+            return
+        if relative:
             candidates = [os.path.join(os.path.dirname(changelog), reference)]
         else:
-            candidates = [os.path.join(root, reference) for root in self.roots]
+            # Liquibase 4 looks up every non-relative path, absolute ones too, under each
+            # search root (`/a/b.sql` is `<root>/a/b.sql`).
+            candidates = [os.path.join(root, reference.lstrip("/")) for root in self.roots]
         for candidate in candidates:
             candidate = os.path.normpath(candidate)
             data = self.file(candidate)
@@ -159,24 +197,33 @@ def search_roots(lb: LbArgs, cwd: str) -> list[str]:
     return list(lb.search_paths) if lb.search_paths else [cwd]
 
 
-def inputs_fingerprint(
+@dataclass(frozen=True)
+class LbInputs:
+    """What the walk found: the plan-cache key, or why there is none."""
+
+    fingerprint: str | None
+    """None when something Liquibase may read could not be followed (`unfollowed`)."""
+    unfollowed: list[str]
+
+
+def read_inputs(
     lb: LbArgs,
     *,
     liquibase_cwd: str,
     environment: Sequence[tuple[str, str]],
     identity: Sequence[tuple[str, str]],
-) -> str:
-    """The fingerprint of everything an lb plan depends on; raises `Uncacheable`.
+    stage: InputSink | None = None,
+) -> LbInputs:
+    """Read everything an lb plan depends on, handing each file to `stage` as it is hashed.
 
     `identity` names what is not a file (input state, engine version, executable); the
-    `environment` is what Liquibase sees of LIQUIBASE_* / JAVA_* variables.
+    `environment` is what Liquibase sees of LIQUIBASE_* / JAVA_* variables. Raises OSError
+    when a file exists but cannot be read, `Uncacheable` beyond `MAX_FILES` files.
     """
-    if lb.changelog is None:
-        raise Uncacheable("no --changelog-file (the changelog comes from elsewhere)")
     roots = search_roots(lb, liquibase_cwd)
+    reader = _Reader([root for root in roots if not is_remote(root)], stage=stage)
     if any(is_remote(root) for root in roots):
-        raise Uncacheable("a remote or classpath search path")
-    reader = _Reader(roots)
+        reader.skip("a remote or classpath search path")
     for key, value in identity:
         reader.record(f"identity {key}", value.encode("utf-8", "surrogateescape"))
     reader.record("args", "\0".join(lb.normalized_args).encode("utf-8", "surrogateescape"))
@@ -185,17 +232,38 @@ def inputs_fingerprint(
         reader.record(f"env {key}", value.encode("utf-8", "surrogateescape"))
     defaults = lb.defaults_file or os.path.join(liquibase_cwd, "liquibase.properties")
     if is_remote(defaults):
-        raise Uncacheable("a remote defaults file")
-    reader.file(defaults)
+        reader.skip("a remote defaults file")
+    else:
+        reader.file(defaults)
     for root in roots:
         reader.record("root", root.encode("utf-8", "surrogateescape"))
-    if is_remote(lb.changelog):
-        raise Uncacheable("a remote or classpath changelog")
-    data = reader.file(lb.changelog)
-    if data is None:
-        raise Uncacheable(f"{lb.changelog} is not a file")
-    reader.changelog(lb.changelog, data)
-    return str(reader.sink.hexdigest())
+    if lb.changelog is None:
+        reader.skip("no --changelog-file (the changelog comes from elsewhere)")
+    elif is_remote(lb.changelog):
+        reader.skip("a remote or classpath changelog")
+    else:
+        data = reader.file(lb.changelog)
+        if data is None:
+            reader.skip(f"{lb.changelog} is not a file")
+        else:
+            reader.changelog(lb.changelog, data)
+    fingerprint = None if reader.unfollowed else str(reader.sink.hexdigest())
+    return LbInputs(fingerprint, reader.unfollowed)
+
+
+def inputs_fingerprint(
+    lb: LbArgs,
+    *,
+    liquibase_cwd: str,
+    environment: Sequence[tuple[str, str]],
+    identity: Sequence[tuple[str, str]],
+) -> str:
+    """The fingerprint of everything an lb plan depends on; raises `Uncacheable` (the first
+    reason) when there is none."""
+    found = read_inputs(lb, liquibase_cwd=liquibase_cwd, environment=environment, identity=identity)
+    if found.fingerprint is None:
+        raise Uncacheable(found.unfollowed[0])
+    return found.fingerprint
 
 
 def lockable_files(paths: Sequence[str | None]) -> list[str]:

@@ -52,7 +52,7 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.dbms.scram import new_secret, scram_verifier
 from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
-from sqlrs_engine.runtime import procs
+from sqlrs_engine.runtime import clients, procs
 from sqlrs_engine.runtime.base import (
     CANNOT_RESOLVE_IMAGE,
     LogSink,
@@ -61,6 +61,7 @@ from sqlrs_engine.runtime.base import (
     ServerHandle,
     pgdata_of,
 )
+from sqlrs_engine.runtime.clients import CLIENT_TAG_ENV
 from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator, port_is_free
 from sqlrs_engine.runtime.users import (
     ServerUserError,
@@ -96,10 +97,6 @@ CLIENT_PROGRAMS = frozenset(
 """Programs `run_client` may run (from the server's bin dir)."""
 
 RUNTIME_ID_PREFIX = "host:"
-
-CLIENT_TAG_ENV = "SQLRS_ENGINE_CLIENT"
-"""Environment variable every client program gets (value: the runtime's `client_tag`), so
-`kill_leftover_clients` can recognize ours after an engine crash."""
 
 
 def runtime_id_for(pid: int) -> str:
@@ -634,13 +631,7 @@ class HostRuntime:
         not (an engine killed between fork and exec, a machine without `setpriv`), so no
         orphaned psql keeps committing into an instance after a crash. Called at start-up.
         """
-        needle = f"{CLIENT_TAG_ENV}={self.client_tag}".encode()
-        victims = [pid for pid in procs.find_by_environ(needle) if pid != os.getpid()]
-        for pid in victims:
-            logger.warning("killing client program %d left by a previous engine", pid)
-            procs.send(pid, signal.SIGKILL)
-        procs.wait_dead(victims, 5.0)
-        return victims
+        return clients.kill_leftover_clients(self.client_tag)
 
     def server_log(self, handle: ServerHandle) -> Path | None:
         """The server log file of a server started by this runtime (None if unknown)."""

@@ -33,7 +33,8 @@ import ujson
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import ApiError, JobFailure
 from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
-from sqlrs_engine.jobs.kinds.lb_jvm import WarmLiquibase
+from sqlrs_engine.jobs.kinds.lb_jvm import WarmLiquibase, direct_command
+from sqlrs_engine.jobs.kinds.lb_stage import STAGE_DIR_NAME, LbStage, staged_args
 from sqlrs_engine.prepare.digest import ContentError, ContentLocks
 from sqlrs_engine.prepare.hashing import lb_job_signature
 from sqlrs_engine.prepare.images import has_digest
@@ -47,7 +48,13 @@ from sqlrs_engine.prepare.lb_args import (
     sanitize_exec,
     step_args,
 )
-from sqlrs_engine.prepare.lb_inputs import Uncacheable, inputs_fingerprint, lockable_files
+from sqlrs_engine.prepare.lb_inputs import (
+    LbInputs,
+    Uncacheable,
+    lockable_files,
+    read_inputs,
+    search_roots,
+)
 from sqlrs_engine.prepare.lb_output import parse_update_sql
 from sqlrs_engine.prepare.plan import (
     LbChangeset,
@@ -57,11 +64,14 @@ from sqlrs_engine.prepare.plan import (
     step_index,
 )
 from sqlrs_engine.prepare.psql_args import refuse_nul_characters
-from sqlrs_engine.process import LineBuffer, ProcessError, exit_status, run
+from sqlrs_engine.process import LineBuffer, ProcessError, RunAs, child_env, exit_status, run
 from sqlrs_engine.runtime.base import LogSink, Runtime, ServerHandle
+from sqlrs_engine.runtime.clients import CLIENT_TAG_ENV, client_user
+from sqlrs_engine.runtime.users import ServerUserError, grant_traversal
 
 EXEC_CONFIG_KEY = "liquibase.exec"
 WARM_JVM_CONFIG_KEY = "liquibase.warmJvm"
+HOST_USER_CONFIG_KEY = "runtime.host.user"
 OUTPUT_TAIL = 16 * 1024
 """Bytes of Liquibase output kept for a failed run's error details."""
 EXECUTION_FAILED = "liquibase execution failed"
@@ -116,7 +126,15 @@ class Liquibase:
 
     With `warm_jvm_dir` set, the commands of the job run in one warm JVM (jobs/kinds/lb_jvm.py)
     when the installation allows it; otherwise, or when it is not set, each command is its
-    own `liquibase` process. Either way the log shows the same command line and output.
+    own process (the JVM started directly for a standard distribution, else the executable).
+    Either way the log shows the same command line and output.
+
+    SPEC §0.9: every Liquibase process runs as `user` (None: as the engine, which is then not
+    root), dies with the engine (parent-death signal; its process group is killed on cancel
+    and when the job ends) and carries the store's client tag, so an engine starting after a
+    crash kills one that escaped. With a `stage`, Liquibase reads only that private copy of
+    the files the plan was hashed from (jobs/kinds/lb_stage.py); its output names the user's
+    paths again.
     """
 
     def __init__(
@@ -127,6 +145,9 @@ class Liquibase:
         log: LogSink,
         cancel: CancelToken,
         warm_jvm_dir: Path | None = None,
+        *,
+        user: RunAs | None = None,
+        client_tag: str | None = None,
     ) -> None:
         self.executable = executable
         self.lb = lb
@@ -135,24 +156,53 @@ class Liquibase:
         self._cancel = cancel
         self._warm_jvm_dir = warm_jvm_dir
         self._warm: WarmLiquibase | None = None
+        self._user = user
+        self._client_tag = client_tag
+        self._stage: LbStage | None = None
+        self._search_roots: list[str] = []
+        self._unfollowed: list[str] = []
+
+    def use_stage(self, stage: LbStage, search_roots: list[str], unfollowed: list[str]) -> None:
+        """Run from `stage` from now on (before the first command); `unfollowed` says what
+        the copy may lack (named in a failure's details)."""
+        self._stage = stage
+        self._search_roots = search_roots
+        self._unfollowed = unfollowed
+
+    @property
+    def stage(self) -> LbStage | None:
+        return self._stage
 
     def _environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("LIQUIBASE_COMMAND_PASSWORD", None)
+        env.pop(CLIENT_TAG_ENV, None)
         if "JAVA_OPTS" not in env and "JAVA_OPTS" not in self.extra_env:
             env["JAVA_OPTS"] = FAST_START_JAVA_OPTS
         if self.extra_env:
             env.update(self.extra_env)
-        return env
+        if self._client_tag is not None:
+            env[CLIENT_TAG_ENV] = self._client_tag
+        return child_env(env, self._user, inherit=False)
+
+    def _cwd(self) -> str | None:
+        work_dir = self.lb.work_dir
+        if self._stage is None or work_dir is None:
+            return work_dir
+        return self._stage.ensure_dir(work_dir)
+
+    def _unstage(self, text: str) -> str:
+        return self._stage.unstage(text) if self._stage is not None else text
 
     def _warm_jvm(self) -> WarmLiquibase | None:
         if self._warm is None and self._warm_jvm_dir is not None:
             self._warm = WarmLiquibase.start(
                 self.executable,
                 tools_dir=self._warm_jvm_dir,
-                cwd=self.lb.work_dir,
+                cwd=self._cwd(),
                 env=self._environment(),
                 cancel=self._cancel,
+                user=self._user,
             )
             if self._warm is None:
                 self._warm_jvm_dir = None  # not available here: one process per command
@@ -161,14 +211,18 @@ class Liquibase:
     def run(self, args: list[str], handle: ServerHandle, cancel_message: str) -> list[str]:
         """Run; the output lines on success, `JobFailure` with the output's tail otherwise."""
         connection = connection_args(handle.host, handle.port)
-        argv = [self.executable, *connection, *args]
+        if self._stage is not None:
+            args = staged_args(args, self._stage, self._search_roots)
         password = _password_of(handle.dsn)
         warm = self._warm_jvm()
-        self._log(f"liquibase: exec {shlex.join(argv)}")
+        self._log(
+            f"liquibase: exec {self._unstage(shlex.join([self.executable, *connection, *args]))}"
+        )
         self._log("liquibase: start")
         lines: list[str] = []
 
         def on_line(_stream: str, line: str) -> None:
+            line = self._unstage(line)
             self._log(f"liquibase: {line}")
             lines.append(line)
 
@@ -181,23 +235,39 @@ class Liquibase:
             if password:
                 # Through the environment: never on a command line or in a log event.
                 env["LIQUIBASE_COMMAND_PASSWORD"] = password
+            direct = direct_command(self.executable, env)
+            command = [self.executable]
+            if direct is not None:
+                command = direct[0]
+                env.update(direct[1])
             buffer = LineBuffer(on_line)
             try:
                 result = run(
-                    argv,
+                    [*command, *connection, *args],
                     env=env,
                     inherit_env=False,
-                    cwd=self.lb.work_dir,
+                    cwd=self._cwd(),
+                    user=self._user,
                     on_output=buffer.feed,
                     cancel=self._cancel,
+                    die_with_parent=True,
                 )
             except ProcessError as error:
-                raise JobFailure("internal_error", EXECUTION_FAILED, str(error)) from None
+                raise JobFailure(
+                    "internal_error", EXECUTION_FAILED, self._unstage(str(error))
+                ) from None
             buffer.flush()
             code = exit_status(result.exit_code)
         self._cancel.raise_if_cancelled(cancel_message)
         if code != 0:
-            raise JobFailure("internal_error", EXECUTION_FAILED, _failure_details(lines, code))
+            details = _failure_details(lines, code)
+            if self._unfollowed and self._stage is not None:
+                details += (
+                    "\n(Liquibase runs from a private copy of the files the engine could "
+                    "name; these references could not be followed, so what they name is not "
+                    f"in it: {'; '.join(self._unfollowed)})"
+                )
+            raise JobFailure("internal_error", EXECUTION_FAILED, details)
         return lines
 
     def close(self) -> None:
@@ -346,7 +416,7 @@ class LbSteps:
             yield task.task_hash
 
     def close(self) -> None:
-        self._liquibase.close()
+        _close(self._liquibase)
 
     def run(self, task: PlanTask, handle: ServerHandle) -> None:
         self._liquibase.run(step_args(self._liquibase.lb), handle, "task cancelled")
@@ -392,6 +462,81 @@ class LbSteps:
             )
 
 
+def _close(liquibase: Liquibase) -> None:
+    """End the job's Liquibase: its JVM, then its staging copy."""
+    liquibase.close()
+    if liquibase.stage is not None:
+        liquibase.stage.remove()
+
+
+def _liquibase_user(context: PlanContext) -> RunAs | None:
+    """Who Liquibase runs as (SPEC §0.9): None when the engine is not root."""
+    configured = context.config_value(HOST_USER_CONFIG_KEY)
+    return client_user(context.runtime, configured if isinstance(configured, str) else None)
+
+
+def _reachable(paths: list[Path], user: RunAs | None, log: LogSink) -> None:
+    """Let `user` reach `paths` (the Liquibase installation, the compiled stepper, the
+    staging copy): one ACL entry `u:<user>:x` on each directory on the way that blocks it,
+    as for the state store at start-up (runtime/users.py); logged."""
+    if user is None:
+        return
+    for path in paths:
+        try:
+            granted = grant_traversal(path, user)
+        except ServerUserError as error:
+            raise JobFailure(
+                "internal_error", "liquibase cannot reach its files", str(error)
+            ) from None
+        if granted:
+            names = ", ".join(str(d) for d in granted)
+            log(f"liquibase: granted {user.name} search permission (ACL) on {names}")
+
+
+def _stage_inputs(
+    liquibase: Liquibase,
+    request: PrepareRequest,
+    context: PlanContext,
+    effective: str,
+    user: RunAs | None,
+) -> LbInputs:
+    """Read Liquibase's inputs into a fresh staging copy; returns what was read.
+
+    As root Liquibase always runs from the copy. An engine that is not root runs it from the
+    copy too, unless the walk could not follow everything (a `${…}` path, say): then from the
+    user's files, as Liquibase does on its own.
+    """
+    lb = liquibase.lb
+    cwd = lb.work_dir or str(context.cwd)
+    if context.job_dir is not None:
+        path = context.job_dir / STAGE_DIR_NAME
+    else:  # explain: no job, so a private directory of its own
+        (context.store_root / "jobs").mkdir(mode=0o711, parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=".explain-lb-", dir=context.store_root / "jobs"))
+    stage = LbStage(path, user.gid if user is not None else None)
+    try:
+        inputs = read_inputs(
+            lb,
+            liquibase_cwd=cwd,
+            environment=_environment(request),
+            identity=_identity(effective, context.engine_version, liquibase.executable),
+            stage=stage,
+        )
+    except (Uncacheable, OSError) as error:
+        inputs = LbInputs(None, [str(error)])
+    if inputs.unfollowed:
+        context.log(f"liquibase: plan not cacheable ({'; '.join(inputs.unfollowed)})")
+    if inputs.unfollowed and user is None:
+        stage.remove()
+        context.log("liquibase: runs from the original files (not everything it reads is known)")
+        return inputs
+    liquibase.use_stage(stage, search_roots(lb, cwd), inputs.unfollowed)
+    executable = Path(liquibase.executable)
+    installation = [executable.parent, Path(os.path.realpath(executable)).parent]
+    _reachable([stage.path, *installation, context.store_root], user, context.log)
+    return inputs
+
+
 class LbKind:
     """The lb kind: Liquibase on the host, against the job's server on 127.0.0.1."""
 
@@ -420,6 +565,7 @@ class LbKind:
             effective = context.runtime.resolve_image(request.image_id, context.log, context.cancel)
         executable = find_executable(request, context.config_value(EXEC_CONFIG_KEY))
         warm = context.config_value(WARM_JVM_CONFIG_KEY) is not False
+        user = _liquibase_user(context)
         liquibase = Liquibase(
             executable,
             lb,
@@ -427,36 +573,27 @@ class LbKind:
             context.log,
             context.cancel,
             warm_jvm_dir=context.store_root / "tools" if warm else None,
+            user=user,
+            client_tag=str(context.store_root),
         )
-
-        def refingerprint() -> str | None:
-            try:
-                return inputs_fingerprint(
-                    lb,
-                    liquibase_cwd=lb.work_dir or str(context.cwd),
-                    environment=_environment(request),
-                    identity=_identity(effective, context.engine_version, executable),
-                )
-            except (Uncacheable, OSError) as error:
-                context.log(f"liquibase: plan not cacheable ({error})")
-                return None
-
-        fingerprint = refingerprint()
-        cache = PlanCache(context.store_root)
-        changesets = cache.load(fingerprint) if fingerprint else None
-        if changesets is not None:
-            context.log("liquibase: plan reused (changelog, arguments and input unchanged)")
-        else:
-            try:
-                handle = context.planning_server(effective)
-                with _locked([lb.changelog, lb.defaults_file]):
+        try:
+            with _locked([lb.changelog, lb.defaults_file]):
+                inputs = _stage_inputs(liquibase, request, context, effective, user)
+                fingerprint = inputs.fingerprint
+                cache = PlanCache(context.store_root)
+                changesets = cache.load(fingerprint) if fingerprint else None
+                if changesets is not None:
+                    context.log("liquibase: plan reused (changelog, arguments and input unchanged)")
+                else:
+                    handle = context.planning_server(effective)
                     lines = liquibase.run(planning_args(lb), handle, "task cancelled")
-                changesets = parse_update_sql(lines)
-            except BaseException:
-                liquibase.close()  # no plan, so no runner that the job would close
-                raise
-            if fingerprint is not None and refingerprint() == fingerprint:
-                cache.store(fingerprint, changesets)
+                    changesets = parse_update_sql(lines)
+                    if fingerprint is not None:
+                        # Planned from the staged copy of exactly the bytes fingerprinted.
+                        cache.store(fingerprint, changesets)
+        except BaseException:
+            _close(liquibase)  # no plan, so no runner that the job would close
+            raise
         tasks = build_lb_plan(
             requested_image_id=request.image_id,
             effective_image_id=effective,

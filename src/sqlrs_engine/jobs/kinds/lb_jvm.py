@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import JobFailure
+from sqlrs_engine.process import ProcessError, RunAs, spawn
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ def compiled_stepper(home: Path, tools_dir: Path, env: Mapping[str, str]) -> Pat
     stamp = f"{SOURCE}\0{core}\0{core.stat().st_size}\0{core.stat().st_mtime_ns}"
     target = tools_dir / "liquibase-stepper" / hashlib.sha256(stamp.encode()).hexdigest()[:16]
     if (target / f"{CLASS_NAME}.class").is_file():
+        _readable_by_all(target)  # compiled by an engine that kept it private
         return target
     javac = _jdk_tool("javac", env)
     java = _jdk_tool("java", env)
@@ -109,6 +112,7 @@ def compiled_stepper(home: Path, tools_dir: Path, env: Mapping[str, str]) -> Pat
             log.warning("cannot compile the Liquibase stepper: %s", result.stderr.strip())
             return None
         (work / f"{CLASS_NAME}.java").unlink()
+        _readable_by_all(work)
         try:
             os.rename(work, target)
         except OSError:
@@ -120,6 +124,43 @@ def compiled_stepper(home: Path, tools_dir: Path, env: Mapping[str, str]) -> Pat
         return None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def direct_command(
+    executable: str, env: Mapping[str, str]
+) -> tuple[list[str], dict[str, str]] | None:
+    """What the `liquibase` launcher script of a standard distribution would run, or None.
+
+    The launcher starts the JVM as its child instead of exec'ing it, so a parent-death
+    signal set on the launcher would not reach the JVM; running `java` directly (the same
+    `JAVA_HOME` / bundled JRE choice, JAVA_OPTS, `-jar liquibase-core.jar`, with
+    `LIQUIBASE_HOME` in the environment) lets the JVM itself die with the engine.
+    Returns the command and the variables to add to its environment.
+    """
+    home = liquibase_home(executable)
+    if home is None:
+        return None
+    bundled = home / "jre" / "bin" / "java"
+    if not env.get("JAVA_HOME") and os.access(bundled, os.X_OK):
+        java: str | None = str(bundled)
+    else:
+        java = _jdk_tool("java", env)
+    if java is None:
+        return None
+    core = home / "internal" / "lib" / "liquibase-core.jar"
+    argv = [java, *env.get("JAVA_OPTS", "").split(), "-jar", str(core)]
+    return argv, {"LIQUIBASE_HOME": str(home)}
+
+
+def _readable_by_all(classes: Path) -> None:
+    """The unprivileged Liquibase user (SPEC §0.9) loads the class: `tools/`, the stepper
+    directories 0755, the class 0644 (it holds nothing secret)."""
+    for directory in (classes.parent.parent, classes.parent, classes):
+        if stat.S_IMODE(directory.stat().st_mode) != 0o755:
+            os.chmod(directory, 0o755)
+    compiled = classes / f"{CLASS_NAME}.class"
+    if stat.S_IMODE(compiled.stat().st_mode) != 0o644:
+        os.chmod(compiled, 0o644)
 
 
 class WarmLiquibase:
@@ -141,8 +182,13 @@ class WarmLiquibase:
         cwd: str | None,
         env: Mapping[str, str],
         cancel: CancelToken,
+        user: RunAs | None = None,
     ) -> WarmLiquibase | None:
-        """A warm JVM for `executable`'s distribution, or None (then run one process each)."""
+        """A warm JVM for `executable`'s distribution, or None (then run one process each).
+
+        The JVM runs as `user` (None: as the engine) and dies with the engine (parent-death
+        signal); `env` is its whole environment (with `user`'s HOME etc. already set).
+        """
         home = liquibase_home(executable)
         if home is None:
             log.info("liquibase %s is not a standard distribution: one JVM per command", executable)
@@ -160,17 +206,17 @@ class WarmLiquibase:
             CLASS_NAME,
         ]
         try:
-            proc = subprocess.Popen(
+            proc = spawn(
                 argv,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
                 env={**env, "LIQUIBASE_HOME": str(home)},
-                start_new_session=True,
-                close_fds=True,
+                user=user,
+                die_with_parent=True,
             )
-        except OSError as error:
+        except ProcessError as error:
             log.warning("cannot start the Liquibase stepper: %s", error)
             return None
         return cls(proc, cancel)

@@ -9,12 +9,18 @@ Measures, medians over repeated runs in one invocation, for a 10-changeset SQL c
       (the rest of the task's Liquibase run) and the engine's stop/snapshot/restart/state row;
   (c) a fully cached re-run (POST → DSN) against a psql cache hit on the same engine.
 
-Run: .venv/bin/python bench/bench_lb.py [--cold N] [--raw N] [--hits N]
+With `--compare REV` (issue 10: Liquibase unprivileged from a staging copy), (a) and (c) are
+also measured for the engine source of git revision REV (exported with `git archive`, put
+first on the engines' PYTHONPATH), interleaved with the working tree's in the same run, and
+the after / before ratios of the medians are printed.
+
+Run: .venv/bin/python bench/bench_lb.py [--cold N] [--raw N] [--hits N] [--compare REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import pwd
@@ -49,6 +55,20 @@ def write_changelog(directory: Path) -> Path:
     path.write_text("\n".join(lines))
     path.chmod(0o644)
     return path
+
+
+def export_source(revision: str) -> Path:
+    """`src/` of `revision` in a scratch dir (the engine package only)."""
+    target = Path(tempfile.mkdtemp(prefix="sqlrs-before-", dir="/var/tmp"))
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target / "src"
+
+
+def env_for(pythonpath: Path | None) -> dict[str, str]:
+    return {**ENV, "PYTHONPATH": str(pythonpath)} if pythonpath is not None else ENV
 
 
 def jvm_start(java_opts: str) -> float:
@@ -131,6 +151,7 @@ def main() -> None:
     parser.add_argument("--hits", type=int, default=10)
     parser.add_argument("--jvm", type=int, default=5)
     parser.add_argument("--backend", default="copy", help="snapshot.backend for the engine")
+    parser.add_argument("--compare", default=None, help="git revision to compare against")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sqlrs-bench-lb-", dir="/var/tmp"))
     work.chmod(0o755)
@@ -144,36 +165,80 @@ def main() -> None:
     jvm = [jvm_start(FAST_START_JAVA_OPTS) for _ in range(args.jvm)]
     jvm_default = [jvm_start("") for _ in range(args.jvm)]
     raw = [raw_baseline(changelog) for _ in range(args.raw)]
-    cold: dict[str, list[float]] = {"warm": [], "process": []}
-    lb_runs: dict[str, list[float]] = {"warm": [], "process": []}
+    source = export_source(args.compare) if args.compare else None
+    variants = [("after", None)] + ([("before", source)] if source else [])
+    cold: dict[str, list[float]] = {}
+    lb_runs: dict[str, list[float]] = {}
     snapshots: list[float] = []
-    for _ in range(args.cold):
-        for mode in ("warm", "process"):
-            with engine_in_scratch(args.backend, env=ENV) as engine:  # nothing cached
-                engine.patch(
-                    "/v1/config", json={"path": "liquibase.warmJvm", "value": mode == "warm"}
-                )
-                holder: dict[str, Any] = {}
-                cold[mode].append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
-                outcome = holder["o"]
-                assert outcome.status["status"] == "succeeded", outcome.status
-                assert query(outcome.dsn, "select count(*) from databasechangelog") == "10"
-                for run, snap in per_changeset(outcome.events):
-                    lb_runs[mode].append(run)
-                    snapshots.append(snap)
+    try:
+        for _ in range(args.cold):
+            for variant, pythonpath in variants:
+                for mode in ("warm", "process"):
+                    key = mode if variant == "after" else f"{variant}_{mode}"
+                    with engine_in_scratch(args.backend, env=env_for(pythonpath)) as engine:
+                        engine.patch(
+                            "/v1/config",
+                            json={"path": "liquibase.warmJvm", "value": mode == "warm"},
+                        )
+                        holder: dict[str, Any] = {}
+                        cold.setdefault(key, []).append(
+                            timed(lambda e=engine, h=holder: h.update(o=prepare(e, body)))
+                        )
+                        outcome = holder["o"]
+                        assert outcome.status["status"] == "succeeded", outcome.status
+                        assert query(outcome.dsn, "select count(*) from databasechangelog") == "10"
+                        for run, snap in per_changeset(outcome.events):
+                            lb_runs.setdefault(key, []).append(run)
+                            if variant == "after":
+                                snapshots.append(snap)
 
-    hits: list[float] = []
-    psql_hits: list[float] = []
-    with engine_in_scratch(args.backend, env=ENV) as engine:
-        prepare(engine, body)
-        psql = psql_body("-c", "create table hit(a int)")
-        prepare(engine, psql)
-        for _ in range(args.hits):
-            holder = {}
-            hits.append(timed(lambda e=engine, h=holder: h.update(o=prepare(e, body))))
-            logs = holder["o"].log_lines()
-            assert not any(line.startswith("liquibase: exec") for line in logs), logs
-            psql_hits.append(timed(lambda e=engine: prepare(e, psql)))
+        hit_samples: dict[str, list[float]] = {}
+        with contextlib.ExitStack() as stack:
+            engines = [
+                (variant, stack.enter_context(engine_in_scratch(args.backend, env=env_for(pp))))
+                for variant, pp in variants
+            ]
+            psql = psql_body("-c", "create table hit(a int)")
+            for _, engine in engines:
+                prepare(engine, body)
+                prepare(engine, psql)
+            for index in range(args.hits):
+                for variant, engine in engines if index % 2 == 0 else engines[::-1]:
+                    holder = {}
+                    key = "hits" if variant == "after" else f"{variant}_hits"
+                    hit_samples.setdefault(key, []).append(
+                        timed(lambda e=engine, h=holder: h.update(o=prepare(e, body)))
+                    )
+                    logs = holder["o"].log_lines()
+                    assert not any(line.startswith("liquibase: exec") for line in logs), logs
+                    if variant == "after":
+                        hit_samples.setdefault("psql_hits", []).append(
+                            timed(lambda e=engine: prepare(e, psql))
+                        )
+    finally:
+        if source is not None:
+            shutil.rmtree(source.parent, ignore_errors=True)
+    hits = hit_samples["hits"]
+    psql_hits = hit_samples["psql_hits"]
+    comparison: dict[str, Any] = {}
+    if source is not None:
+        comparison = {
+            "before_revision": args.compare,
+            "cold_warm_after_vs_before": median(cold["warm"]) / median(cold["before_warm"]),
+            "cold_process_after_vs_before": median(cold["process"])
+            / median(cold["before_process"]),
+            "run_warm_after_vs_before": median(lb_runs["warm"]) / median(lb_runs["before_warm"]),
+            "run_process_after_vs_before": median(lb_runs["process"])
+            / median(lb_runs["before_process"]),
+            "cached_rerun_after_vs_before": median(hits) / median(hit_samples["before_hits"]),
+            "medians_before_s": {
+                "cold_warm": median(cold["before_warm"]),
+                "cold_process": median(cold["before_process"]),
+                "run_warm": median(lb_runs["before_warm"]),
+                "run_process": median(lb_runs["before_process"]),
+                "cached_rerun": median(hit_samples["before_hits"]),
+            },
+        }
 
     shutil.rmtree(work, ignore_errors=True)
     work_s = median(lb_runs["process"]) - median(jvm)
@@ -193,7 +258,12 @@ def main() -> None:
         "per_changeset_snapshot_s": median(snapshots),
         "cached_rerun_s": median(hits),
         "psql_cache_hit_s": median(psql_hits),
+        "comparison": comparison,
+        "loadavg": os.getloadavg(),
         "samples": {
+            **{f"before_{k}": v for k, v in hit_samples.items() if k.startswith("before")},
+            **{f"cold_{k}": v for k, v in cold.items() if k.startswith("before")},
+            **{f"runs_{k}": v for k, v in lb_runs.items() if k.startswith("before")},
             "raw": raw,
             "cold_warm": cold["warm"],
             "cold_process": cold["process"],
@@ -225,6 +295,9 @@ def main() -> None:
         f"fully cached re-run (POST → DSN): median {median(hits):.3f}s;"
         f" psql cache hit {median(psql_hits):.3f}s"
     )
+    for name, value in comparison.items():
+        if name.endswith("after_vs_before"):
+            print(f"after / before ({args.compare}): {name} {value:.3f}")
     print(f"raw numbers: {path}")
 
 

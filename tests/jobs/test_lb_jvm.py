@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -12,7 +13,12 @@ import pytest
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import JobFailure
-from sqlrs_engine.jobs.kinds.lb_jvm import CLASS_NAME, WarmLiquibase, liquibase_home
+from sqlrs_engine.jobs.kinds.lb_jvm import (
+    CLASS_NAME,
+    WarmLiquibase,
+    direct_command,
+    liquibase_home,
+)
 
 LIQUIBASE = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "liquibase"
 
@@ -40,6 +46,12 @@ def test_commands_share_one_jvm_and_the_program_is_compiled_once(tmp_path: Path)
         warm.close()
     classes = list(tmp_path.glob(f"liquibase-stepper/*/{CLASS_NAME}.class"))
     assert len(classes) == 1
+    # the JVM runs as the unprivileged client user when the engine is root (SPEC §0.9)
+    assert [_mode(p) for p in (tmp_path, classes[0].parent.parent, classes[0].parent)] == [
+        0o755
+    ] * 3
+    assert _mode(classes[0]) == 0o644
+    classes[0].parent.chmod(0o700)  # compiled by an engine that kept it private
     stamp = classes[0].stat().st_mtime_ns
     again = WarmLiquibase.start(
         str(LIQUIBASE), tools_dir=tmp_path, cwd=None, env=dict(os.environ), cancel=CancelToken()
@@ -47,6 +59,23 @@ def test_commands_share_one_jvm_and_the_program_is_compiled_once(tmp_path: Path)
     assert again is not None
     again.close()
     assert classes[0].stat().st_mtime_ns == stamp, "not compiled again"
+    assert _mode(classes[0].parent) == 0o755, "but made readable"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_the_per_command_jvm_is_started_directly() -> None:
+    """What the launcher script runs, so that the parent-death signal reaches the JVM."""
+    home = liquibase_home(str(LIQUIBASE))
+    assert home is not None
+    direct = direct_command(str(LIQUIBASE), {**os.environ, "JAVA_OPTS": "-Xss1m -Dx=y"})
+    assert direct is not None
+    argv, env = direct
+    assert Path(argv[0]).name == "java" and os.access(argv[0], os.X_OK)
+    assert argv[1:] == ["-Xss1m", "-Dx=y", "-jar", str(home / "internal/lib/liquibase-core.jar")]
+    assert env == {"LIQUIBASE_HOME": str(home)}
 
 
 def test_cancel_kills_the_jvm_mid_command(tmp_path: Path) -> None:
@@ -87,3 +116,4 @@ def test_a_launcher_outside_a_distribution_falls_back(tmp_path: Path) -> None:
         str(script), tools_dir=tmp_path, cwd=None, env=dict(os.environ), cancel=CancelToken()
     )
     assert warm is None
+    assert direct_command(str(script), os.environ) is None

@@ -192,15 +192,12 @@ def test_inputs_changed_after_planning_never_store_a_misnamed_state(
             assert parts.state_row(planned[1]) is None
             assert query(str(result["dsn"]), "select count(*) from c") == "0"
         else:
-            # Liquibase cannot re-plan one changeset: the job fails before the step runs
-            with pytest.raises(JobFailure) as raised:
-                job.execute()
-            assert (raised.value.code, raised.value.message) == (
-                "invalid_argument",
-                UNPLANNED_CHANGESET,
-            )
-            assert parts.state_row(planned[0]) is not None
-            assert parts.state_row(planned[1]) is None
+            # Liquibase runs from the staging copy of what it planned: the edit is the next
+            # prepare's business, and each state holds what its name says
+            result = job.execute()
+            assert outputs(job) == planned
+            assert query(str(result["dsn"]), "select count(*) from b") == "0"
+            assert parts.state_row(planned[1]) is not None
     finally:
         job.release()
     rows = parts.registry.task_rows(job_id).get(timeout=ASK)
@@ -211,3 +208,33 @@ def test_inputs_changed_after_planning_never_store_a_misnamed_state(
         "execute-1",
         "prepare-instance",
     ]
+
+
+def test_a_changeset_liquibase_did_not_plan_to_apply_stores_no_state(
+    host_store: HostStore, host_world: World, scratch_dir: Path
+) -> None:
+    """A `runAlways` changeset is pending again at the next step, so `update-count --count 1`
+    applies it instead of the planned one: the check after the step fails the job."""
+    scenario = lb_scenario(scratch_dir, ["create table a(x int);", "create table b(x int);"])
+    changelog = scratch_dir / "changelog.sql"
+    changelog.write_text(
+        changelog.read_text().replace("--changeset t:0", "--changeset t:0 runAlways:true")
+    )
+    changelog.write_text(changelog.read_text().replace("create table a(x int);", "select 1;"))
+    job_id = host_world.add_job(scenario.request)
+    parts = host_world.start()
+    job = builder(parts, job_id, scenario.request, host_store)
+    try:
+        job.make_plan()
+        planned = outputs(job)
+        with pytest.raises(JobFailure) as raised:
+            job.execute()
+        assert (raised.value.code, raised.value.message) == (
+            "invalid_argument",
+            UNPLANNED_CHANGESET,
+        )
+        assert "changelog.sql::0::t" in (raised.value.details or "")
+        assert parts.state_row(planned[0]) is not None
+        assert parts.state_row(planned[1]) is None
+    finally:
+        job.release()

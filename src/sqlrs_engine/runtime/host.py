@@ -52,7 +52,7 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.dbms.scram import new_secret, scram_verifier
 from sqlrs_engine.errors import JobFailure, invalid_argument
 from sqlrs_engine.process import ProcessError, RunAs
-from sqlrs_engine.runtime import clients, procs
+from sqlrs_engine.runtime import procs
 from sqlrs_engine.runtime.base import (
     CANNOT_RESOLVE_IMAGE,
     LogSink,
@@ -623,15 +623,6 @@ class HostRuntime:
                 _remove_run_dir(d)
                 removed.append(d)
         return removed
-
-    def kill_leftover_clients(self) -> list[int]:
-        """SIGKILL client programs an earlier engine of this store left running.
-
-        They normally die with the engine (parent-death signal); this catches any that did
-        not (an engine killed between fork and exec, a machine without `setpriv`), so no
-        orphaned psql keeps committing into an instance after a crash. Called at start-up.
-        """
-        return clients.kill_leftover_clients(self.client_tag)
 
     def server_log(self, handle: ServerHandle) -> Path | None:
         """The server log file of a server started by this runtime (None if unknown)."""

@@ -11,10 +11,13 @@ where the fingerprint covers the input state, the arguments, the Liquibase execu
 environment and the content of every file Liquibase would read (prepare/lb_inputs.py): when
 nothing of that changed, planning reuses the stored changesets without a server or a JVM.
 
-A changelog edited while a job runs never produces a wrongly named state: after each step,
-the rows Liquibase recorded in `databasechangelog` must be exactly the planned changesets so
-far, the last one with the planned id, author, path and checksum; otherwise the job fails
-before the builder snapshots anything. (Changesets before the edit keep their states.)
+Liquibase runs from a private staging copy of exactly the files planning read and hashed
+(jobs/kinds/lb_stage.py), as the unprivileged client user when the engine is root (SPEC §0.9),
+so a changelog edited while a job runs does not change what it applies. A state is never
+wrongly named anyway: after each step, the rows Liquibase recorded in `databasechangelog`
+must be exactly the planned changesets so far, the last one with the planned id, author, path
+and checksum (a job resumed after a restart re-copies the files; a `runAlways` changeset runs
+again); otherwise the job fails before the builder snapshots anything.
 """
 
 from __future__ import annotations
@@ -456,9 +459,10 @@ class LbSteps:
                 f"{f' (checksum {checksum})' if checksum else ''} as the last of {count} "
                 f"recorded changesets; the plan expected {'::'.join(planned) or 'nothing'}"
                 f"{f' (checksum {planned_hash})' if planned_hash else ''} as the last of "
-                f"{expected}. No state was stored for it. The changelog probably changed after "
-                "planning (run the prepare again to plan the change); a runAlways changeset "
-                "cannot be prepared one state per changeset",
+                f"{expected}. No state was stored for it. Either the changelog changed since "
+                "the plan was made (a job resumed after a restart: run the prepare again to "
+                "plan the change), or a runAlways changeset ran again (it cannot be prepared "
+                "one state per changeset)",
             )
 
 

@@ -233,7 +233,7 @@ def test_a_changeset_liquibase_did_not_plan_to_apply_stores_no_state(
             "invalid_argument",
             UNPLANNED_CHANGESET,
         )
-        assert "changelog.sql::0::t" in (raised.value.details or "")
+        assert "execute-1 left 0::t::changelog.sql" in (raised.value.details or "")
         assert parts.state_row(planned[0]) is not None
         assert parts.state_row(planned[1]) is None
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sqlrs_engine.jobs.kinds.lb_stage import LbStage, staged_args
+from sqlrs_engine.jobs.kinds.lb_stage import LbStage, StageError, staged_args
 
 
 @pytest.fixture
@@ -100,3 +100,9 @@ def test_staged_args(
     for item in roots:
         if item.startswith("/"):
             assert Path(stage.staged(item)).is_dir(), "search roots exist in the copy"
+
+
+def test_a_copy_that_cannot_be_written_is_an_error(stage: LbStage) -> None:
+    stage.file("/p/a.sql", b"x")
+    with pytest.raises(StageError, match=r"cannot copy /p/a\.sql"):
+        stage.file("/p/a.sql", b"again")  # exists: the write is refused

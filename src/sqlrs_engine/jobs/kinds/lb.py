@@ -37,7 +37,7 @@ from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import ApiError, JobFailure
 from sqlrs_engine.jobs.kinds.base import KindPlan, PlanContext
 from sqlrs_engine.jobs.kinds.lb_jvm import WarmLiquibase, direct_command
-from sqlrs_engine.jobs.kinds.lb_stage import STAGE_DIR_NAME, LbStage, staged_args
+from sqlrs_engine.jobs.kinds.lb_stage import STAGE_DIR_NAME, LbStage, StageError, staged_args
 from sqlrs_engine.prepare.digest import ContentError, ContentLocks
 from sqlrs_engine.prepare.hashing import lb_job_signature
 from sqlrs_engine.prepare.images import has_digest
@@ -517,7 +517,11 @@ def _stage_inputs(
     else:  # explain: no job, so a private directory of its own
         (context.store_root / "jobs").mkdir(mode=0o711, parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=".explain-lb-", dir=context.store_root / "jobs"))
-    stage = LbStage(path, user.gid if user is not None else None)
+    try:
+        stage = LbStage(path, user.gid if user is not None else None)
+    except OSError as error:
+        shutil.rmtree(path, ignore_errors=True)
+        raise JobFailure("internal_error", "cannot stage liquibase inputs", str(error)) from None
     try:
         inputs = read_inputs(
             lb,
@@ -526,8 +530,14 @@ def _stage_inputs(
             identity=_identity(effective, context.engine_version, liquibase.executable),
             stage=stage,
         )
-    except (Uncacheable, OSError) as error:
+    except (Uncacheable, OSError) as error:  # a file Liquibase would read cannot be read
         inputs = LbInputs(None, [str(error)])
+    except StageError as error:
+        stage.remove()
+        raise JobFailure("internal_error", "cannot stage liquibase inputs", str(error)) from None
+    except BaseException:
+        stage.remove()
+        raise
     if inputs.unfollowed:
         context.log(f"liquibase: plan not cacheable ({'; '.join(inputs.unfollowed)})")
     if inputs.unfollowed and user is None:

@@ -34,6 +34,10 @@ from sqlrs_engine.prepare.lb_args import DEFAULTS_FLAG, SEARCH_PATH_FLAG, is_rem
 STAGE_DIR_NAME = "lb-stage"
 
 
+class StageError(Exception):
+    """The copy could not be written (a full disk, say): the job cannot run safely."""
+
+
 class LbStage:
     """One job's staging copy; an `InputSink` for `lb_inputs.read_inputs`."""
 
@@ -51,10 +55,16 @@ class LbStage:
     # -- InputSink ---------------------------------------------------------------------------
 
     def file(self, path: str, data: bytes) -> None:
-        self.tree.write(path, [data])
+        try:
+            self.tree.write(path, [data])
+        except OSError as error:
+            raise StageError(f"cannot copy {path}: {error.strerror or error}") from error
 
     def directory(self, path: str) -> None:
-        self.tree.mkdirs(self.tree.staged(path))
+        try:
+            self.tree.mkdirs(self.tree.staged(path))
+        except OSError as error:
+            raise StageError(f"cannot copy {path}: {error.strerror or error}") from error
 
     # -- running from it ---------------------------------------------------------------------
 
@@ -115,4 +125,4 @@ def _staged_roots(items: Sequence[str], stage: LbStage) -> str:
     )
 
 
-__all__ = ["STAGE_DIR_NAME", "LbStage", "staged_args"]
+__all__ = ["STAGE_DIR_NAME", "LbStage", "StageError", "staged_args"]

@@ -203,11 +203,21 @@ def _wait_for_log(engine: EngineProcess, job_id: str, predicate: Any, timeout: f
     raise AssertionError("the job ended before the expected log line")
 
 
-@pytest.mark.parametrize("mode", ["warm-jvm", "process"])
+@pytest.mark.parametrize("mode", ["warm-jvm", "process", "launcher-script"])
 def test_orphan_liquibase_is_gone_after_kill_9_and_restart(mode: str) -> None:
+    """The JVM dies with the engine (parent-death signal). A non-standard installation is run
+    through its own executable, here a script that execs the `liquibase` launcher, which
+    forks the JVM: that JVM escapes the signal, and the next start's sweep kills it."""
     assert POSTGRES is not None
     workdir = make_scratch_dir()
     store = workdir / "store"
+    extra: dict[str, Any] = {}
+    if mode == "launcher-script":
+        wrapper = workdir / "bin" / "my-liquibase"
+        wrapper.parent.mkdir()
+        wrapper.write_text(f'#!/bin/sh\nexec {LIQUIBASE} "$@"\n')
+        wrapper.chmod(0o755)
+        extra["liquibase_exec"] = str(wrapper)
     engine = start_engine(workdir, env=WITH_LIQUIBASE, state_store=store)
     try:
         _set_warm_jvm(engine, mode == "warm-jvm")
@@ -215,18 +225,22 @@ def test_orphan_liquibase_is_gone_after_kill_9_and_restart(mode: str) -> None:
             workdir / "slow.sql",
             ["create table slow(a int);", "insert into slow select 1 from pg_sleep(600);"],
         )
-        job_id = submit(engine, lb_body("update", "--changelog-file", str(changelog)))
+        body = lb_body("update", "--changelog-file", str(changelog), **extra)
+        job_id = submit(engine, body)
         _wait_for_log(engine, job_id, lambda line: "Running Changeset: slow.sql::2::dev" in line)
-        running = _liquibase_clients(store)
-        assert len(running) == 1, [procs.cmdline(pid) for pid in running]
+        running = [pid for pid in _liquibase_clients(store) if "java" in str(procs.exe(pid))]
+        assert len(running) == 1, [procs.cmdline(pid) for pid in _liquibase_clients(store)]
         (jvm,) = running
         assert _uid_of(jvm) == POSTGRES.pw_uid, "Liquibase runs as the server user"
-        assert "java" in str(procs.exe(jvm)), "the JVM itself, not a launcher script"
 
         engine.stop(signal.SIGKILL)
-        assert _wait_for(lambda: not procs.is_alive(jvm)), "Liquibase outlived the engine"
+        if mode != "launcher-script":
+            assert _wait_for(lambda: not procs.is_alive(jvm)), "Liquibase outlived the engine"
 
         engine = start_engine(workdir, env=WITH_LIQUIBASE, state_store=store)
+        assert _wait_for(lambda: not procs.is_alive(jvm)), "the leftover JVM survived"
+        if mode == "launcher-script":
+            assert "client programs left by a previous engine" in engine.stderr_text()
         assert engine.post(f"/v1/prepare-jobs/{job_id}/cancel").status_code in (200, 202)
         assert wait(engine, job_id).status["status"] == "failed"
         assert _wait_for(lambda: _liquibase_clients(store) == []), "no Liquibase left"

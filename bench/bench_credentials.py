@@ -2,8 +2,9 @@
 
 Two engines run side by side on this machine, each with its own fresh store and the same
 state cached: "before" is the engine source of a git revision without per-instance
-credentials (`--before`, default d2cf394: `main` just before them; exported with
-`git archive` into a scratch dir and put first on PYTHONPATH), "after" is the working tree.
+credentials (`--before`, default feb674b: the parent of 69dce6e, the commit that added them),
+"after" the working tree or `--after REV` (`--after 69dce6e` isolates that one commit); each
+revision is exported with `git archive` into a scratch dir and put first on PYTHONPATH.
 Every instance is deleted again (not timed).
 
 The machine is shared, and its load moves the absolute times by a factor of 3 within minutes,
@@ -17,7 +18,8 @@ clock (POST → status succeeded with a DSN) and for the engine's own share (the
 `queued` → `result` event timestamps, which the client's polling disturbs less). The load
 average is recorded before and after.
 
-Run: .venv/bin/python bench/bench_credentials.py [--pairs 120] [--before REV] [--backend copy]
+Run: .venv/bin/python bench/bench_credentials.py [--pairs 120] [--before REV] [--after REV]
+     [--backend copy]
 """
 
 from __future__ import annotations
@@ -120,7 +122,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pairs", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--before", default="d2cf394", help="git revision without credentials")
+    parser.add_argument("--before", default="feb674b", help="git revision without credentials")
+    parser.add_argument(
+        "--after",
+        default=None,
+        help="git revision with them (default: the working tree); 69dce6e alone is the change",
+    )
     parser.add_argument("--backend", default="copy")
     args = parser.parse_args()
     before_rev = subprocess.run(
@@ -130,12 +137,17 @@ def main() -> None:
         check=True,
     ).stdout.strip()
     source = export_source(before_rev)
+    after_source = export_source(args.after) if args.after else None
+    after_label = args.after or machine()["commit"]
     dirs = [make_scratch_dir("sqlrs-bench-"), make_scratch_dir("sqlrs-bench-")]
     engines: list[EngineProcess] = []
     load_before = os.getloadavg()
     samples: dict[str, list[float]] = {k: [] for k in KEYS}
     try:
-        engines = [start(dirs[0], args.backend, source), start(dirs[1], args.backend, None)]
+        engines = [
+            start(dirs[0], args.backend, source),
+            start(dirs[1], args.backend, after_source),
+        ]
         arms = list(zip(("before", "after"), engines, strict=True))
         for engine in engines:
             assert prepare(engine, BODY).status["status"] == "succeeded"
@@ -151,13 +163,16 @@ def main() -> None:
             engine.stop()
         for directory in dirs:
             remove_scratch_dir(directory)
-        subprocess.run(["rm", "-rf", str(source.parent)], check=False)
+        for exported in (source, after_source):
+            if exported is not None:
+                subprocess.run(["rm", "-rf", str(exported.parent)], check=False)
     load_after = os.getloadavg()
     wall = summary(samples["before"], samples["after"])
     engine_side = summary(samples["before_engine"], samples["after_engine"])
     figures = {
         "backend": args.backend,
         "before_revision": before_rev,
+        "after_revision": after_label,
         "pairs": args.pairs,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -168,7 +183,7 @@ def main() -> None:
     path = save("credentials", figures)
     print(
         f"cache hit → DSN, {args.backend} backend, {args.pairs} pairs (ABBA), "
-        f"before = {before_rev[:10]}, after = {machine()['commit']}"
+        f"before = {before_rev[:10]}, after = {after_label}"
     )
     print(f"load average before {load_before}, after {load_after}")
     for label, figure in (("wall clock", wall), ("in the engine", engine_side)):

@@ -261,7 +261,7 @@ def main() -> None:
         "comparison": comparison,
         "loadavg": os.getloadavg(),
         "samples": {
-            **{f"before_{k}": v for k, v in hit_samples.items() if k.startswith("before")},
+            **{k: v for k, v in hit_samples.items() if k.startswith("before")},
             **{f"cold_{k}": v for k, v in cold.items() if k.startswith("before")},
             **{f"runs_{k}": v for k, v in lb_runs.items() if k.startswith("before")},
             "raw": raw,

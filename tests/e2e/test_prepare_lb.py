@@ -176,6 +176,8 @@ def test_plan_only_explain_and_contexts_with_a_yaml_changelog(
     miss = engine.post("/v1/cache/explain/prepare", json=body)
     assert miss.status_code == 200, miss.text
     assert miss.json()["decision"] == "miss"
+    jobs = engine.state_store / "jobs"
+    assert not list(jobs.glob(".explain-lb-*")), "explain's staging copy is removed"
 
     built = prepare(engine, body)
     assert built.status["status"] == "succeeded", built.status

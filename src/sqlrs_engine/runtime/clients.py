@@ -33,7 +33,8 @@ def client_user(runtime: object, configured: str | None = None) -> RunAs | None:
     """The identity host client programs run as; None means the engine's own (not root).
 
     As root: the runtime's server user when it has one on the host (`runtime.user`, the host
-    runtime), else `configured` / `postgres` when that user exists, else `nobody`.
+    runtime), else `configured` / `postgres` when that user exists, else `nobody`; raises
+    ServerUserError when none of them exists.
     """
     if os.geteuid() != 0:
         return None
@@ -43,7 +44,15 @@ def client_user(runtime: object, configured: str | None = None) -> RunAs | None:
     try:
         return server_user(configured)
     except ServerUserError:  # missing or unsuitable: the user every system has
+        pass
+    try:
         return RunAs.from_name(FALLBACK_USER)
+    except KeyError:
+        raise ServerUserError(
+            f"the engine runs as root and runs client programs as an unprivileged user, but "
+            f"neither {configured or 'postgres'!r} nor {FALLBACK_USER!r} exists: create one "
+            "or set runtime.host.user to an existing unprivileged user"
+        ) from None
 
 
 def client_tag_env(tag: str) -> dict[str, str]:

@@ -476,7 +476,10 @@ def _close(liquibase: Liquibase) -> None:
 def _liquibase_user(context: PlanContext) -> RunAs | None:
     """Who Liquibase runs as (SPEC §0.9): None when the engine is not root."""
     configured = context.config_value(HOST_USER_CONFIG_KEY)
-    return client_user(context.runtime, configured if isinstance(configured, str) else None)
+    try:
+        return client_user(context.runtime, configured if isinstance(configured, str) else None)
+    except ServerUserError as error:
+        raise JobFailure("internal_error", "cannot run liquibase", str(error)) from None
 
 
 def _reachable(paths: list[Path], user: RunAs | None, log: LogSink) -> None:

@@ -173,6 +173,68 @@ def instance_still_usable(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     assert query(status["result"]["dsn"], "select a from ran") == "1"
 
 
+SEEDS = 4
+
+
+def unused_states_under_pressure(engine: EngineProcess) -> dict[str, Any]:
+    """Four unused states (their instances deleted), oldest first, and a capacity that the
+    next prepare's `prepare_step` check finds exceeded: its pass evicts about half of them,
+    one by one, so a crash can stop it between two victims."""
+    seeds = []
+    for i in range(SEEDS):
+        outcome = prepare(engine, psql_body("-c", f"create table seed{i}(a int)"))
+        assert outcome.status["status"] == "succeeded", outcome.status
+        assert engine.delete(f"/v1/instances/{outcome.result['instance_id']}").ok
+        seeds.append(outcome.result["state_id"])
+    usage = sum(s["size_bytes"] for s in engine.get("/v1/states").json())
+    for path, value in (
+        ("cache.capacity.reserveBytes", 0),
+        ("cache.capacity.minStateAge", "0s"),
+        # high = 0.79 x usage: under pressure now; low = 0.7 x usage: two of four go.
+        ("cache.capacity.maxBytes", int(usage * 0.875)),
+    ):
+        response = engine.patch("/v1/config", json={"path": path, "value": value})
+        assert response.status_code == 200, response.text
+    return {"seeds": seeds, "usage": usage}
+
+
+def eviction_repaired(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    """The interrupted job resumed; the victims are wholly gone, least recently used first;
+    the cache status agrees with the rows; an evicted state is rebuilt, never served half."""
+    job_resumed(engine, ctx)
+    states = {s["state_id"]: s for s in engine.get("/v1/states").json()}
+    left = [seed for seed in ctx["seeds"] if seed in states]
+    assert ctx["seeds"][0] not in states, "the first victim is gone (marked ones completed)"
+    assert left == ctx["seeds"][SEEDS - len(left) :], "least recently used first"
+    status = engine.get("/v1/cache/status").json()
+    assert status["state_count"] == len(states)
+    assert status["usage_bytes"] == sum(s["size_bytes"] for s in states.values())
+    assert status["pressure_reasons"] == [], status
+    last = status.get("last_eviction")  # in memory only: a pass of this engine, if any
+    if last is not None:
+        assert last["trigger"] in (
+            "startup_recovery",
+            "prepare_step",
+            "snapshot",
+            "metadata_commit",
+        )
+        assert last["evicted_count"] >= 0 and last["freed_bytes"] >= 0
+        assert last["usage_bytes_after"] == last["usage_bytes_before"] - last["freed_bytes"]
+    # The evicted state's script again: built anew (not a cache hit on a half-removed dir).
+    again = prepare(engine, psql_body("-c", "create table seed0(a int)"))
+    assert again.status["status"] == "succeeded", again.status
+    steps = [t for t in again.status["tasks"] if t["type"] == "state_execute"]
+    assert [t["cached"] for t in steps] == [False], steps
+    assert steps[0]["output_state_id"] == ctx["seeds"][0], "same content, same state id"
+    assert query(again.dsn, "select count(*) from seed0") == "0"
+
+
+def marked_victim_completed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    """The victim was marked `deleting` when the engine died: the start completed it."""
+    eviction_repaired(engine, ctx)
+    assert "completed an interrupted deletion: 0 instance(s), 1 state(s)" in engine.stderr_text()
+
+
 SCENARIOS = {
     "during-initdb": Scenario("spawned:initdb", nothing, submit_prepare, job_resumed),
     "base-initialized": Scenario("base:initialized", nothing, submit_prepare, job_resumed),
@@ -186,6 +248,22 @@ SCENARIOS = {
     ),
     "delete-marked": Scenario("delete:marked", chain_with_instance, delete_chain, chain_gone),
     "delete-midway": Scenario("delete:node-removed", chain_with_instance, delete_chain, chain_gone),
+    # Eviction (issue 14): a prepare's capacity check evicts; the engine dies in its pass.
+    "evict-chosen": Scenario(
+        "evict:chosen", unused_states_under_pressure, submit_prepare, eviction_repaired
+    ),
+    "evict-marked": Scenario(
+        "evict:marked", unused_states_under_pressure, submit_prepare, marked_victim_completed
+    ),
+    "evict-midway": Scenario(
+        "evict:node-removed",
+        unused_states_under_pressure,
+        submit_prepare,
+        marked_victim_completed,
+    ),
+    "evict-between-victims": Scenario(
+        "evict:evicted", unused_states_under_pressure, submit_prepare, eviction_repaired
+    ),
 }
 
 

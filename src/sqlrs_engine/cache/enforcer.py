@@ -42,6 +42,7 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.deletion.service import DeletionService
 from sqlrs_engine.durations import format_duration_ns
 from sqlrs_engine.errors import ApiError, JobFailure
+from sqlrs_engine.faults import fault_point
 from sqlrs_engine.locks import FileLock, LockTimeout
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ class CacheEnforcer:
             protected=protected | in_use,
         )
         evicted, freed, blocked = 0, 0, len(found.blocked)
+        fault_point("evict:chosen")  # crash tests: the lock is held, nothing removed yet
         for state in found.evictable:
             if relieved(measured, bounds):
                 break
@@ -202,6 +204,7 @@ class CacheEnforcer:
             freed += state.size_bytes
             states = [s for s in states if s.state_id != state.state_id]
             measured = self._measure(states)
+            fault_point("evict:evicted")  # crash tests: one victim wholly gone, the pass not
         summary = EvictionSummary(
             completed_at=now_rfc3339(),
             trigger=trigger,
@@ -238,7 +241,7 @@ class CacheEnforcer:
         an instance or a child meanwhile, or its removal failed)."""
         try:
             code, body = self._deletion.delete_state(
-                state.state_id, recurse=False, force=False, dry_run=False
+                state.state_id, recurse=False, force=False, dry_run=False, faults="evict"
             )
         except ApiError as error:
             if error.status == 404:

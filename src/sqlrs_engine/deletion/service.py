@@ -94,8 +94,16 @@ class DeletionService:
     # -- states ----------------------------------------------------------------------------
 
     def delete_state(
-        self, state_id: str, recurse: bool, force: bool, dry_run: bool
+        self,
+        state_id: str,
+        recurse: bool,
+        force: bool,
+        dry_run: bool,
+        *,
+        faults: str = "delete",
     ) -> DeleteResult:
+        """`faults` names the crash points on the way (`<faults>:marked`, …): eviction
+        passes "evict", so that a crash test can stop an eviction, not any deletion."""
         for _ in range(CLAIM_ATTEMPTS):
             subtree = self._registry.state_subtree(state_id).get(timeout=ASK_TIMEOUT)
             if subtree is None:
@@ -110,7 +118,7 @@ class DeletionService:
                 if not _subtree_keys(subtree) <= keys:
                     continue  # the tree grew while we waited: claim the new one
                 root = self._state_tree(subtree, recurse, force)
-                return self._finish(root, dry_run, "delete state failed")
+                return self._finish(root, dry_run, "delete state failed", faults)
         raise ApiError(
             503,
             "unavailable",
@@ -239,7 +247,9 @@ class DeletionService:
             ) from None
         return count
 
-    def _finish(self, root: DeleteNode, dry_run: bool, failure_message: str) -> DeleteResult:
+    def _finish(
+        self, root: DeleteNode, dry_run: bool, failure_message: str, faults: str = "delete"
+    ) -> DeleteResult:
         status, body = result(root, dry_run)
         if dry_run or root.is_blocked:
             return status, body
@@ -251,7 +261,7 @@ class DeletionService:
         # The intent goes to state.db before any file: a crash from here on is completed at
         # the next start (`complete_interrupted`), never left as rows without files.
         self._registry.mark_deleting(*planned, True).get(timeout=ASK_TIMEOUT)
-        fault_point("delete:marked")
+        fault_point(f"{faults}:marked")
         instances: list[str] = []
         states: list[str] = []
         try:
@@ -262,7 +272,7 @@ class DeletionService:
                 elif node.kind == "state":
                     self._snapshots.remove_state(node.row["image_id"], node.id, NEVER_CANCELLED)
                     states.append(node.id)
-                fault_point("delete:node-removed")
+                fault_point(f"{faults}:node-removed")
         except (JobFailure, OSError) as failure:
             log.error("%s at %s: %s", failure_message, node.kind, failure)
             raise ApiError(500, "internal_error", failure_message, _why(failure)) from None

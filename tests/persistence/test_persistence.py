@@ -518,3 +518,51 @@ def test_a_batch_of_events_is_one_transaction_in_order(
     jobs.append_events(JOB, [])
     assert jobs.event_count(JOB) == 1000
     assert [event["message"] for event in jobs.events(JOB, 998)] == ["line 998", "line 999"]
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ([], {"state_count": 0, "usage_bytes": 0, "smallest_bytes": None, "unmeasured": 0}),
+        ([5, 7], {"state_count": 2, "usage_bytes": 12, "smallest_bytes": 5, "unmeasured": 0}),
+        ([None, 7], {"state_count": 2, "usage_bytes": 7, "smallest_bytes": 7, "unmeasured": 1}),
+        ([0, None], {"state_count": 2, "usage_bytes": 0, "smallest_bytes": None, "unmeasured": 2}),
+    ],
+)
+def test_cache_usage_sums_the_measured_states_and_counts_the_others(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+    sizes: list[int | None],
+    expected: dict[str, object],
+) -> None:
+    metadata = stores[0]
+    for n, size in enumerate(sizes):
+        metadata.insert_state(
+            StateRecord(f"{n:064x}", None, "img@x", "psql", "-c x", "2026-01-01T00:00:00Z", size)
+        )
+    assert metadata.cache_usage() == expected
+
+
+def test_the_cache_inventory_has_what_the_policy_reads(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    metadata = stores[0]
+    seed_state(metadata)
+    metadata.insert_state(
+        StateRecord(CHILD, STATE, "img@x", "psql", "-c y", "2026-01-01T00:00:01Z", None)
+    )
+    metadata.insert_instance(
+        InstanceRecord("i" * 32, STATE, "img@x", "2026-01-01T00:00:00Z", "host:1", "/x")
+    )
+    rows = {row["state_id"]: row for row in metadata.cache_inventory()}
+    assert rows[STATE] == {
+        "state_id": STATE,
+        "parent_state_id": None,
+        "image_id": "img@x",
+        "size_bytes": 5,
+        "created_at": "2026-01-01T00:00:00Z",
+        "last_used_at": "2026-01-01T00:00:00Z",
+        "min_retention_until": None,
+        "refcount": 1,
+    }
+    assert (rows[CHILD]["parent_state_id"], rows[CHILD]["refcount"]) == (STATE, 0)
+    assert rows[CHILD]["size_bytes"] is None

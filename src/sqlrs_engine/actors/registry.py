@@ -209,8 +209,11 @@ class RegistryActor(pykka.ThreadingActor):
     def cache_inventory(self) -> tuple[list[Row], set[str]]:
         """Every state entry (with `refcount`) and the ids unfinished jobs are about to use:
         what cache enforcement decides on, read in one message."""
-        states = self._metadata.list_states(kind=None, image=None, id_prefix=None)
-        return states, self._jobs.states_used_by_unfinished_jobs()
+        return self._metadata.cache_inventory(), self._jobs.states_used_by_unfinished_jobs()
+
+    def cache_usage(self) -> Row:
+        """Summed state sizes (see `MetadataQueries.cache_usage`)."""
+        return self._metadata.cache_usage()
 
     def get_state(self, state_id: str) -> Row | None:
         return self._metadata.get_state(state_id)
@@ -563,6 +566,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     list_states = proxy_method(RegistryActor.list_states)
     get_state = proxy_method(RegistryActor.get_state)
     cache_inventory = proxy_method(RegistryActor.cache_inventory)
+    cache_usage = proxy_method(RegistryActor.cache_usage)
     instance_of_job = proxy_method(RegistryActor.instance_of_job)
     all_instance_rows = proxy_method(RegistryActor.all_instance_rows)
     list_states_page = proxy_method(RegistryActor.list_states_page)

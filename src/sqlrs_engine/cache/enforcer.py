@@ -100,7 +100,7 @@ class CacheEnforcer:
             info = StateInfo.from_entry(entry, entry["state_id"] in parents)
             if info.size_bytes <= 0:  # not measured yet (SPEC §9.6): measure it live
                 size = self._snapshots.state_size(info.image_id, info.state_id)
-                info = StateInfo(**{**asdict(info), "size_bytes": size})
+                info = info._replace(size_bytes=size)
             states.append(info)
         return states, frozenset(in_use)
 
@@ -116,6 +116,18 @@ class CacheEnforcer:
     def _measure(self, states: list[StateInfo]) -> Measurement:
         total, free = self._filesystem()
         return Measurement(total, free, sum(s.size_bytes for s in states))
+
+    def _quick_measure(self) -> tuple[Measurement, int | None]:
+        """The measurement and the smallest state size, from one aggregate over the rows
+        when every state has its size (the usual case: no per-state work, however many
+        states); else from the inventory, measuring the others live."""
+        usage = self._registry.cache_usage().get(timeout=ASK_TIMEOUT)
+        if usage["unmeasured"]:
+            states, _in_use = self._inventory()
+            smallest = min((s.size_bytes for s in states if s.size_bytes > 0), default=None)
+            return self._measure(states), smallest
+        total, free = self._filesystem()
+        return Measurement(total, free, int(usage["usage_bytes"])), usage["smallest_bytes"]
 
     def status(self) -> dict[str, Any]:
         """`GET /v1/cache/status` (SPEC §10.3)."""
@@ -159,19 +171,17 @@ class CacheEnforcer:
         cannot be brought under its limits. Returns the eviction summary, if one ran."""
         try:
             settings = self.settings()
-            states, in_use = self._inventory()
-            measured = self._measure(states)
+            measured, smallest = self._quick_measure()
         except (CacheUnavailable, OSError) as error:
             raise unavailable(str(error)) from None
         bounds = limits(settings, measured.total_bytes)
         if bounds.effective_max_bytes <= 0:
-            smallest = min((s.size_bytes for s in states if s.size_bytes > 0), default=None)
             raise limit_too_small(bounds, pressure_reasons(measured, bounds), smallest)
         if not pressure_reasons(measured, bounds):
             return None
         try:
             with FileLock(self._root / EVICT_LOCK, timeout=EVICT_LOCK_TIMEOUT):
-                return self._evict(trigger, settings, protected | in_use)
+                return self._evict(trigger, settings, protected)
         except LockTimeout:
             raise unavailable(
                 f"{self._root / EVICT_LOCK} is held by another eviction for more than "
@@ -183,6 +193,7 @@ class CacheEnforcer:
     def _evict(
         self, trigger: str, settings: CapacitySettings, protected: frozenset[str]
     ) -> EvictionSummary:
+        started = time.monotonic()
         states, in_use = self._inventory()  # again: under the lock, things may have changed
         before = measured = self._measure(states)
         bounds = limits(settings, measured.total_bytes)
@@ -221,7 +232,7 @@ class CacheEnforcer:
             self._last = summary
         log.info(
             "cache eviction (%s): %d state(s) evicted, %d bytes freed, %d blocked; usage %d -> "
-            "%d bytes, free %d -> %d bytes",
+            "%d bytes, free %d -> %d bytes; took %.3f s",
             trigger,
             evicted,
             freed,
@@ -230,6 +241,7 @@ class CacheEnforcer:
             measured.usage_bytes,
             before.free_bytes,
             measured.free_bytes,
+            time.monotonic() - started,
         )
         reasons = pressure_reasons(measured, bounds)
         if reasons:

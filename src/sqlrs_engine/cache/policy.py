@@ -12,11 +12,12 @@ import contextlib
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 import ujson
 
-from sqlrs_engine.clock import parse_rfc3339
 from sqlrs_engine.durations import DurationError, parse_duration_ns
 from sqlrs_engine.errors import JobFailure, reports_no_space
 
@@ -144,9 +145,12 @@ def relieved(measured: Measurement, bounds: Limits) -> bool:
     return measured.usage_bytes <= bounds.low_bytes and measured.free_bytes >= bounds.reserve_bytes
 
 
-@dataclass(frozen=True)
-class StateInfo:
-    """What the policy needs of one state row."""
+class StateInfo(NamedTuple):
+    """What the policy needs of one state row.
+
+    A named tuple, not a frozen dataclass: a cache status builds one per state, and with
+    10 000 states a frozen dataclass's `__init__` alone took tens of milliseconds.
+    """
 
     state_id: str
     image_id: str
@@ -160,14 +164,14 @@ class StateInfo:
     @classmethod
     def from_entry(cls, entry: Mapping[str, Any], has_children: bool) -> StateInfo:
         return cls(
-            state_id=str(entry["state_id"]),
-            image_id=str(entry["image_id"]),
-            size_bytes=int(entry.get("size_bytes") or 0),
-            created_at=str(entry["created_at"]),
-            last_used_at=entry.get("last_used_at"),
-            refcount=int(entry.get("refcount") or 0),
-            has_children=has_children,
-            min_retention_until=entry.get("min_retention_until"),
+            str(entry["state_id"]),
+            str(entry["image_id"]),
+            int(entry.get("size_bytes") or 0),
+            str(entry["created_at"]),
+            entry.get("last_used_at"),
+            int(entry.get("refcount") or 0),
+            has_children,
+            entry.get("min_retention_until"),
         )
 
 
@@ -186,7 +190,9 @@ def _epoch(stamp: str | None) -> float | None:
     if not stamp:
         return None
     try:
-        return parse_rfc3339(stamp).timestamp()
+        # What `clock.parse_rfc3339` accepts ("Z" included, Python >= 3.11), without its
+        # time zone conversion: twice as fast, and it runs for every state of a status.
+        return datetime.fromisoformat(stamp).timestamp()
     except ValueError:
         return None
 
@@ -205,26 +211,24 @@ def candidates(
     `minStateAge`.
     """
     found = Candidates()
+    keyed: list[tuple[tuple[float, int, str], StateInfo]] = []
     for state in states:
-        created = _epoch(state.created_at) or now
-        retained = _epoch(state.min_retention_until)
+        created = _epoch(state.created_at)
+        retained = _epoch(state.min_retention_until) if state.min_retention_until else None
         if (
             state.state_id in protected
             or state.refcount > 0
             or state.has_children
             or (retained is not None and retained > now)
-            or now - created < min_state_age_seconds
+            or now - (created or now) < min_state_age_seconds
         ):
             found.blocked.append(state)
         else:
-            found.evictable.append(state)
-    found.evictable.sort(key=_eviction_order)
+            used = _epoch(state.last_used_at) or created or 0.0
+            keyed.append(((used, -state.size_bytes, state.state_id), state))
+    keyed.sort(key=itemgetter(0))
+    found.evictable = [state for _, state in keyed]
     return found
-
-
-def _eviction_order(state: StateInfo) -> tuple[float, int, str]:
-    used = _epoch(state.last_used_at) or _epoch(state.created_at) or 0.0
-    return (used, -state.size_bytes, state.state_id)
 
 
 def limit_too_small(

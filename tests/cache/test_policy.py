@@ -157,6 +157,13 @@ def test_candidates(
     assert [s.state_id for s in found.evictable] == evictable
     assert [s.state_id for s in found.blocked] == blocked
     assert found.reclaimable_bytes == sum(s.size_bytes for s in found.evictable)
+    # Unordered (the cache status): the same states, the same bytes.
+    unordered = candidates(
+        states, now=NOW, min_state_age_seconds=600, protected=protected, ordered=False
+    )
+    assert sorted(s.state_id for s in unordered.evictable) == sorted(evictable)
+    assert [s.state_id for s in unordered.blocked] == blocked
+    assert unordered.reclaimable_bytes == found.reclaimable_bytes
 
 
 def test_error_details_are_json_objects() -> None:

@@ -140,6 +140,7 @@ class CacheEnforcer:
             now=time.time(),
             min_state_age_seconds=settings.min_state_age_seconds,
             protected=in_use,
+            ordered=False,
         )
         body: dict[str, Any] = {
             "usage_bytes": measured.usage_bytes,

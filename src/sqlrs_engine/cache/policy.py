@@ -203,12 +203,14 @@ def candidates(
     now: float,
     min_state_age_seconds: float,
     protected: frozenset[str] = frozenset(),
+    ordered: bool = True,
 ) -> Candidates:
     """SPEC §10.2: which states may go, oldest use first, then biggest, then by id.
 
     Blocked: protected (a running job is about to use it, or just built it), used by an
     instance, parent of another state, under `min_retention_until`, or younger than
-    `minStateAge`.
+    `minStateAge`. `ordered=False` leaves the evictable states unsorted: the cache status
+    needs only their count and bytes.
     """
     found = Candidates()
     keyed: list[tuple[tuple[float, int, str], StateInfo]] = []
@@ -223,11 +225,14 @@ def candidates(
             or now - (created or now) < min_state_age_seconds
         ):
             found.blocked.append(state)
+        elif not ordered:
+            found.evictable.append(state)
         else:
             used = _epoch(state.last_used_at) or created or 0.0
             keyed.append(((used, -state.size_bytes, state.state_id), state))
-    keyed.sort(key=itemgetter(0))
-    found.evictable = [state for _, state in keyed]
+    if ordered:
+        keyed.sort(key=itemgetter(0))
+        found.evictable = [state for _, state in keyed]
     return found
 
 

@@ -161,3 +161,26 @@ def test_clone_from_a_foreign_btrfs_store_state_keeps_working(store: StateStore)
     assert not (mount / "pgdata" / "x").exists() and not (state / "pgdata" / "x").exists()
     store.remove_job_dir(JOB_A)
     store.remove_job_dir(JOB_B)
+
+
+def test_a_reflinked_copy_state_counts_only_what_its_step_wrote(btrfs_dir: Path) -> None:
+    """Issue 14: the copy backend on btrfs shares extents with the parent it was cloned from;
+    its `size_bytes` is what it adds, not the sum of its file sizes."""
+    root = btrfs_dir / "copy-root"
+    store = StateStore(StoreLayout(root), CopyBackend())
+    base = store.ensure_base(IMAGE, fake_initdb)
+    relation = base / "pgdata" / "base" / "5" / "16384"
+    relation.write_bytes(os.urandom(4 * MB))
+    os.sync()
+    mount = store.clone_to_runtime(base, JOB_A, require_pg_version=False)
+    with open(mount / "pgdata" / "base" / "5" / "16384", "r+b") as f:
+        f.write(b"\xff" * 4096)  # the step writes one page
+    os.sync()
+    with store.build_state(IMAGE, S1) as b:
+        b.snapshot(mount, base)
+        size = b.size_bytes()
+        b.commit()
+    state = store.state_dir(IMAGE, S1)
+    assert store.backend.size_bytes(state) > 4 * MB, "file sizes count the shared data"
+    assert 4096 <= size < 256 * 1024, size
+    store.remove_job_dir(JOB_A)

@@ -18,6 +18,8 @@ from sqlrs_engine.snapshot.base import (
     data_dir_problem,
     state_problem,
 )
+from sqlrs_engine.snapshot.extents import added_bytes
+from sqlrs_engine.snapshot.fsinfo import REFLINK_MAGICS, statfs_type
 from sqlrs_engine.snapshot.fsops import (
     check_no_overlap,
     check_state_dst,
@@ -98,6 +100,18 @@ class CopyBackend:
     def size_bytes(self, path: Path) -> int:
         """Sum of regular-file sizes: a copy owns every byte it holds."""
         return tree_size(path)
+
+    def size_bytes_against(self, path: Path, parent: Path | None) -> int:
+        """`size_bytes` of a state just copied from a clone of `parent` (issue 14).
+
+        On a filesystem where `cp --reflink=auto` shares extents (btrfs, XFS) the copy
+        shares every block its step did not write with `parent`: it adds only the bytes in
+        extents the parent's same file does not use (FIEMAP, `extents.py`). Elsewhere, and
+        without a parent, every byte is its own: `size_bytes`.
+        """
+        if parent is None or statfs_type(path) not in REFLINK_MAGICS:
+            return self.size_bytes(path)
+        return added_bytes(path, parent)
 
     def mount_dir_of(self, dst: Path) -> Path:
         return dst

@@ -12,13 +12,16 @@ import stat
 from pathlib import Path
 
 BTRFS_MAGIC = 0x9123683E
+XFS_MAGIC = 0x58465342
+REFLINK_MAGICS = frozenset({BTRFS_MAGIC, XFS_MAGIC})
+"""Filesystems where `cp --reflink=auto` shares extents instead of copying data."""
 BTRFS_SUBVOLUME_INO = 256
 """Inode number of the root directory of every btrfs subvolume (BTRFS_FIRST_FREE_OBJECTID)."""
 
 _FS_NAMES: dict[int, str] = {
     0xEF53: "ext4",  # ext2/ext3/ext4 share the magic
     BTRFS_MAGIC: "btrfs",
-    0x58465342: "xfs",
+    XFS_MAGIC: "xfs",
     0x01021994: "tmpfs",
     0x794C7630: "overlayfs",
     0x2FC12FC1: "zfs",

@@ -42,6 +42,7 @@ from sqlrs_engine.snapshot.base import (
     find_data_file,
 )
 from sqlrs_engine.snapshot.btrfs import BtrfsBackend
+from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.fsinfo import is_subvolume
 from sqlrs_engine.snapshot.fsops import (
     clear_dir,
@@ -98,6 +99,7 @@ class StateBuild:
         self.committed = False
         self._active = True
         self._touched = False
+        self._parent: Path | None = None
 
     @property
     def already_built(self) -> bool:
@@ -122,10 +124,15 @@ class StateBuild:
         """
         self.reset()
         self._store.backend.snapshot(mount_dir, self.state_dir, parent, cancel=cancel)
+        self._parent = parent
 
     def size_bytes(self) -> int:
-        """The state's `size_bytes` (SPEC §9.6), measured right after the snapshot."""
-        return self._store.backend.size_bytes(self.state_dir)
+        """The state's `size_bytes` (SPEC §9.6), measured right after the snapshot: what it
+        occupies itself (a reflinked copy: not the extents it shares with its parent)."""
+        backend = self._store.backend
+        if isinstance(backend, CopyBackend):
+            return backend.size_bytes_against(self.state_dir, self._parent)
+        return backend.size_bytes(self.state_dir)
 
     def commit(self) -> None:
         """Write the build marker: the state is complete (after its row is stored)."""

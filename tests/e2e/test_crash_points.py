@@ -12,11 +12,15 @@ production); the test waits for the stopped state, then kills.
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 import signal
 import sqlite3
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,12 @@ from typing import Any
 import pytest
 
 from sqlrs_engine.runtime import procs
-from tests.support.dirs import servers_under
+from sqlrs_engine.snapshot.btrfs import subvolumes_below
+from tests.snapshot import btrfs_loop
+from tests.support.dirs import kill_servers_under, servers_under
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, psql_body, query, submit, wait
-from tests.support.store_check import settled_store_problems
+from tests.support.store_check import settled_store_problems, stale_leftovers
 
 FREEZE_TIMEOUT = 120.0
 
@@ -270,8 +276,53 @@ SCENARIOS = {
 @pytest.mark.parametrize("power_loss", [False, True], ids=["engine-killed", "power-loss"])
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_crash_point(scratch_dir: Path, name: str, power_loss: bool) -> None:
-    scenario = SCENARIOS[name]
-    first = start_engine(scratch_dir, env={"SQLRS_FAULT_POINT": scenario.point})
+    crash_restart_check(scratch_dir, SCENARIOS[name], power_loss)
+
+
+@pytest.fixture(scope="module")
+def loop_btrfs() -> Iterator[Path]:
+    reason = btrfs_loop.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    fs = btrfs_loop.make_loop_btrfs("2G")
+    try:
+        yield fs.mount_point
+    finally:
+        btrfs_loop.remove_loop_btrfs(fs)
+
+
+@pytest.mark.parametrize("backend", ["copy", "btrfs"])
+@pytest.mark.parametrize("name", [name for name in SCENARIOS if name.startswith("evict-")])
+def test_eviction_crash_on_other_backends(
+    request: pytest.FixtureRequest, scratch_dir: Path, name: str, backend: str
+) -> None:
+    """The eviction scenarios (the default store is overlay) on copy — marker inside the state
+    dir, data copied — and on btrfs — marker beside it, a subvolume delete — power loss."""
+    parent = request.getfixturevalue("loop_btrfs") if backend == "btrfs" else scratch_dir
+    store = Path(tempfile.mkdtemp(prefix="store-", dir=parent))
+    store.chmod(0o711)
+    (store / "config.json").write_text(json.dumps({"snapshot": {"backend": backend}}))
+    try:
+        crash_restart_check(scratch_dir, SCENARIOS[name], True, store)
+    finally:
+        if backend == "btrfs":
+            remove_store_on_btrfs(store)
+
+
+def remove_store_on_btrfs(store: Path) -> None:
+    """Its servers stopped, its read-only state subvolumes deleted (`rmtree` cannot), then
+    the rest: the loop filesystem is shared by this module's tests."""
+    kill_servers_under(store)
+    for subvolume in subvolumes_below(store):  # deepest first
+        subprocess.run(["btrfs", "property", "set", "-ts", str(subvolume), "ro", "false"])
+        subprocess.run(["btrfs", "subvolume", "delete", str(subvolume)], capture_output=True)
+    shutil.rmtree(store, ignore_errors=True)
+
+
+def crash_restart_check(
+    scratch_dir: Path, scenario: Scenario, power_loss: bool, store: Path | None = None
+) -> None:
+    first = start_engine(scratch_dir, env={"SQLRS_FAULT_POINT": scenario.point}, state_store=store)
     store = first.state_store
     try:
         ctx = scenario.setup(first)
@@ -283,10 +334,11 @@ def test_crash_point(scratch_dir: Path, name: str, power_loss: bool) -> None:
         if first.process.poll() is None:
             first.process.kill()
             first.process.wait()
-    second = start_engine(scratch_dir)
+    second = start_engine(scratch_dir, state_store=store)
     try:
         scenario.check(second, ctx)
         assert settled_store_problems(EngineApi(second), store) == []
+        assert stale_leftovers(store) == []
         # The store keeps working: a new prepare (a new base init after an initdb crash).
         again = prepare(second, psql_body("-c", "create table after_crash(a int)"))
         assert again.status["status"] == "succeeded", again.status

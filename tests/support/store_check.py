@@ -35,6 +35,12 @@ def instance_runtime_dirs(store: Path) -> dict[str, str]:
     return {instance_id: runtime_dir or "" for instance_id, runtime_dir in rows}
 
 
+def _marker(state_dir: Path) -> Path:
+    """`.build.ok` inside the state dir, or `states/.build/<id>.ok` (btrfs)."""
+    beside = state_dir.parent / ".build" / f"{state_dir.name}.ok"
+    return beside if beside.exists() else state_dir / ".build.ok"
+
+
 def store_problems(api: Api, store: Path) -> list[str]:
     """Every mismatch between rows, directories, servers and mounts (the engine is idle)."""
     problems: list[str] = []
@@ -51,12 +57,12 @@ def store_problems(api: Api, store: Path) -> list[str]:
     if set(runtime_dirs) != set(instances):
         problems.append(f"API and state.db disagree: {sorted(runtime_dirs)} / {sorted(instances)}")
 
-    state_dirs = {p.name: p for p in store.glob("engines/*/*/states/*")}
+    state_dirs = {p.name: p for p in store.glob("engines/*/*/states/*") if p.name != ".build"}
     for state_id, state in states.items():
         directory = state_dirs.get(state_id)
         if directory is None:
             problems.append(f"state row {state_id} has no directory")
-        elif not (directory / ".build.ok").is_file():
+        elif not _marker(directory).is_file():
             problems.append(
                 f"state row {state_id}: its directory has no .build.ok marker "
                 f"({sorted(p.name for p in directory.iterdir())})"
@@ -73,6 +79,11 @@ def store_problems(api: Api, store: Path) -> list[str]:
         if content not in ([], [".build.lock"]):
             problems.append(f"state dir {name} has no row: {content}")
 
+    # btrfs keeps markers and parent records beside its read-only snapshots, in states/.build/.
+    for meta in store.glob("engines/*/*/states/.build/*"):
+        state_id, _, kind = meta.name.rpartition(".")
+        if kind in ("ok", "json") and state_id not in states:
+            problems.append(f"{meta.name} in states/.build has no state row")
     # Warm-pool members are owned by the pool (GET /v1/pool), not by instance rows.
     pool = api.get_json("/v1/pool")
     if pool["filling_count"] or pool["removing_count"]:

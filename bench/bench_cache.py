@@ -8,7 +8,8 @@ Sections, each with a baseline measured in the same run, medians over repeated s
   hits    prepare time with capacity enforcement on vs off (the engine with every capacity
           check replaced by a no-op, `engine_without_cache_checks.py`), both stores holding
           1 000 other states, interleaved: a cache hit, and a one-step miss on top of the
-          base (the path that runs the prepare_step, snapshot and metadata_commit checks).
+          base (the path that runs the prepare_step, snapshot and metadata_commit checks);
+          the order alternates every round (on, off, off, on, …).
 
 States are seeded while no engine runs: rows through SQL on the engine's own database
 (`tests.support.seed.Seeder` opens and migrates it), and for each row a complete directory
@@ -228,7 +229,8 @@ def bench_hits(states: int, rounds: int) -> dict[str, Any]:
             assert warm.status["status"] == "succeeded", warm.status
             engine.delete(f"/v1/instances/{warm.result['instance_id']}")
         for n in range(rounds):
-            for name, engine in engines.items():
+            order = list(engines.items())
+            for name, engine in order if n % 2 == 0 else reversed(order):  # ABBA
                 holder: dict[str, Any] = {}
                 times[f"hit_{name}"].append(
                     timed(lambda e=engine, h=holder: h.update(o=prepare(e, hit_body)))

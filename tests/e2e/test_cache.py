@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.test_concurrent_load import Api as LoadApi
+from tests.e2e.test_concurrent_load import Job, Run, finish, unexpected_exceptions
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, psql_body
-from tests.support.store_check import store_problems
+from tests.support.store_check import settled_store_problems, stale_leftovers, store_problems
 
 STATUS_FIELDS = {
     "usage_bytes": int,
@@ -90,3 +96,108 @@ def test_start_up_evicts_unused_states_least_recently_used_first(scratch_dir: Pa
         assert "cache eviction (startup_recovery)" in restarted.stderr_text()
     finally:
         assert restarted.stop() == 0
+
+
+EVICTION_STORM_SECONDS = 25.0
+EVICTION_STORM_SCRIPTS = [
+    *[("-c", f"create table storm{n}(a int); insert into storm{n} values ({n})") for n in range(6)],
+    ("-c", "create table storm0(a int); insert into storm0 values (0)", "-c", "select 1"),
+    ("-c", "create table storm1(a int); insert into storm1 values (1)", "-c", "select 2"),
+]
+CAPACITY_FAILURES = {"cache_full_unreclaimable", "cache_limit_too_small"}
+
+
+def test_eviction_storm_against_prepares_runs_and_deletes(scratch_dir: Path) -> None:
+    """Issue 14: evictions at every build (capacity of about four states) race prepares of
+    eight scripts, runs on their instances and deletes of those instances. Every job succeeds
+    or fails with a SPEC §10 code (everything was in use), no request answers 5xx, and the
+    store is exact afterwards — and after a restart — with no allowance."""
+    engine = start_engine(scratch_dir)
+    api = LoadApi(engine)
+    try:
+        first = api.prepare(psql_body(*EVICTION_STORM_SCRIPTS[0]))
+        assert first.status == "succeeded", first.error
+        size = max(s["size_bytes"] for s in api.get_json("/v1/states"))
+        set_config(engine, "cache.capacity.reserveBytes", 0)
+        set_config(engine, "cache.capacity.minStateAge", "0s")
+        set_config(engine, "cache.capacity.maxBytes", int(4 * size / 0.9))
+        stop = threading.Event()
+        jobs: list[Job] = []
+        runs: list[Run] = []
+        deletes: list[int] = []
+
+        def submitter(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                jobs.append(api.prepare(psql_body(*rng.choice(EVICTION_STORM_SCRIPTS))))
+
+        def instances() -> list[str]:
+            return [i["instance_id"] for i in api.get_json("/v1/instances")]
+
+        def runner(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                targets = instances()
+                if not targets:
+                    time.sleep(0.1)
+                    continue
+                runs.append(api.run_psql(rng.choice(targets), "-c", "select 1"))
+
+        def deleter(seed: int) -> None:
+            rng = random.Random(seed)
+            while not stop.is_set():
+                time.sleep(rng.uniform(0.2, 1.0))
+                targets = instances()
+                if targets:
+                    target = rng.choice(targets)
+                    response = api.request(
+                        "DELETE", f"/v1/instances/{target}", params={"force": "true"}
+                    )
+                    deletes.append(response.status_code)
+
+        with concurrent.futures.ThreadPoolExecutor(7) as pool:
+            workers = [pool.submit(submitter, seed) for seed in range(3)]
+            workers += [pool.submit(runner, 10 + seed) for seed in range(2)]
+            workers += [pool.submit(deleter, 20 + seed) for seed in range(2)]
+            try:
+                stop.wait(EVICTION_STORM_SECONDS)
+            finally:
+                stop.set()
+            finish(workers)
+
+        problems = [
+            f"{c.method} {c.path} {c.status}: {c.body.strip()}" for c in api.server_errors()
+        ]
+        if not set(deletes) <= {200, 404}:
+            problems.append(f"unexpected delete answers: {deletes}")
+        for run in runs:
+            if run.status == 200:
+                if run.last.get("type") not in ("exit", "error"):
+                    problems.append(f"a run's stream ended without exit/error: {run.events}")
+            elif run.status != 404:  # its instance was deleted meanwhile
+                problems.append(f"run answered {run.status}: {run.events}")
+        if not any(j.status == "succeeded" for j in jobs):
+            problems.append("no prepare succeeded during the storm")
+        problems += [
+            f"job {j.job_id} ended {j.status}: {j.error}"
+            for j in jobs
+            if j.status != "succeeded"
+            and (j.status != "failed" or (j.error or {}).get("code") not in CAPACITY_FAILURES)
+        ]
+        log = engine.stderr_text()
+        if "cache eviction (" not in log:
+            problems.append("no eviction ran during the storm")
+        problems += settled_store_problems(api, engine.state_store)
+        problems += unexpected_exceptions(log)
+        status = api.get_json("/v1/cache/status")
+        states = api.get_json("/v1/states")
+        if status["usage_bytes"] != sum(s["size_bytes"] for s in states):
+            problems.append(f"cache status usage disagrees with the rows: {status}")
+        assert problems == [], "\n".join(problems)
+        assert engine.stop() == 0
+        engine = start_engine(scratch_dir)
+        api = LoadApi(engine)
+        assert store_problems(api, engine.state_store) == []
+        assert stale_leftovers(engine.state_store) == []
+    finally:
+        engine.stop()

@@ -193,11 +193,15 @@ class CacheEnforcer:
 
     def _evict(
         self, trigger: str, settings: CapacitySettings, protected: frozenset[str]
-    ) -> EvictionSummary:
+    ) -> EvictionSummary | None:
         started = time.monotonic()
         states, in_use = self._inventory()  # again: under the lock, things may have changed
         before = measured = self._measure(states)
         bounds = limits(settings, measured.total_bytes)
+        if not pressure_reasons(measured, bounds):
+            # A concurrent check's pass, which held the lock meanwhile, made the room: this
+            # one has nothing to do, and `last_eviction` keeps describing that real pass.
+            return None
         found = candidates(
             states,
             now=time.time(),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -37,8 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from common import median, save, timed  # type: ignore[import-not-found]
-
-import tests.support.engine_process as engine_process
+from tests.support import engine_process
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, psql_body
@@ -91,6 +91,7 @@ def seed_states(
         for n in range(files):
             (pgdata / "base" / f"{16384 + n}").write_bytes(payload)
         (pgdata.parent / ".build.ok").write_text("ok")
+    os.sync()  # no writeback of the seeding left to slow down what is measured next
     return ids
 
 
@@ -158,8 +159,14 @@ def bench_status(count: int, samples: int) -> dict[str, Any]:
 # -- evict -----------------------------------------------------------------------------------
 
 
-def raw_removal(count: int, files: int, file_bytes: int) -> float:
-    """`shutil.rmtree` of `count` directories laid out like the seeded states."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def raw_removal(count: int, files: int, file_bytes: int) -> tuple[float, float]:
+    """`shutil.rmtree` of `count` directories laid out like the seeded states: (wall, CPU)."""
     work = make_scratch_dir("sqlrs-bench-raw-")
     payload = b"\0" * file_bytes
     dirs = []
@@ -170,8 +177,11 @@ def raw_removal(count: int, files: int, file_bytes: int) -> float:
         for f in range(files):
             (pgdata / "base" / f"{16384 + f}").write_bytes(payload)
         dirs.append(pgdata.parent)
+    os.sync()  # as after seeding the states
     try:
-        return timed(lambda: [shutil.rmtree(d) for d in dirs])
+        cpu = time.process_time()
+        wall = timed(lambda: [shutil.rmtree(d) for d in dirs])
+        return wall, time.process_time() - cpu
     finally:
         remove_scratch_dir(work)
 
@@ -191,16 +201,19 @@ def bench_evict(victims: int, files: int = 70, file_bytes: int = 4096) -> dict[s
         assert response.status_code == 200, response.text
         # The prepare_step check runs the pass before the step; the step then fails fast
         # (division by zero), so that no new state changes what the store holds afterwards.
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds(engine.process.pid)
         failed = prepare(engine, psql_body("-c", "select 1/0"))
         job_s = time.perf_counter() - started
+        job_cpu_s = cpu_seconds(engine.process.pid) - cpu
         assert failed.status["status"] == "failed", failed.status
         found = PASS_LINE.findall(engine.stderr_text())
         status = engine.get("/v1/cache/status").json()
     assert len(found) == 1 and found[0][0] == "prepare_step", found
     evicted, pass_s = int(found[0][1]), float(found[0][2])
     assert evicted == victims == status["last_eviction"]["evicted_count"], (found, status)
-    raw = [raw_removal(victims, files, file_bytes) for _ in range(3)]
+    raw_runs = [raw_removal(victims, files, file_bytes) for _ in range(3)]
+    raw = [wall for wall, _ in raw_runs]
+    raw_cpu = [cpu for _, cpu in raw_runs]
     return {
         "victims": victims,
         "files_per_state": files + 1,
@@ -212,6 +225,10 @@ def bench_evict(victims: int, files: int = 70, file_bytes: int = 4096) -> dict[s
         "raw_rmtree_s": median(raw),
         "raw_samples_s": raw,
         "ratio_vs_rmtree": pass_s / median(raw),
+        "engine_cpu_s": job_cpu_s,
+        "raw_rmtree_cpu_s": median(raw_cpu),
+        "raw_cpu_samples_s": raw_cpu,
+        "cpu_ratio_vs_rmtree": job_cpu_s / median(raw_cpu),
         "last_eviction": status["last_eviction"],
     }
 
@@ -248,7 +265,9 @@ def bench_hits(states: int, rounds: int) -> dict[str, Any]:
                     f"/v1/states/{outcome.result['state_id']}",
                     params={"recurse": "true", "force": "true"},
                 )
-        counts = {name: e.get("/v1/cache/status").json()["state_count"] for name, e in engines.items()}
+        counts = {
+            name: e.get("/v1/cache/status").json()["state_count"] for name, e in engines.items()
+        }
     medians = {name: median(values) for name, values in times.items()}
     return {
         "other_states": states,
@@ -288,6 +307,10 @@ def main() -> None:
             f"{evict['state_bytes']} bytes each): {evict['pass_s']:.2f}s "
             f"({evict['per_state_ms']:.1f} ms/state); rmtree of the same dirs "
             f"{evict['raw_rmtree_s']:.2f}s → {evict['ratio_vs_rmtree']:.2f}x"
+        )
+        print(
+            f"  CPU: engine during the job {evict['engine_cpu_s']:.2f}s, rmtree "
+            f"{evict['raw_rmtree_cpu_s']:.2f}s → {evict['cpu_ratio_vs_rmtree']:.2f}x"
         )
     if "hits" in sections:
         figures["hits"] = hits = bench_hits(min(args.states, 1000), args.rounds)

@@ -116,7 +116,11 @@ class Engine:
         config = ConfigStore.in_root(root)
         apply_log_level(config.log_level())
         choice = select_runtime(
-            config.container_runtime(), config.host_user(), config.host_bin_dirs(), self._environ
+            config.container_runtime(),
+            config.host_user(),
+            config.host_bin_dirs(),
+            self._environ,
+            store_root=root,
         )
         runtime = choice.runtime
         log.info("%s", choice.reason)
@@ -124,7 +128,9 @@ class Engine:
         _make_reachable(root, runtime)
         backend = select_backend(config.snapshot_backend(), root)
         (log.warning if backend.fallback else log.info)("%s", backend.reason)
-        store = StateStore(StoreLayout(root), backend.backend)
+        store = StateStore(
+            StoreLayout(root), backend.backend, getattr(runtime, "data_dirs_in_use", None)
+        )
         snapshot_ref, snapshots = start_snapshot_actor(store)
         self._snapshot_ref = snapshot_ref
         version = self.options.version

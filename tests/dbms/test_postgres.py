@@ -96,12 +96,6 @@ def test_stop_status_probe_argv() -> None:
         "/p",
     ]
     assert pg.pg_ctl_status_argv(BIN, Path("/p")) == [str(BIN / "pg_ctl"), "status", "-D", "/p"]
-    probe = pg.psql_probe_argv("psql", "127.0.0.1", 5433, "select 1")
-    assert probe[0] == "psql" and "-X" in probe and probe[-2:] == ["-c", "select 1"]
-    assert probe[probe.index("-U") + 1] == "sqlrs"
-    assert probe[probe.index("-d") + 1] == "postgres"
-    from_stdin = pg.psql_probe_argv("psql", "/tmp/sqlrs-pg-abc", 5433, None)
-    assert "-c" not in from_stdin and from_stdin[from_stdin.index("-h") + 1] == "/tmp/sqlrs-pg-abc"
 
 
 @pytest.mark.parametrize(
@@ -218,16 +212,6 @@ def test_controldata() -> None:
     assert pg.cluster_state(CONTROLDATA) == "shut down"
     assert pg.cluster_state(CONTROLDATA.replace("shut down", "in production")) == ("in production")
     assert pg.cluster_state("") is None
-
-
-@pytest.mark.parametrize(("output", "count"), [("0\n", 0), ("3", 3), (" 12 \n", 12), ("\n2\n", 2)])
-def test_parse_count(output: str, count: int) -> None:
-    assert pg.parse_count(output) == count
-
-
-def test_parse_count_rejects() -> None:
-    with pytest.raises(ValueError):
-        pg.parse_count("ERROR: boom")
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,7 @@ class ScriptRuntime(FakeRuntime):
         on_output: OutputSink,
         cancel: CancelToken,
         env: Mapping[str, str] | None = None,
+        inputs: Path | None = None,
     ) -> int:
         self.calls.append(ClientCall(handle, program, list(args), stdin, cwd))
         code = self.client(args, on_output, cancel)

@@ -1,9 +1,12 @@
 """Choosing the runtime at start-up (SPEC §0.2, docs/configuration.md), table-driven.
 
-This version runs `host` only: `auto` picks it, `docker`/`podman` refuse to start with a
-message, and `SQLRS_CONTAINER_RUNTIME` overrides config `container.runtime`. Selection runs
-against the PostgreSQL binaries really installed here; only "nothing installed" is provoked
-by pointing the search at empty places.
+`auto` picks a container engine that answers (none at the standard sockets here: the test
+engine of scripts/container-engine listens elsewhere) and falls back to `host`;
+`docker`/`podman` with no engine answering refuse to start naming the sockets tried; with
+`DOCKER_HOST` pointing at the real Podman socket they choose the docker runtime.
+`SQLRS_CONTAINER_RUNTIME` overrides config `container.runtime`. Selection runs against the
+PostgreSQL binaries really installed here; only "nothing installed" is provoked by pointing
+the search at empty places.
 """
 
 from __future__ import annotations
@@ -14,12 +17,17 @@ from pathlib import Path
 import pytest
 
 from sqlrs_engine.runtime import host
+from sqlrs_engine.runtime.docker import DockerRuntime
 from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.runtime.select import RuntimeSelectionError, select_runtime
 from sqlrs_engine.runtime.users import ServerUserError
+from tests.support import container_engine
 
 ENV = "SQLRS_CONTAINER_RUNTIME"
-AUTO = "auto: no Docker runtime in this version"
+AUTO = (
+    "auto: no container engine answered at unix:///var/run/docker.sock (no such socket), "
+    "unix:///run/podman/podman.sock (no such socket)"
+)
 CONFIGURED = "configured host"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="server users are chosen as root")
 
@@ -77,29 +85,81 @@ def test_host_is_chosen(majors: str, configured: str, override: str | None, sour
 @pytest.mark.parametrize(
     ("configured", "override", "message"),
     [
-        ("docker", None, "container runtime 'docker' is not available in this engine version yet"),
-        ("podman", None, "container runtime 'podman' is not available in this engine version yet"),
-        ("auto", "docker", "container runtime 'docker' is not available"),
-        ("host", "podman", "container runtime 'podman' is not available"),
-        ("host", "/usr/bin/podman", "container runtime 'podman' is not available"),
         ("lxc", None, "unknown container runtime 'lxc': use one of auto, docker, podman, host"),
         ("", None, "unknown container runtime '': use one of"),
         ("auto", "Docker", "unknown container runtime 'Docker'"),
         ("host", "kubernetes", "unknown container runtime 'kubernetes'"),
     ],
 )
-def test_refused_choices_say_why(configured: str, override: str | None, message: str) -> None:
+def test_unknown_choices_say_why(configured: str, override: str | None, message: str) -> None:
     """Refused before looking for binaries: the message is about the runtime asked for."""
     with pytest.raises(RuntimeSelectionError) as raised:
         select_runtime(configured, None, [], env(override))
     assert str(raised.value).startswith(message)
-    if "not available" in message:
-        assert "use 'host' (PostgreSQL installed on this machine) or 'auto'" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("configured", "override", "environ", "tried"),
+    [
+        ("docker", None, {}, "unix:///var/run/docker.sock (no such socket)"),
+        ("podman", None, {}, "unix:///run/podman/podman.sock (no such socket)"),
+        (
+            "podman",
+            None,
+            {"XDG_RUNTIME_DIR": "/nonexistent-run"},
+            "unix:///run/podman/podman.sock (no such socket), "
+            "unix:///nonexistent-run/podman/podman.sock (no such socket)",
+        ),
+        ("auto", "docker", {}, "unix:///var/run/docker.sock (no such socket)"),
+        ("host", "/usr/bin/podman", {}, "unix:///run/podman/podman.sock (no such socket)"),
+        (
+            "docker",
+            None,
+            {"DOCKER_HOST": "unix:///nonexistent/docker.sock"},
+            "unix:///nonexistent/docker.sock (no such socket)",
+        ),
+    ],
+    ids=["docker", "podman", "podman-rootless", "env-docker", "env-podman-path", "docker-host"],
+)
+def test_unreachable_engine_refuses_naming_the_sockets(
+    configured: str, override: str | None, environ: dict[str, str], tried: str
+) -> None:
+    wanted = os.path.basename(override) if override else configured
+    with pytest.raises(RuntimeSelectionError) as raised:
+        select_runtime(configured, None, [], {**env(override), **environ})
+    assert str(raised.value) == (
+        f"container runtime {wanted!r}: no container engine answered at {tried}; start the "
+        "engine, or set DOCKER_HOST to its API socket (scripts/container-engine starts one "
+        "with Podman)"
+    )
+
+
+def test_an_engine_that_refuses_is_named_with_its_error(tmp_path: Path) -> None:
+    """A socket file that no engine serves: the connection error is in the message."""
+    dead = tmp_path / "dead.sock"
+    dead.touch()
+    with pytest.raises(RuntimeSelectionError) as raised:
+        select_runtime("podman", None, [], {"DOCKER_HOST": f"unix://{dead}"})
+    assert f"no container engine answered at unix://{dead} (" in str(raised.value)
+    assert "(no such socket)" not in str(raised.value)
+
+
+@pytest.mark.parametrize("configured", ["docker", "podman", "auto"])
+def test_a_reachable_engine_is_chosen(configured: str, tmp_path: Path) -> None:
+    url = container_engine.docker_host()
+    choice = select_runtime(configured, None, [], {"DOCKER_HOST": url}, store_root=tmp_path)
+    assert isinstance(choice.runtime, DockerRuntime)
+    assert choice.runtime.kind == "docker"
+    assert choice.runtime.store == str(tmp_path.resolve())
+    source = "auto" if configured == "auto" else "configured"
+    shown = "docker" if configured == "auto" else configured
+    assert choice.reason == f"container runtime {shown} ({source}; engine at {url})"
 
 
 def test_only_the_given_environment_counts(majors: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The engine passes its environment in; the process environment is not read again."""
     monkeypatch.setenv(ENV, "docker")
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
     assert select_runtime("auto", None, [], {}).runtime.kind == "host"
     with pytest.raises(RuntimeSelectionError):
         select_runtime("auto", None, [], dict(os.environ))

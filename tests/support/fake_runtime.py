@@ -113,8 +113,12 @@ class FakeRuntime:
         on_output: OutputSink,
         cancel: CancelToken,
         env: Mapping[str, str] | None = None,
+        inputs: Path | None = None,
     ) -> int:
         return self.client(args, on_output, cancel)
 
     def count_connections(self, handle: ServerHandle) -> int:
         return 0
+
+    def input_gid(self, handle: ServerHandle) -> int | None:
+        return None

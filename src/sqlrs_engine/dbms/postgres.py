@@ -1,7 +1,7 @@
 """PostgreSQL specifics that do not depend on where the server runs (host, container).
 
 Pure functions (argv builders, parsers, the settings we start with) plus a few small file
-helpers on a data directory. The runtimes (`runtime/host.py`, later `runtime/docker.py`) run
+helpers on a data directory. The runtimes (`runtime/host.py`, `runtime/docker.py`) run
 the programs; this module only knows what to run and how to read the answers.
 
 Layout reminder (SPEC §9.1): a *data dir* is what snapshot backends clone; PGDATA is its
@@ -225,29 +225,6 @@ def pg_ctl_status_argv(bin_dir: Path, pgdata: Path) -> list[str]:
     return [str(bin_dir / "pg_ctl"), "status", "-D", str(pgdata)]
 
 
-def psql_probe_argv(psql: Path | str, host: str, port: int, sql: str | None) -> list[str]:
-    """psql that runs `sql` (None: reads it from stdin) and prints bare results (no psqlrc,
-    quiet, stop on error). `host` may be a socket directory."""
-    argv = [
-        str(psql),
-        "-X",
-        "-q",
-        "-A",
-        "-t",
-        "-v",
-        "ON_ERROR_STOP=1",
-        "-h",
-        host,
-        "-p",
-        str(port),
-        "-U",
-        SUPERUSER,
-        "-d",
-        DATABASE,
-    ]
-    return argv if sql is None else [*argv, "-c", sql]
-
-
 def is_bind_failure(log_text: str) -> bool:
     """True when the server log says it could not listen on its port."""
     return any(marker in log_text for marker in BIND_FAILURE_MARKERS)
@@ -388,15 +365,6 @@ def parse_controldata(text: str) -> dict[str, str]:
 def cluster_state(controldata: str) -> str | None:
     """`Database cluster state` (`shut down`, `in production`, …) from pg_controldata output."""
     return parse_controldata(controldata).get("Database cluster state")
-
-
-def parse_count(output: str) -> int:
-    """The single number printed by `psql -At -c 'select count(*) …'`."""
-    words = output.split()
-    for word in reversed(words):
-        if word.isdigit():
-            return int(word)
-    raise ValueError(f"no count in psql output: {output.strip()!r}")
 
 
 # -- data directory checks -----------------------------------------------------------------------

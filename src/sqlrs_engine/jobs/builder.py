@@ -258,7 +258,8 @@ class StateBuilder:
         return self.services.snapshots.state_dir(self.effective_image, task.input_id), True
 
     def _init_base(self, base_dir: Path) -> None:
-        self.events.log(f"host: init base {self.effective_image}")
+        # `docker: init base <image>` as the reference engine logs it; `host:` on host.
+        self.events.log(f"{self.services.runtime.kind}: init base {self.effective_image}")
         with failures_reported_as("cannot initialize base state"):
             self.services.runtime.init_base(
                 self.effective_image, base_dir, self.events.log, self.cancel

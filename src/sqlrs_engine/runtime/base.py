@@ -143,13 +143,21 @@ class Runtime(Protocol):
         on_output: OutputSink,
         cancel: CancelToken,
         env: Mapping[str, str] | None = None,
+        inputs: Path | None = None,
     ) -> int:
         """Run a client program (psql, pgbench) with `args` as given; returns its exit code.
 
         The caller has already added the connection arguments (without the password: the
         runtime passes the handle's password in the environment); output is delivered as it
         is produced; cancel kills the program. The program runs unprivileged (SPEC §0.9).
+        `inputs`: a directory the program reads files from by absolute path (a step's staging
+        copy); a container runtime mounts it read-only.
         """
+        ...
+
+    def input_gid(self, handle: ServerHandle) -> int | None:
+        """The group a client program of `handle` runs with, which may read staged inputs
+        (None: the engine's own; nothing to grant)."""
         ...
 
     def count_connections(self, handle: ServerHandle) -> int:

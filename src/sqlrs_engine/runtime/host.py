@@ -49,10 +49,10 @@ from pathlib import Path
 from sqlrs_engine import process
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.dbms import postgres as pg
-from sqlrs_engine.dbms.scram import new_secret, scram_verifier
-from sqlrs_engine.errors import JobFailure, invalid_argument
+from sqlrs_engine.dbms.scram import new_secret
+from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.process import ProcessError, RunAs
-from sqlrs_engine.runtime import procs
+from sqlrs_engine.runtime import procs, server
 from sqlrs_engine.runtime.base import (
     CANNOT_RESOLVE_IMAGE,
     LogSink,
@@ -63,38 +63,25 @@ from sqlrs_engine.runtime.base import (
 )
 from sqlrs_engine.runtime.clients import CLIENT_TAG_ENV
 from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator, port_is_free
-from sqlrs_engine.runtime.users import (
-    ServerUserError,
-    check_traversable,
-    chown_tree,
-    ensure_owned_dir,
+from sqlrs_engine.runtime.server import (
+    CLIENT_PROGRAMS,
+    RUN_DIR_PREFIX,
+    clean_env,
+    client_env,
+    client_program,
+    is_our_run_dir,
+    make_run_dir,
+    make_startable,
+    remove_run_dir,
 )
+from sqlrs_engine.runtime.users import ServerUserError, check_traversable, ensure_owned_dir
 from sqlrs_engine.runtime.users import server_user as resolve_server_user
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
-RUN_DIR_PREFIX = "sqlrs-pg-"
 SERVER_LOG_NAME = "postgres.log"
 RESOLVED_PREFIX = "postgres@host-"
-CLIENT_PROGRAMS = frozenset(
-    {
-        "psql",
-        "pgbench",
-        "pg_dump",
-        "pg_dumpall",
-        "pg_restore",
-        "pg_isready",
-        "createdb",
-        "dropdb",
-        "createuser",
-        "dropuser",
-        "vacuumdb",
-        "reindexdb",
-        "clusterdb",
-    }
-)
-"""Programs `run_client` may run (from the server's bin dir)."""
 
 RUNTIME_ID_PREFIX = "host:"
 
@@ -389,11 +376,8 @@ class HostRuntime:
             raise
 
     def prepare_data_dir(self, data_dir: Path) -> None:
-        """chown -R the data dir to the server user (only entries that differ); PGDATA 0700."""
-        chown_tree(data_dir, self.user)
-        pgdata = pgdata_of(data_dir)
-        if pgdata.is_dir() and (pgdata.stat().st_mode & 0o777) != 0o700:
-            os.chmod(pgdata, 0o700)
+        """chown -R the data dir to the server user (`server.prepare_data_dir`)."""
+        server.prepare_data_dir(data_dir, self.user)
 
     def start(
         self,
@@ -441,7 +425,7 @@ class HostRuntime:
             )
         except BaseException:
             self._kill_run_dir_processes(run_dir, pgdata)
-            _remove_run_dir(run_dir)
+            remove_run_dir(run_dir)
             raise
 
     def _choose_port(self, preferred: int | None) -> int:
@@ -529,6 +513,7 @@ class HostRuntime:
         on_output: OutputSink,
         cancel: CancelToken,
         env: Mapping[str, str] | None = None,
+        inputs: Path | None = None,
     ) -> int:
         """Run a client program of the server's major version, unprivileged (SPEC §0.9).
 
@@ -539,22 +524,12 @@ class HostRuntime:
         can find one that escaped. The engine's PG* environment variables are not passed on
         (the caller gives the connection arguments); the handle's password goes into
         `PGPASSWORD`, never onto the command line; `env` is added on top. A program killed by
-        signal N returns 128+N.
+        signal N returns 128+N. `inputs` needs nothing here: the program sees the host's files.
         """
-        name = program.strip()
-        if name not in CLIENT_PROGRAMS:
-            raise invalid_argument(
-                "unknown client program",
-                f"{program!r} is not one of: {', '.join(sorted(CLIENT_PROGRAMS))}",
-            )
+        name = client_program(program)
         install = self._install_for_data_dir(handle.data_dir)
         path = self._client_program(install, name)
-        child_env = _clean_env(os.environ)
-        child_env[CLIENT_TAG_ENV] = self.client_tag
-        if handle.password is not None:
-            child_env["PGPASSWORD"] = handle.password
-        if env:
-            child_env.update(env)
+        child_env = client_env(os.environ, handle, {CLIENT_TAG_ENV: self.client_tag, **(env or {})})
         user = self.user if os.geteuid() == 0 else None
         try:
             result = process.run(
@@ -572,23 +547,26 @@ class HostRuntime:
             raise JobFailure("internal_error", f"cannot run {name}", str(exc)) from None
         return process.exit_status(result.exit_code)
 
+    def input_gid(self, handle: ServerHandle) -> int | None:
+        """The server user's group when clients run as that user (the engine is root)."""
+        return self.user.gid if os.geteuid() == 0 else None
+
     def count_connections(self, handle: ServerHandle) -> int:
         if not self.is_running(handle):
             return 0
-        install = self._install_for_data_dir(handle.data_dir)
-        psql = self._client_program(install, "psql")
         # Over the private socket: it needs no password (an adopted server's handle may not
         # know it yet) and is not a TCP client itself.
-        host = str(handle.socket_dir) if handle.socket_dir is not None else handle.host
-        argv = pg.psql_probe_argv(psql, host, handle.port, pg.COUNT_CONNECTIONS_SQL)
-        try:
-            result = process.run(argv, env=_probe_env(), inherit_env=False, timeout=30)
-            if result.exit_code == 0:
-                return pg.parse_count(result.output)
-            details = f"psql exited with code {result.exit_code}: {result.output.strip()}"
-        except (ProcessError, ValueError) as exc:
-            details = str(exc)
-        raise JobFailure("internal_error", "cannot count connections", details)
+        socket_dir = handle.socket_dir
+        if socket_dir is None:
+            info = pg.read_postmaster_pid(pgdata_of(handle.data_dir))
+            socket_dir = Path(info.socket_dir) if info is not None and info.socket_dir else None
+        if socket_dir is None:
+            raise JobFailure(
+                "internal_error",
+                "cannot count connections",
+                f"the server on {handle.data_dir} has no known socket directory",
+            )
+        return server.count_connections(socket_dir, handle.port)
 
     # -- extras (not in the protocol) ----------------------------------------------------------
 
@@ -620,7 +598,7 @@ class HostRuntime:
             except OSError:
                 continue
             if age >= min_age and os.path.realpath(d) not in in_use:
-                _remove_run_dir(d)
+                remove_run_dir(d)
                 removed.append(d)
         return removed
 
@@ -664,7 +642,7 @@ class HostRuntime:
         )
 
     def _server_env(self) -> dict[str, str]:
-        env = _clean_env(os.environ)
+        env = clean_env(os.environ)
         for name in [k for k in env if k.startswith("LC_") or k in ("LANG", "LANGUAGE")]:
             del env[name]
         env["LC_ALL"] = "C"  # untranslated messages: we parse pg_ctl output
@@ -700,15 +678,7 @@ class HostRuntime:
                 f"but the image is PostgreSQL {install.major}",
             )
         try:
-            if os.geteuid() == 0 and os.stat(data_dir).st_uid != self.user.uid:
-                # A clone of a sealed base or state is made with the engine's ownership.
-                os.chown(data_dir, self.user.uid, self.user.gid)
-            check_traversable(pgdata, self.user)
-            st = pgdata.stat()
-            if os.geteuid() == 0 and (st.st_uid != self.user.uid or st.st_gid != self.user.gid):
-                self.prepare_data_dir(data_dir)
-            elif (st.st_mode & 0o777) != 0o700:
-                os.chmod(pgdata, 0o700)
+            make_startable(data_dir, self.user)
         except (ServerUserError, OSError) as exc:
             raise JobFailure("internal_error", message, str(exc)) from None
 
@@ -729,24 +699,8 @@ class HostRuntime:
         _remove_stale_pid_file(pgdata, info.pid)
 
     def _make_run_dir(self) -> Path:
-        """`<tmp>/sqlrs-pg-XXXXXXXX/`: the server's socket, log and `pg_hba.conf`.
-
-        Owned by the server user, 0700: only that user and root can reach the socket, which
-        is why `local` connections may be trusted (`pg.HBA_LINES`).
-        """
-        run_dir = Path(tempfile.mkdtemp(prefix=RUN_DIR_PREFIX, dir=self.run_root))
-        try:
-            hba = run_dir / pg.HBA_FILE_NAME
-            fd = os.open(hba, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(pg.hba_text())
-            if os.geteuid() == 0:
-                os.chown(hba, self.user.uid, self.user.gid)
-            ensure_owned_dir(run_dir, self.user, 0o700)
-        except BaseException:
-            _remove_run_dir(run_dir)
-            raise
-        return run_dir
+        """The server's private run dir (`server.make_run_dir`); it also holds its log."""
+        return make_run_dir(self.run_root, self.user)
 
     def _start_once(
         self,
@@ -815,36 +769,24 @@ class HostRuntime:
         logfile: Path,
         offset: int,
     ) -> None:
-        """A real connection that also sets the superuser's password (one psql process).
-
-        It goes through the private Unix socket (trusted, see `pg.HBA_LINES`): TCP needs the
-        password that this very probe sets. `pg_ctl start -w` has already waited for the
-        postmaster to report `ready`, which it does only after opening its TCP socket.
-        """
-        psql = self._client_program(install, "psql")
-        argv = pg.psql_probe_argv(psql, str(run_dir), port, None)
-        sql = pg.password_probe_sql(install.major, scram_verifier(password)).encode()
-        last = ""
-        while True:
-            try:
-                result = process.run(
-                    argv, env=_probe_env(), inherit_env=False, cancel=cancel, timeout=30, stdin=sql
-                )
-                if result.exit_code == 0 and result.output.strip() == "1":
-                    return
-                last = f"psql exited with code {result.exit_code}: {result.output.strip()}"
-            except ProcessError as exc:
-                last = str(exc)
-            if not procs.is_alive(pid):
-                break
-            if time.monotonic() >= deadline:
-                break
-            if cancel.wait(0.05):
-                cancel.raise_if_cancelled()
+        """Ready = a trusted connection on the private socket that also sets the password
+        (`server.set_password_when_ready`). `pg_ctl start -w` has already waited for the
+        postmaster to report `ready`, which it does only after opening its TCP socket."""
+        failure = server.set_password_when_ready(
+            run_dir,
+            port,
+            install.major,
+            password,
+            alive=lambda: procs.is_alive(pid),
+            deadline=deadline,
+            cancel=cancel,
+        )
+        if failure is None:
+            return
         raise JobFailure(
             "internal_error",
             "cannot start runtime",
-            f"server does not accept connections on port {port}: {last}\n"
+            f"server does not accept connections on port {port}: {failure}\n"
             f"server log:\n{pg.log_tail(logfile, start=offset).strip()}",
         )
 
@@ -900,7 +842,7 @@ class HostRuntime:
         _sweep_data_dir(pgdata, groups)  # e.g. backends of a postmaster that was SIGKILLed
         if info is not None and not procs.is_alive(info.pid):
             _remove_stale_pid_file(pgdata, info.pid)
-        if socket_dir is not None and _is_our_run_dir(socket_dir, self.run_root):
+        if socket_dir is not None and is_our_run_dir(socket_dir, self.run_root):
             self._kill_run_dir_processes(socket_dir, pgdata)
         self._release(handle, socket_dir)
 
@@ -930,8 +872,8 @@ class HostRuntime:
         self.ports.release(handle.port)
         with self._run_dirs_lock:
             self._run_dirs.pop(handle.runtime_id, None)
-        if socket_dir is not None and _is_our_run_dir(socket_dir, self.run_root):
-            _remove_run_dir(socket_dir)
+        if socket_dir is not None and is_our_run_dir(socket_dir, self.run_root):
+            remove_run_dir(socket_dir)
 
 
 class _BindFailure(Exception):
@@ -948,19 +890,6 @@ def _numeric_key(text: str) -> tuple[int, str]:
 
 def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
-
-
-def _clean_env(env: Mapping[str, str]) -> dict[str, str]:
-    """`env` without libpq's PG* variables, so the engine's environment cannot redirect or
-    alter connections (the caller passes explicit connection arguments)."""
-    return {k: v for k, v in env.items() if not k.startswith("PG")}
-
-
-def _probe_env() -> dict[str, str]:
-    env = _clean_env(os.environ)
-    env["PGCONNECT_TIMEOUT"] = "10"
-    env["PGAPPNAME"] = "sqlrs-engine"
-    return env
 
 
 def _handle_pid(handle: ServerHandle) -> int | None:
@@ -1037,16 +966,6 @@ def _remove_stale_pid_file(pgdata: Path, pid: int) -> None:
     info = pg.read_postmaster_pid(pgdata)
     if info is not None and info.pid == pid:
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
-
-
-def _is_our_run_dir(path: Path, run_root: Path) -> bool:
-    return path.name.startswith(RUN_DIR_PREFIX) and (
-        os.path.realpath(path.parent) == os.path.realpath(run_root)
-    )
-
-
-def _remove_run_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _last_line(text: str, containing: str) -> str:

@@ -44,7 +44,7 @@ import os
 import secrets
 import stat
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -635,7 +635,7 @@ class MountSweep:
     """Clone mounts left alone because something uses them (a running server)."""
 
 
-def sweep_mounts(root: Path) -> MountSweep:
+def sweep_mounts(root: Path, keep: Collection[Path] = ()) -> MountSweep:
     """Unmount overlay mounts under the store root that nothing uses (engine start).
 
     A clone mount at `jobs/<job>/runtime/merged` is unmounted only when the kernel says
@@ -644,9 +644,12 @@ def sweep_mounts(root: Path) -> MountSweep:
     clone's files stay on disk: an instance whose server is stopped is mounted again by
     `mount_dir_of` when the engine sets up its instance, and job recovery or deletion removes
     the rest. Any other overlay under the root (a renamed `.stale-*` runtime, an interrupted
-    operation) is garbage: it is detached even when busy.
+    operation) is garbage: it is detached even when busy. Clone mounts in `keep` stay too: a
+    container's bind mount of a clone lives in another mount namespace, so the kernel would
+    let us unmount the host's mount under a running containerized server.
     """
     jobs = os.path.realpath(root / "jobs")
+    kept_paths = {os.path.realpath(p) for p in keep}
     released: list[Path] = []
     kept: list[Path] = []
     for entry in mounts_under(root, fs_type="overlay"):
@@ -660,6 +663,9 @@ def sweep_mounts(root: Path) -> MountSweep:
             and is_overlay_clone(runtime)
         )
         try:
+            if canonical and os.path.realpath(mount_point) in kept_paths:
+                kept.append(mount_point)
+                continue
             if canonical:
                 try:
                     unmount(mount_point)

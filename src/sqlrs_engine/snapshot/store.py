@@ -24,7 +24,7 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -158,9 +158,17 @@ class StateBuild:
 class StateStore:
     """The state store of one root, operated through one snapshot backend."""
 
-    def __init__(self, layout: StoreLayout, backend: SnapshotBackend) -> None:
+    def __init__(
+        self,
+        layout: StoreLayout,
+        backend: SnapshotBackend,
+        mounts_in_use: Callable[[], Collection[Path]] | None = None,
+    ) -> None:
+        """`mounts_in_use`: data dirs that servers outside this mount namespace use (a
+        container runtime's bind mounts), which the start-up sweep must not unmount."""
         self.layout = layout
         self.backend = backend
+        self.mounts_in_use = mounts_in_use
 
     # -- locks ---------------------------------------------------------------------------------
 
@@ -594,7 +602,8 @@ class StateStore:
         unmounted (an instance's is remounted by `mount_dir_of`), leftovers are detached.
         Runs for every backend, so a store that moved away from overlay is cleaned too.
         """
-        return sweep_mounts(self.layout.root)
+        keep = self.mounts_in_use() if self.mounts_in_use is not None else ()
+        return sweep_mounts(self.layout.root, keep)
 
     def state_dirs(self) -> list[Path]:
         """Every state dir on disk, whatever made it (`.build/` and stale leftovers aside)."""

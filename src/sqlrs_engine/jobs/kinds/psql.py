@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -70,9 +69,8 @@ class PsqlSteps:
         if self._locks is None:
             raise RuntimeError("PsqlSteps.run outside of inputs(): the step's files are unlocked")
         step = self._args.steps[step_index(task)]
-        # The server user's group may read the copy (psql runs as that user when we are root).
-        user = getattr(self._runtime, "user", None)
-        gid = user.gid if user is not None and os.geteuid() == 0 else None
+        # The client's group may read the copy (psql runs unprivileged, SPEC §0.9).
+        gid = self._runtime.input_gid(handle)
         try:
             staged = stage_step(
                 self._stage_dir,
@@ -117,6 +115,7 @@ class PsqlSteps:
             cwd=staged.cwd,
             on_output=lines.feed,
             cancel=self._cancel,
+            inputs=staged.root,
         )
         lines.flush()
         if exit_code != 0:

@@ -1,0 +1,66 @@
+"""The Docker-API engine the docker runtime is tested against (Podman's API socket).
+
+`SQLRS_TEST_DOCKER_HOST` (set by `.ci/run`) names it; otherwise `scripts/container-engine`
+is run (idempotent, cached: it installs Podman, builds `localhost/postgres:15` once and starts
+the API socket). In CI (`CI=true`) an unavailable engine fails the tests instead of skipping
+them, so the container tests can never silently not run there.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+IMAGE = "localhost/postgres:15"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "container-engine"
+LABEL_STORE = "sqlrs.store"
+
+
+@functools.cache
+def _docker_host() -> tuple[str | None, str]:
+    given = os.environ.get("SQLRS_TEST_DOCKER_HOST", "").strip()
+    if given:
+        return given, ""
+    if os.geteuid() != 0:
+        return None, "the container engine is set up as root (scripts/container-engine)"
+    result = subprocess.run([str(SCRIPT)], capture_output=True, text=True, check=False)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines or not lines[-1].startswith("DOCKER_HOST="):
+        return None, f"scripts/container-engine failed: {result.stderr.strip()[-2000:]}"
+    return lines[-1].split("=", 1)[1], ""
+
+
+def docker_host() -> str:
+    """The engine's API address, or skip (fail in CI) saying why there is none."""
+    url, reason = _docker_host()
+    if url is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"no container engine in CI: {reason}")
+        pytest.skip(reason)
+    return url
+
+
+def labeled_containers(store: Path | str) -> list[Any]:
+    """Containers (running or not) labeled with this store: what a leak check looks for."""
+    import docker
+
+    client = docker.DockerClient(base_url=docker_host())
+    try:
+        store_label = str(Path(store).resolve())
+        return list(
+            client.containers.list(all=True, filters={"label": f"{LABEL_STORE}={store_label}"})
+        )
+    finally:
+        client.close()
+
+
+def remove_labeled(store: Path | str) -> None:
+    """Force-remove every container labeled with this store (teardown after a failed test,
+    so a failure does not leave servers running on a shared machine)."""
+    for container in labeled_containers(store):
+        container.remove(force=True)

@@ -74,7 +74,12 @@ from sqlrs_engine.runtime.server import (
     make_startable,
     remove_run_dir,
 )
-from sqlrs_engine.runtime.users import ServerUserError, check_traversable, ensure_owned_dir
+from sqlrs_engine.runtime.users import (
+    ServerUserError,
+    check_traversable,
+    chown_tree,
+    ensure_owned_dir,
+)
 from sqlrs_engine.runtime.users import server_user as resolve_server_user
 
 logger = logging.getLogger(__name__)

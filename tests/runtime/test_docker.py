@@ -20,6 +20,7 @@ from sqlrs_engine.runtime.docker import (
     DATA_MOUNT,
     LABEL_RUN_DIR,
     DockerRuntime,
+    _LogPump,
     client_mounts,
     connect,
     resolved_id_of,
@@ -198,3 +199,30 @@ def test_a_server_that_dies_during_a_step_fails_with_its_log(pg_root: Path) -> N
     assert "last log lines:" in str(failures[0].details)
     assert "database system is ready to accept connections" in str(failures[0].details)
     assert container_engine.labeled_containers(root) == []
+
+
+class _FollowThatOutlivesItsContainer:
+    """A log follow that delivers a prefix and then stays open: what Podman sometimes does
+    for a short-lived container (a fault the real engine shows only now and then)."""
+
+    def __init__(self, first: bytes, late: bytes) -> None:
+        self.first, self.late = first, late
+        self.release = threading.Event()
+
+    def logs(self, container_id: str, **kwargs: object) -> object:
+        yield self.first
+        self.release.wait(10)
+        yield self.late
+
+
+def test_a_follow_that_outlives_its_container_is_caught_up_from_the_whole_log() -> None:
+    api = _FollowThatOutlivesItsContainer(b"line 1\n", b"late duplicate\n")
+    received: list[tuple[str, bytes]] = []
+    pump = _LogPump(api, "c1", "stdout", lambda stream, data: received.append((stream, data)))
+    assert not pump.ended(0.2), "the follow stays open"
+    pump.catch_up(b"line 1\nline 2\nline 3\n")
+    api.release.set()  # the follow ends later: what it still yields is not delivered again
+    assert pump.ended(5)
+    assert b"".join(data for _, data in received) == b"line 1\nline 2\nline 3\n"
+    assert {stream for stream, _ in received} == {"stdout"}
+    assert pump.error is None

@@ -90,6 +90,9 @@ them for unused, as no host process names them on its command line)."""
 ID_DIGEST_PREFIX = "id-"
 LOG_TAIL_LINES = 40
 WAIT_POLL = 2.0
+FOLLOW_GRACE = 2.0
+"""Seconds a log follow may take to end after its container exited. Podman sometimes keeps a
+follow open past the exit of a short-lived container; the rest is then read without follow."""
 ALIVE_EVERY = 0.1
 """Seconds between checks that a starting server's container still runs."""
 
@@ -724,7 +727,8 @@ class DockerRuntime:
             try:
                 code = self._wait_exit(container, cancel)
                 for pump in pumps:
-                    pump.join()
+                    if not pump.ended(FOLLOW_GRACE):
+                        pump.catch_up(self._log_of(container, pump.stream))
             except APIFailure as exc:
                 # The client container vanishes with its server (kill removes both): say so.
                 self._raise_if_server_died(server, handle)
@@ -818,6 +822,16 @@ class DockerRuntime:
         text = bytes(raw).decode(errors="replace").strip()
         return text or "(container log is empty)"
 
+    def _log_of(self, container: Any, stream: str) -> bytes:
+        """One stream of an exited container's whole log, read without follow."""
+        logger.warning(
+            "docker: the %s follow of container %s outlived it; reading its log instead",
+            stream,
+            container.short_id,
+        )
+        raw = container.logs(stdout=stream == "stdout", stderr=stream == "stderr")
+        return bytes(raw)
+
     def _streaming_api(self) -> Any:
         """A low-level client without a read timeout, for following a client's output: a
         program may be silent for longer than any request timeout (pgbench -i, pg_sleep)."""
@@ -910,14 +924,18 @@ def client_mounts(args: Sequence[str], cwd: Path | None, extra: Sequence[Path] =
 
 class _LogPump:
     """Follows one stream (stdout or stderr) of a container's log on a thread, handing each
-    chunk to the sink as it arrives; the follow ends when the container exits."""
+    chunk to the sink as it arrives; the follow ends when the container exits — or, when the
+    container engine keeps it open, `catch_up` delivers the rest from the whole log."""
 
     def __init__(self, api: Any, container_id: str, stream: str, sink: OutputSink) -> None:
         self.error: BaseException | None = None
+        self.stream = stream
         self._api = api
         self._container_id = container_id
-        self._stream = stream
         self._sink = sink
+        self._lock = threading.Lock()
+        self._delivered = 0
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"docker-{stream}", daemon=True)
         self._thread.start()
 
@@ -927,17 +945,35 @@ class _LogPump:
                 self._container_id,
                 stream=True,
                 follow=True,
-                stdout=self._stream == "stdout",
-                stderr=self._stream == "stderr",
+                stdout=self.stream == "stdout",
+                stderr=self.stream == "stderr",
             )
             for chunk in chunks:
-                if chunk:
-                    self._sink(self._stream, bytes(chunk))
+                with self._lock:
+                    if self._closed:
+                        return
+                    if chunk:
+                        self._sink(self.stream, bytes(chunk))
+                        self._delivered += len(chunk)
         except APIFailure as exc:
-            self.error = exc
+            with self._lock:
+                if not self._closed:
+                    self.error = exc
 
-    def join(self) -> None:
-        self._thread.join()
+    def ended(self, timeout: float) -> bool:
+        """Whether the follow ended (within `timeout` seconds)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def catch_up(self, whole: bytes) -> None:
+        """Stop the follow and deliver what it has not: `whole` is the stream's complete log
+        (its container has exited), of which the follow delivered a prefix."""
+        with self._lock:
+            self._closed = True
+            rest = whole[self._delivered :]
+            self._delivered = len(whole)
+            if rest:
+                self._sink(self.stream, rest)
 
 
 def connect(base_url: str | None, timeout: float = 10.0) -> docker.DockerClient:

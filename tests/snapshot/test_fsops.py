@@ -467,6 +467,17 @@ def test_resolved_follows_symlinks_of_paths_that_do_not_exist_yet(tmp_path: Path
     assert resolved(Path("relative")) == Path.cwd().resolve() / "relative"
 
 
+def test_tree_size_allocated_counts_blocks_not_apparent_sizes(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse"
+    with sparse.open("wb") as fh:
+        fh.truncate(64 * 1024 * 1024)  # 64 MiB apparent, no block written
+        fh.write(b"x" * 8192)
+    assert tree_size(tmp_path) == 64 * 1024 * 1024
+    allocated = tree_size(tmp_path, allocated=True)
+    assert allocated == os.stat(sparse).st_blocks * 512
+    assert 8192 <= allocated < 1024 * 1024
+
+
 def test_tree_size_does_not_follow_a_symlinked_root(tmp_path: Path) -> None:
     target = make_tree(tmp_path / "target")
     (tmp_path / "link").symlink_to(target)

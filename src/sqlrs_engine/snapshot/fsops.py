@@ -90,17 +90,23 @@ def copy_dir_attrs(src: Path, dst: Path) -> None:
     os.chmod(dst, stat.S_IMODE(st.st_mode))
 
 
-def tree_size(path: Path) -> int:
+def tree_size(path: Path, *, allocated: bool = False) -> int:
     """Sum of regular-file sizes under `path` (symlinks not followed) — SPEC §9.6.
 
+    `allocated`: count the blocks the files occupy on disk (`st_blocks`) instead of their
+    apparent sizes — what a directory of a state's own files really costs the store.
     Files that vanish during the walk are skipped; a missing `path` raises
     FileNotFoundError so callers can tell "empty" from "gone".
     """
+
+    def size_of(st: os.stat_result) -> int:
+        return st.st_blocks * 512 if allocated else st.st_size
+
     total = 0
     stack = [os.fspath(path)]
     root_st = os.lstat(path)
     if stat.S_ISREG(root_st.st_mode):
-        return root_st.st_size
+        return size_of(root_st)
     if not stat.S_ISDIR(root_st.st_mode):
         return 0
     while stack:
@@ -115,7 +121,7 @@ def tree_size(path: Path) -> int:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                     elif entry.is_file(follow_symlinks=False):
-                        total += entry.stat(follow_symlinks=False).st_size
+                        total += size_of(entry.stat(follow_symlinks=False))
                 except FileNotFoundError:
                     continue
     return total

@@ -324,10 +324,11 @@ class OverlayBackend:
         return None
 
     def size_bytes(self, path: Path) -> int:
-        """Bytes of the state's own layer (what its step changed; all of it when flattened)."""
+        """Bytes on disk of the state's own layer: the blocks of the files its step changed
+        (all of them when flattened); the lower layers it shares are counted once, by theirs."""
         if (path / META).is_file():
-            return tree_size(path / LAYER)
-        return tree_size(path)
+            return tree_size(path / LAYER, allocated=True)
+        return tree_size(path, allocated=True)
 
     # -- clone ---------------------------------------------------------------------------------
 

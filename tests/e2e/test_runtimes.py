@@ -53,7 +53,8 @@ class Env:
 @pytest.fixture(scope="module", params=["host", "docker"])
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     runtime: str = request.param
-    environ = {"SQLRS_CONTAINER_RUNTIME": runtime}
+    # Liquibase (installed by scripts/bootstrap into the venv) runs on the host with both.
+    environ = {"SQLRS_CONTAINER_RUNTIME": runtime, "PATH": f"{VENV_BIN}:{os.environ['PATH']}"}
     image = "postgres:15"
     if runtime == "docker":
         environ["DOCKER_HOST"] = container_engine.docker_host()
@@ -85,6 +86,9 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
         if runtime == "docker":
             container_engine.remove_labeled(store)
         remove_scratch_dir(workdir)
+
+
+VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
 def run(engine: EngineProcess, instance_id: str, *args: str, stdin: str | None = None) -> Any:
@@ -198,3 +202,27 @@ def test_pgbench_and_streamed_output(env: Env) -> None:
     chunks = [e["data"] for e in events if e["type"] == "stdout"]
     assert "".join(chunks).split() == ["1", "2"]
     assert len(chunks) >= 2
+
+
+def test_a_liquibase_changelog_applies_through_the_published_port(env: Env) -> None:
+    """Liquibase stays on the host (as the unprivileged user) and connects to the instance's
+    port with its password; the states are cached per changeset on either runtime."""
+    changelog = env.workdir / "lb" / "changelog.sql"
+    changelog.parent.mkdir(exist_ok=True)
+    changelog.write_text(
+        "--liquibase formatted sql\n\n"
+        "--changeset dev:1\ncreate table lbt(a int);\n\n"
+        "--changeset dev:2\ninsert into lbt values (1), (2);\n"
+    )
+    body = {
+        "prepare_kind": "lb",
+        "image_id": env.image,
+        "liquibase_args": ["update", "--changelog-file", str(changelog)],
+    }
+    first = succeeded(prepare(env.engine, body))
+    assert query(first.dsn, "select count(*) from lbt") == "2"
+    again = succeeded(prepare(env.engine, body))
+    steps = [t for t in again.status["tasks"] if t["type"] == "state_execute"]
+    assert [t["cached"] for t in steps] == [True, True]
+    assert query(again.dsn, "select count(*) from lbt") == "2"
+    assert again.result["state_id"] == first.result["state_id"]

@@ -8,7 +8,6 @@ that directory on their PATH, which is how a user's engine finds it too.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import IMAGE, prepare, psql_body, query, submit, wait
+from tests.support.waiting import wait_for_log
 
 VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 LIQUIBASE = VENV_BIN / "liquibase"
@@ -299,15 +299,6 @@ def _processes_in(directory: Path) -> list[str]:
     return found
 
 
-def _wait_for_log(engine: EngineProcess, job_id: str, predicate: Any, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    for event in engine.ndjson(f"/v1/prepare-jobs/{job_id}/events", timeout=timeout):
-        if event["type"] == "log" and predicate(event["message"]):
-            return
-        assert time.monotonic() < deadline
-    raise AssertionError("the job ended before the expected log line")
-
-
 def test_cancel_during_a_liquibase_run_kills_its_process_tree(
     engine: EngineProcess, scratch_dir: Path
 ) -> None:
@@ -315,7 +306,7 @@ def test_cancel_during_a_liquibase_run_kills_its_process_tree(
     marker.mkdir()
     changelog = sql_changelog(marker / "slow.sql", ["select pg_sleep(300);"])
     job_id = submit(engine, lb_body("update", "--changelog-file", str(changelog)))
-    _wait_for_log(engine, job_id, lambda line: line.startswith("liquibase: Running Changeset"))
+    wait_for_log(engine, job_id, lambda line: line.startswith("liquibase: Running Changeset"))
     running = _processes_in(marker)
     assert any("liquibase" in line for line in running), "Liquibase runs while it sleeps"
     reply = engine.post(f"/v1/prepare-jobs/{job_id}/cancel")
@@ -333,7 +324,7 @@ def test_restart_resumes_an_lb_job(scratch_dir: Path) -> None:
     body = lb_body("update", "--changelog-file", str(changelog))
     first = start_engine(scratch_dir, env=WITH_LIQUIBASE)
     job_id = submit(first, body)
-    _wait_for_log(first, job_id, lambda line: "Running Changeset: resume.sql::2::dev" in line)
+    wait_for_log(first, job_id, lambda line: "Running Changeset: resume.sql::2::dev" in line)
     assert first.stop() == 0
     second = start_engine(scratch_dir, env=WITH_LIQUIBASE)
     try:
@@ -356,7 +347,7 @@ def test_a_changelog_edited_during_the_job_does_not_change_what_it_applies(
     changes = ["create table e(a int); select pg_sleep(2);", "insert into e values (1);"]
     changelog = sql_changelog(scratch_dir / "edited.sql", changes)
     job_id = submit(engine, lb_body("update", "--changelog-file", str(changelog)))
-    _wait_for_log(engine, job_id, lambda line: "Running Changeset: edited.sql::1::dev" in line)
+    wait_for_log(engine, job_id, lambda line: "Running Changeset: edited.sql::1::dev" in line)
     sql_changelog(changelog, [changes[0], "insert into e values (2);"])
     outcome = wait(engine, job_id)
     assert outcome.status["status"] == "succeeded", outcome.status

@@ -10,7 +10,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sqlrs_engine.runtime import procs
 from tests.support.dirs import servers_under
 from tests.support.engine_process import EngineProcess
 from tests.support.prepare import JobOutcome, prepare, psql_body, query
+from tests.support.waiting import wait_for
 
 SCHEMA = "create table items(id int primary key, name text); insert into items values (1, 'one')"
 
@@ -352,15 +352,6 @@ def test_a_killed_server_whose_clone_was_unmounted_is_remounted_and_restarted(
 def client_processes(marker: str) -> list[int]:
     """Live processes (psql clients) whose command line contains `marker`."""
     return [pid for pid in procs.all_pids() if any(marker in a for a in procs.cmdline(pid))]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_a_client_that_disconnects_kills_the_command_and_its_query(

@@ -15,8 +15,7 @@ import socket
 import stat
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from sqlrs_engine.runtime.host import CLIENT_TAG_ENV
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, engine_command, start_engine
 from tests.support.prepare import prepare, psql_body, query
+from tests.support.waiting import wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -37,15 +37,6 @@ POSTGRES_UID = pwd.getpwnam("postgres").pw_uid if os.geteuid() == 0 else -1
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +108,7 @@ def test_secret_is_in_the_dsn_only(engine: EngineProcess) -> None:
     # A restart of the instance's server (run after its server died) keeps the password.
     pid = int(engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"][5:])
     os.kill(pid, signal.SIGKILL)
-    assert _wait_for(lambda: not procs.is_alive(pid))
+    assert wait_for(lambda: not procs.is_alive(pid))
     body = {"instance_ref": instance_id, "kind": "psql", "args": ["-At", "-c", "select 7"]}
     with engine.post("/v1/runs", json=body, stream=True, timeout=120) as response:
         events = [json.loads(line) for line in response.iter_lines() if line]
@@ -222,7 +213,7 @@ def test_orphan_clients_are_gone_after_kill_9_and_restart() -> None:
 
         streamer = threading.Thread(target=run, daemon=True)
         streamer.start()
-        assert _wait_for(lambda: len(_clients_of(store)) == 1)
+        assert wait_for(lambda: len(_clients_of(store)) == 1)
         (psql,) = _clients_of(store)
         assert procs.exe(psql) is not None and "psql" in str(procs.exe(psql))
         # A client that escaped the parent-death signal (say, a machine without setpriv).
@@ -231,15 +222,15 @@ def test_orphan_clients_are_gone_after_kill_9_and_restart() -> None:
         )
 
         engine.stop(signal.SIGKILL)
-        assert _wait_for(lambda: not procs.is_alive(psql)), "psql outlived the engine"
+        assert wait_for(lambda: not procs.is_alive(psql)), "psql outlived the engine"
         assert decoy.poll() is None
 
         engine = start_engine(workdir, state_store=store)
-        assert _wait_for(lambda: decoy.poll() is not None), "the leftover client survived"
+        assert wait_for(lambda: decoy.poll() is not None), "the leftover client survived"
         assert "killed 1 client programs left by a previous engine" in engine.stderr_text()
         # Nothing committed after the kill; the server noticed its client was gone.
         assert query(outcome.dsn, "select count(*) from slow") == "0"
-        assert _wait_for(
+        assert wait_for(
             lambda: (
                 query(
                     outcome.dsn,

@@ -12,7 +12,7 @@ import os
 import pwd
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tests.e2e.test_prepare_lb import LIQUIBASE, WITH_LIQUIBASE, lb_body, sql_ch
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, query, submit, wait
+from tests.support.waiting import wait_for, wait_for_log
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,15 +39,6 @@ XML_HEADER = (
     '    xsi:schemaLocation="http://www.liquibase.org/xml/ns/dbchangelog '
     'http://www.liquibase.org/xml/ns/dbchangelog/dbchangelog-4.20.xsd">\n'
 )
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def _root_only_dir(parent: Path, name: str) -> Path:
@@ -194,15 +186,6 @@ def _liquibase_clients(store: Path) -> list[int]:
     ]
 
 
-def _wait_for_log(engine: EngineProcess, job_id: str, predicate: Any, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    for event in engine.ndjson(f"/v1/prepare-jobs/{job_id}/events", timeout=timeout):
-        if event["type"] == "log" and predicate(event["message"]):
-            return
-        assert time.monotonic() < deadline
-    raise AssertionError("the job ended before the expected log line")
-
-
 @pytest.mark.parametrize("mode", ["warm-jvm", "process", "launcher-script"])
 def test_orphan_liquibase_is_gone_after_kill_9_and_restart(mode: str) -> None:
     """The JVM dies with the engine (parent-death signal). A non-standard installation is run
@@ -227,7 +210,12 @@ def test_orphan_liquibase_is_gone_after_kill_9_and_restart(mode: str) -> None:
         )
         body = lb_body("update", "--changelog-file", str(changelog), **extra)
         job_id = submit(engine, body)
-        _wait_for_log(engine, job_id, lambda line: "Running Changeset: slow.sql::2::dev" in line)
+        wait_for_log(
+            engine,
+            job_id,
+            lambda line: "Running Changeset: slow.sql::2::dev" in line,
+            timeout=180,
+        )
         running = [pid for pid in _liquibase_clients(store) if "java" in str(procs.exe(pid))]
         assert len(running) == 1, [procs.cmdline(pid) for pid in _liquibase_clients(store)]
         (jvm,) = running
@@ -235,15 +223,15 @@ def test_orphan_liquibase_is_gone_after_kill_9_and_restart(mode: str) -> None:
 
         engine.stop(signal.SIGKILL)
         if mode != "launcher-script":
-            assert _wait_for(lambda: not procs.is_alive(jvm)), "Liquibase outlived the engine"
+            assert wait_for(lambda: not procs.is_alive(jvm), 60), "Liquibase outlived the engine"
 
         engine = start_engine(workdir, env=WITH_LIQUIBASE, state_store=store)
-        assert _wait_for(lambda: not procs.is_alive(jvm)), "the leftover JVM survived"
+        assert wait_for(lambda: not procs.is_alive(jvm), 60), "the leftover JVM survived"
         if mode == "launcher-script":
             assert "client programs left by a previous engine" in engine.stderr_text()
         assert engine.post(f"/v1/prepare-jobs/{job_id}/cancel").status_code in (200, 202)
         assert wait(engine, job_id).status["status"] == "failed"
-        assert _wait_for(lambda: _liquibase_clients(store) == []), "no Liquibase left"
+        assert wait_for(lambda: _liquibase_clients(store) == [], 60), "no Liquibase left"
     finally:
         engine.stop()
         remove_scratch_dir(workdir)

@@ -1,0 +1,31 @@
+"""Bounded polling for conditions another process or thread makes true."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.support.engine_process import EngineProcess
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0, poll: float = 0.05) -> bool:
+    """Whether `condition` became true within `timeout` seconds (checked once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(poll)
+    return condition()
+
+
+def wait_for_log(
+    engine: EngineProcess, job_id: str, predicate: Callable[[str], Any], timeout: float = 120
+) -> None:
+    """Follow a job's events until a log line satisfies `predicate`; fail if the job ends first."""
+    deadline = time.monotonic() + timeout
+    for event in engine.ndjson(f"/v1/prepare-jobs/{job_id}/events", timeout=timeout):
+        if event["type"] == "log" and predicate(event["message"]):
+            return
+        assert time.monotonic() < deadline
+    raise AssertionError("the job ended before the expected log line")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_concurrent_load import Api as LoadApi
-from tests.e2e.test_concurrent_load import Job, Run, finish, unexpected_exceptions
 from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.load import Api as LoadApi
+from tests.support.load import Job, Run, storm, unexpected_exceptions
 from tests.support.prepare import prepare, psql_body
 from tests.support.store_check import settled_store_problems, stale_leftovers, store_problems
 
@@ -155,15 +154,7 @@ def test_eviction_storm_against_prepares_runs_and_deletes(scratch_dir: Path) -> 
                     )
                     deletes.append(response.status_code)
 
-        with concurrent.futures.ThreadPoolExecutor(7) as pool:
-            workers = [pool.submit(submitter, seed) for seed in range(3)]
-            workers += [pool.submit(runner, 10 + seed) for seed in range(2)]
-            workers += [pool.submit(deleter, 20 + seed) for seed in range(2)]
-            try:
-                stop.wait(EVICTION_STORM_SECONDS)
-            finally:
-                stop.set()
-            finish(workers)
+        storm(stop, EVICTION_STORM_SECONDS, (submitter, 3, 0), (runner, 2, 10), (deleter, 2, 20))
 
         problems = [
             f"{c.method} {c.path} {c.status}: {c.body.strip()}" for c in api.server_errors()

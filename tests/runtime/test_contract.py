@@ -163,6 +163,8 @@ def test_exec_with_stdin_files_and_includes(subject: Subject) -> None:
     assert code == 0, out
     code, out = subject.psql(handle, "-f", "-", stdin=b"insert into s values (3);\n", cwd=scripts)
     assert code == 0, out
+    if handle.socket_dir is not None:  # stdin's file went with the run: nothing left behind
+        assert sorted(p.name for p in handle.socket_dir.iterdir() if "stdin" in p.name) == []
     assert subject.psql(handle, "-c", "select sum(a) from s") == (0, "5\n")
     code, out = subject.psql(handle, "-c", "select * from missing_table")
     assert code != 0 and "missing_table" in out

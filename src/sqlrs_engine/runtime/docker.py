@@ -680,8 +680,8 @@ class DockerRuntime:
         password in `PGPASSWORD` (`server.client_env`), never on a command line. Read-only
         mounts at their host paths: `inputs` (a step's staging copy), the working directory
         and the directories of `-f` files; stdin goes through a file only that user's group
-        can read. Output is delivered as it is produced (the container's log, followed per
-        stream). Cancel kills and removes the client container and raises `cancelled`.
+        can read, in the server's run dir. Output is delivered as it is produced (the
+        container's log, followed per stream). Cancel kills and removes the client container and raises `cancelled`.
         """
         name = common.client_program(program)
         message = f"cannot run {name}"
@@ -697,7 +697,9 @@ class DockerRuntime:
         stdin_dir: str | None = None
         try:
             if stdin is not None:
-                stdin_dir = tempfile.mkdtemp(prefix="sqlrs-stdin-")
+                # Inside the server's run dir, which goes with the server: a crash mid-run
+                # leaves nothing behind that outlives its instance.
+                stdin_dir = tempfile.mkdtemp(prefix="stdin-", dir=self._run_dir_of(handle, server))
                 stdin_file = Path(stdin_dir, "stdin")
                 fd = os.open(stdin_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
                 with os.fdopen(fd, "wb") as fh:

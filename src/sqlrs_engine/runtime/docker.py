@@ -681,7 +681,8 @@ class DockerRuntime:
         mounts at their host paths: `inputs` (a step's staging copy), the working directory
         and the directories of `-f` files; stdin goes through a file only that user's group
         can read, in the server's run dir. Output is delivered as it is produced (the
-        container's log, followed per stream). Cancel kills and removes the client container and raises `cancelled`.
+        container's log, followed per stream). Cancel kills and removes the client container
+        and raises `cancelled`.
         """
         name = common.client_program(program)
         message = f"cannot run {name}"

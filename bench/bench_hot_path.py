@@ -178,7 +178,8 @@ def floor_once(state_dir: Path, scratch: Path, port: int, *, pg_ctl_wait: bool =
     start = pg.pg_ctl_start_argv(BIN, pgdata, run / "server.log", settings, 60)
     if not pg_ctl_wait:
         start[start.index("-w")] = "-W"
-    probe = pg.psql_probe_argv(PSQL, str(run), port, pg.PROBE_SQL)
+    probe = [PSQL, "-X", "-q", "-A", "-t", "-h", str(run), "-p", str(port)]
+    probe += ["-U", pg.SUPERUSER, "-d", pg.DATABASE, "-c", pg.PROBE_SQL]
     as_server: dict[str, Any] = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
     started = time.perf_counter()

@@ -204,6 +204,36 @@ def test_leftovers_killed_when_leader_exits() -> None:
     assert not _alive(pid)
 
 
+def test_spares_group_leaves_a_launched_child_running() -> None:
+    """`pg_ctl start -W`'s case: the launcher exits before its child has left the group."""
+    result = run(["sh", "-c", "sleep 100 >/dev/null 2>&1 & echo $!"], timeout=10, spares_group=True)
+    pid = int(result.output.strip())
+    try:
+        assert result.exit_code == 0
+        assert _alive(pid)
+    finally:
+        os.kill(pid, 9)
+
+
+def test_spares_group_still_kills_the_group_on_cancel() -> None:
+    token = CancelToken()
+    pids: list[int] = []
+
+    def on_line(_stream: str, line: str) -> None:
+        pids.append(int(line))
+        token.cancel()
+
+    with pytest.raises(JobFailure):
+        run_lines(
+            ["sh", "-c", "sleep 100 >/dev/null 2>&1 & echo $!; sleep 100"],
+            on_line=on_line,
+            cancel=token,
+            timeout=30,
+            spares_group=True,
+        )
+    assert pids and not _alive(pids[0])
+
+
 def test_timeout_kills() -> None:
     started = time.monotonic()
     with pytest.raises(ProcessTimeout) as info:

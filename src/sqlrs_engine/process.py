@@ -10,7 +10,9 @@ goes through `run`:
 - when the leader exits, whatever is left in its process group is SIGKILLed too (the group is
   killed while the leader is still an unreaped zombie, so its id cannot have been reused).
   A program that must outlive its launcher (a PostgreSQL postmaster started by `pg_ctl`) has
-  to leave the group itself, as `pg_ctl` does with `setsid()`.
+  to leave the group itself, as `pg_ctl` does with `setsid()`; `spares_group=True` leaves the
+  group alone after a normal exit, for a launcher (`pg_ctl start -W`) that may exit before its
+  child has called `setsid()`.
 - stdout and stderr are read separately and delivered **as they arrive** to
   `on_output(stream, chunk)` with `stream` in `("stdout", "stderr")`, on the calling thread;
   `LineBuffer` / `run_lines` turn that into whole lines (for `initdb: <line>` log events).
@@ -267,15 +269,18 @@ class _Group:
                 os.close(self.pidfd)
             self.pidfd = None
 
-    def reap(self) -> int:
+    def reap(self, *, kill: bool = True) -> int:
         """Kill what is left of the group (leader is a zombie: its id is still ours), reap the
-        leader, and wait until no live member of the group remains (SIGKILL is asynchronous)."""
-        self.signal(signal.SIGKILL)
+        leader, and wait until no live member of the group remains (SIGKILL is asynchronous).
+        `kill=False` (`spares_group`): only reap the leader."""
+        if kill:
+            self.signal(signal.SIGKILL)
         with self.lock:
             self.reaped = True
         code = self.proc.wait()
         self.close()
-        _wait_group_gone(self.proc.pid)
+        if kill:
+            _wait_group_gone(self.proc.pid)
         return code
 
     def terminate(self, grace: float) -> None:
@@ -397,6 +402,7 @@ def run(
     term_grace: float = DEFAULT_TERM_GRACE,
     check: bool = False,
     die_with_parent: bool = False,
+    spares_group: bool = False,
 ) -> RunResult:
     """Run `argv` to completion; see the module docstring for the guarantees.
 
@@ -427,7 +433,9 @@ def run(
                 target=_feed_stdin, args=(proc.stdin, stdin), name="stdin-writer", daemon=True
             )
             writer.start()
-        exit_code = _pump(argv, proc, group, tail, on_output, cancel, timeout, term_grace)
+        exit_code = _pump(
+            argv, proc, group, tail, on_output, cancel, timeout, term_grace, spares_group
+        )
     except BaseException:
         # Cancel, timeout, or a callback that raised: nothing of the group may survive.
         group.terminate(term_grace)
@@ -458,6 +466,7 @@ def _pump(
     cancel: CancelToken,
     timeout: float | None,
     term_grace: float,
+    spares_group: bool = False,
 ) -> int:
     deadline = None if timeout is None else time.monotonic() + timeout
     selector = selectors.DefaultSelector()
@@ -481,7 +490,8 @@ def _pump(
                 break
             if drain_deadline is None and group.leader_exited():
                 # Leader gone: kill leftovers now, then read what is buffered until EOF.
-                group.signal(signal.SIGKILL)
+                if not spares_group:
+                    group.signal(signal.SIGKILL)
                 drain_deadline = time.monotonic() + _DRAIN_AFTER_EXIT
             if drain_deadline is not None and time.monotonic() >= drain_deadline:
                 break  # a daemon outside the group still holds our pipe: stop reading
@@ -514,7 +524,7 @@ def _pump(
         if cancel.cancelled:
             # The leader may have died *because* of the cancel: report a cancel, not an exit.
             raise cancelled()
-        return group.reap()
+        return group.reap(kill=not spares_group)
     finally:
         selector.close()
 
@@ -581,6 +591,7 @@ def run_lines(
     timeout: float | None = None,
     term_grace: float = DEFAULT_TERM_GRACE,
     check: bool = False,
+    spares_group: bool = False,
 ) -> RunResult:
     """`run` with output delivered as whole lines: `on_line(stream, line)`.
 
@@ -600,6 +611,7 @@ def run_lines(
         timeout=timeout,
         term_grace=term_grace,
         check=False,
+        spares_group=spares_group,
     )
     lines.flush()
     if check and result.exit_code != 0:

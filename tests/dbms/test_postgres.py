@@ -81,6 +81,8 @@ def test_pg_ctl_options_are_shell_quoted() -> None:
     argv = pg.pg_ctl_start_argv(BIN, Path("/d/pgdata"), Path("/r/log"), settings, 30)
     assert argv[:7] == [str(BIN / "pg_ctl"), "start", "-w", "-t", "30", "-D", "/d/pgdata"]
     assert argv[7:] == ["-l", "/r/log", "-o", opts]
+    no_wait = pg.pg_ctl_start_argv(BIN, Path("/d/pgdata"), Path("/r/log"), settings)
+    assert no_wait == [str(BIN / "pg_ctl"), "start", "-W", "-D", "/d/pgdata", *argv[7:]]
 
 
 def test_stop_status_probe_argv() -> None:
@@ -92,6 +94,15 @@ def test_stop_status_probe_argv() -> None:
         "5",
         "-m",
         "immediate",
+        "-D",
+        "/p",
+    ]
+    assert pg.pg_ctl_stop_argv(BIN, Path("/p"), "fast", None) == [
+        str(BIN / "pg_ctl"),
+        "stop",
+        "-W",
+        "-m",
+        "fast",
         "-D",
         "/p",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -621,6 +622,82 @@ def test_start_retries_when_port_is_taken(
         squatter.close()
 
 
+@pytest.mark.parametrize(
+    ("setting", "logged"),
+    [
+        # Rejected while reading the configuration, before postmaster.pid exists: found by
+        # its command line, gone.
+        ("shared_buffers = 'lots'", "invalid value for parameter"),
+        # Fails after locking the data dir (postmaster.pid names it): its exit is seen.
+        ("shared_preload_libraries = 'sqlrs_no_such_library'", "sqlrs_no_such_library"),
+    ],
+    ids=["before-pid-file", "after-pid-file"],
+)
+def test_start_of_a_failing_server_fails_fast_with_its_log(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, setting: str, logged: str
+) -> None:
+    pgdata = pgdata_of(data_dir)
+    with (pgdata / "postgresql.conf").open("a") as conf:
+        conf.write(f"\n{setting}\n")
+    before = host_runtime.ports.reserved()
+    run_dirs = set(host_runtime.run_root.iterdir())
+    lines: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(JobFailure) as info:
+        host_runtime.start(resolved_image, data_dir, lines.append, CancelToken())
+    # Its exit is noticed, not waited out until the start timeout.
+    assert time.monotonic() - started < host_runtime.start_timeout / 3
+    assert info.value.message == "cannot start runtime"
+    details = info.value.details or ""
+    assert "exited during start-up" in details
+    assert "server log:" in details and logged in details
+    assert "pg_ctl: server starting" in lines
+    assert not any(line.startswith("server ready") for line in lines)
+    assert not _server_pids(pgdata)
+    assert not (pgdata / "postmaster.pid").exists()
+    assert host_runtime.ports.reserved() == before
+    assert set(host_runtime.run_root.iterdir()) == run_dirs
+
+
+def test_start_that_outlasts_its_timeout_is_cut_short(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path
+) -> None:
+    """A server that never gets ready (here: stopped by SIGSTOP as soon as it exists) fails
+    the start at the timeout, and nothing of it survives."""
+    runtime = HostRuntime(run_root=host_runtime.run_root, start_timeout=2.0)
+    pgdata = pgdata_of(data_dir)
+
+    def log(line: str) -> None:
+        if line == "pg_ctl: server starting":
+            for pid in procs.find_by_cmdline(str(pgdata)):  # pg_ctl's child, then postgres
+                procs.send(pid, signal.SIGSTOP)
+
+    with pytest.raises(JobFailure) as info:
+        runtime.start(resolved_image, data_dir, log, CancelToken())
+    assert "did not become ready within" in (info.value.details or "")
+    assert _wait_for(lambda: not _server_pids(pgdata), 5)
+    assert not (pgdata / "postmaster.pid").exists()
+
+
+def test_stop_of_a_server_that_does_not_shut_down_fails_at_its_timeout(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, servers: list[ServerHandle]
+) -> None:
+    runtime = HostRuntime(run_root=host_runtime.run_root, stop_timeout=1.0)
+    handle = runtime.start(resolved_image, data_dir, lambda _l: None, CancelToken())
+    servers.append(handle)
+    assert handle.pid is not None
+    procs.send(handle.pid, signal.SIGSTOP)  # the shutdown signal stays pending
+    try:
+        with pytest.raises(JobFailure) as info:
+            runtime.stop(handle, lambda _l: None)
+        assert info.value.message == "cannot stop server"
+        assert "did not shut down within 1 s" in (info.value.details or "")
+    finally:
+        procs.send(handle.pid, signal.SIGCONT)
+    runtime.kill(handle)
+    assert not _server_pids(pgdata_of(data_dir))
+
+
 def test_cancel_after_pg_ctl_reported_start(
     host_runtime: HostRuntime, resolved_image: str, data_dir: Path
 ) -> None:
@@ -628,7 +705,7 @@ def test_cancel_after_pg_ctl_reported_start(
     token = CancelToken()
 
     def log(line: str) -> None:
-        if "server start" in line:
+        if line.startswith("server ready"):
             token.cancel()
 
     before = host_runtime.ports.reserved()

@@ -188,14 +188,20 @@ def pg_ctl_options(settings: Sequence[tuple[str, str]]) -> str:
 
 
 def pg_ctl_start_argv(
-    bin_dir: Path, pgdata: Path, logfile: Path, settings: Sequence[tuple[str, str]], timeout: int
+    bin_dir: Path,
+    pgdata: Path,
+    logfile: Path,
+    settings: Sequence[tuple[str, str]],
+    timeout: int | None = None,
 ) -> list[str]:
+    """`pg_ctl start`; with a `timeout` it waits (`-w -t`) for the server to be ready, which
+    it checks only every 100 ms; without one it returns at once (`-W`) and the caller waits
+    (`runtime/startup.py`)."""
+    wait = ["-w", "-t", str(max(1, timeout))] if timeout is not None else ["-W"]
     return [
         str(bin_dir / "pg_ctl"),
         "start",
-        "-w",
-        "-t",
-        str(max(1, timeout)),
+        *wait,
         "-D",
         str(pgdata),
         "-l",
@@ -206,14 +212,15 @@ def pg_ctl_start_argv(
 
 
 def pg_ctl_stop_argv(
-    bin_dir: Path, pgdata: Path, mode: str = "fast", timeout: int = 60
+    bin_dir: Path, pgdata: Path, mode: str = "fast", timeout: int | None = 60
 ) -> list[str]:
+    """`pg_ctl stop`; with a `timeout` it waits (`-w -t`, in 100 ms steps) until the server is
+    gone; with None it only signals the postmaster (`-W`) and the caller waits."""
+    wait = ["-w", "-t", str(max(1, timeout))] if timeout is not None else ["-W"]
     return [
         str(bin_dir / "pg_ctl"),
         "stop",
-        "-w",
-        "-t",
-        str(max(1, timeout)),
+        *wait,
         "-m",
         mode,
         "-D",

@@ -13,9 +13,13 @@ carries it. TCP needs it; the socket is trusted but reachable only by the server
 root. Client programs (`run_client`) run as the server user when the engine is root, get the
 password in `PGPASSWORD`, and die with the engine.
 
-Servers are started with `pg_ctl start -w` as the server user (see `users.py`), so they are
+Servers are started with `pg_ctl start -W` as the server user (see `users.py`), so they are
 daemons in their own session: they keep running when the engine exits, and a restarted engine
-finds them again with `adopt` (via `postmaster.pid`).
+finds them again with `adopt` (via `postmaster.pid`). pg_ctl returns as soon as it has
+launched the postmaster; the engine then waits for `ready` in `postmaster.pid` itself
+(`postmaster.py`: a 2 ms look instead of `pg_ctl -w`'s 100 ms steps, the postmaster's exit noticed
+at once through a pidfd), so a failed start still fails fast with the server log's tail, and a
+taken port is still retried on another one.
 
 **runtime_id** is `host:<postmaster pid>` (for example `host:48213`): the one number that names
 a running server process on this machine, visible in `ps`, and what `kill` signals. It is only
@@ -52,7 +56,7 @@ from sqlrs_engine.dbms import postgres as pg
 from sqlrs_engine.dbms.scram import new_secret
 from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.process import ProcessError, RunAs
-from sqlrs_engine.runtime import procs, server
+from sqlrs_engine.runtime import postmaster, procs, server
 from sqlrs_engine.runtime.base import (
     CANNOT_RESOLVE_IMAGE,
     LogSink,
@@ -455,20 +459,31 @@ class HostRuntime:
             self._release(handle, socket_dir)
             return
         install = self._install_for_data_dir(handle.data_dir)
-        argv = pg.pg_ctl_stop_argv(install.bin_dir, pgdata, "fast", int(self.stop_timeout))
+        # -W: pg_ctl sends the fast-shutdown signal (as the server user) and returns; the
+        # postmaster's exit is waited for on its pidfd (`pg_ctl stop -w` polls every 100 ms).
+        argv = pg.pg_ctl_stop_argv(install.bin_dir, pgdata, "fast", None)
         try:
             result = self._run_as_server(argv, "pg_ctl", log, self.stop_timeout + 15)
         except ProcessError as exc:
             raise JobFailure("internal_error", "cannot stop server", str(exc)) from None
+        gone = result.exit_code == 0 and postmaster.wait_until_gone(
+            running_pid, pgdata, self.stop_timeout
+        )
         status = self._status(install, pgdata)
-        if result.exit_code != 0 or status.running:
+        if result.exit_code != 0 or not gone or status.running:
             raise JobFailure(
                 "internal_error",
                 "cannot stop server",
                 f"pg_ctl stop exited with code {result.exit_code}: {result.output.strip()}"
+                + (
+                    f" (server did not shut down within {self.stop_timeout:g} s)"
+                    if result.exit_code == 0 and not gone
+                    else ""
+                )
                 + (f" (server still running, pid {status.pid})" if status.running else ""),
             )
-        # pg_ctl -w returns when postmaster.pid is gone; make sure the processes are too.
+        log("server stopped")
+        # postmaster.pid is gone with the postmaster; make sure its children are too.
         if not procs.wait_dead([running_pid], 10.0) or not procs.kill_group_members(running_pid):
             raise JobFailure(
                 "internal_error", "cannot stop server", f"postmaster {running_pid} did not exit"
@@ -633,6 +648,8 @@ class HostRuntime:
         log: LogSink,
         timeout: float,
         cancel: CancelToken = NEVER_CANCELLED,
+        *,
+        spares_group: bool = False,
     ) -> process.RunResult:
         """Run a server-side program (initdb, pg_ctl) as the server user; each output line
         becomes a log line `<prefix>: <line>`."""
@@ -644,6 +661,7 @@ class HostRuntime:
             cancel=cancel,
             on_line=lambda _stream, line: log(f"{prefix}: {line}"),
             timeout=timeout,
+            spares_group=spares_group,
         )
 
     def _server_env(self) -> dict[str, str]:
@@ -721,33 +739,54 @@ class HostRuntime:
         logfile = run_dir / SERVER_LOG_NAME
         offset = logfile.stat().st_size if logfile.exists() else 0
         settings = pg.server_settings(install.major, port, run_dir, run_dir / pg.HBA_FILE_NAME)
-        argv = pg.pg_ctl_start_argv(
-            install.bin_dir, pgdata, logfile, settings, int(self.start_timeout)
-        )
+        # -W: pg_ctl launches the postmaster (in its own session) and returns; we wait for it
+        # ourselves (runtime/postmaster.py), closer than pg_ctl's 100 ms steps.
+        argv = pg.pg_ctl_start_argv(install.bin_dir, pgdata, logfile, settings)
         deadline = time.monotonic() + self.start_timeout
         try:
-            result = self._run_as_server(argv, "pg_ctl", log, self.start_timeout + 15, cancel)
+            # pg_ctl may exit before its forked child has left its process group (setsid()):
+            # the group must outlive pg_ctl. A cancel still kills it (and start() the rest).
+            result = self._run_as_server(
+                argv, "pg_ctl", log, self.start_timeout + 15, cancel, spares_group=True
+            )
         except ProcessError as exc:
             raise JobFailure("internal_error", "cannot start runtime", str(exc)) from None
         if result.exit_code != 0:
             server_log = pg.log_tail(logfile, start=offset)
             self._kill_run_dir_processes(run_dir, pgdata)
-            if pg.is_bind_failure(server_log):
-                raise _BindFailure(_last_line(server_log, "bind"))
             raise JobFailure(
                 "internal_error",
                 "cannot start runtime",
                 f"pg_ctl start exited with code {result.exit_code}: {result.output.strip()}\n"
                 f"server log:\n{server_log.strip()}",
             )
-        info = pg.read_postmaster_pid(pgdata)
-        pid = self._verified_postmaster(info, pgdata)
-        if info is None or pid is None or info.port != port:
+        try:
+            ready = postmaster.wait_until_ready(
+                pgdata,
+                f"{_SOCKET_SETTING}{run_dir}",
+                serves=lambda pid: _serves(pid, pgdata),
+                timeout=max(0.0, deadline - time.monotonic()),
+                cancel=cancel,
+            )
+        except postmaster.StartupError as exc:
+            server_log = pg.log_tail(logfile, start=offset)
+            self._kill_run_dir_processes(run_dir, pgdata)
+            if isinstance(exc, postmaster.ServerExited) and pg.is_bind_failure(server_log):
+                raise _BindFailure(_last_line(server_log, "bind")) from None
             raise JobFailure(
                 "internal_error",
                 "cannot start runtime",
-                f"pg_ctl reported success but postmaster.pid does not show our server on port "
-                f"{port}: {info}\nserver log:\n{pg.log_tail(logfile, start=offset).strip()}",
+                f"{exc}\nserver log:\n{server_log.strip()}",
+            ) from None
+        pid = ready.pid
+        log(f"server ready (pid {pid}, port {ready.port})")
+        cancel.raise_if_cancelled()
+        if ready.port != port:
+            raise JobFailure(
+                "internal_error",
+                "cannot start runtime",
+                f"postmaster.pid shows the server (pid {pid}) on port {ready.port}, not on "
+                f"port {port}\nserver log:\n{pg.log_tail(logfile, start=offset).strip()}",
             )
         self._wait_ready(install, run_dir, port, password, pid, cancel, deadline, logfile, offset)
         with self._run_dirs_lock:
@@ -775,8 +814,8 @@ class HostRuntime:
         offset: int,
     ) -> None:
         """Ready = a trusted connection on the private socket that also sets the password
-        (`server.set_password_when_ready`). `pg_ctl start -w` has already waited for the
-        postmaster to report `ready`, which it does only after opening its TCP socket."""
+        (`server.set_password_when_ready`). `postmaster.wait_until_ready` has already waited for
+        the postmaster to report `ready`, which it does only after opening its sockets."""
         failure = server.set_password_when_ready(
             run_dir,
             port,

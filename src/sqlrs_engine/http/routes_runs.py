@@ -28,7 +28,7 @@ from sqlrs_engine.runtime.base import LogSink
 log = logging.getLogger(__name__)
 
 ENSURE_RUNNING_TIMEOUT = 180.0
-"""Seconds a run waits for its instance's server (a restart runs pg_ctl start -w, ≤ 60 s)."""
+"""Seconds a run waits for its instance's server (a restart starts it, ≤ 60 s)."""
 
 
 def register(app: bottle.Bottle, ctx: ApiContext) -> None:

@@ -33,7 +33,7 @@ from sqlrs_engine.prepare.job_request import PrepareRequest
 log = logging.getLogger(__name__)
 
 ADOPT_TIMEOUT = 180.0
-"""Seconds to wait for an adopted instance's server (a restart runs pg_ctl start -w)."""
+"""Seconds to wait for an adopted instance's server (a restart starts it again)."""
 
 RECORD_RETRY_SECONDS = 60.0
 """How long a job keeps trying to record how it ended while state.db refuses writes."""

@@ -1,6 +1,6 @@
 """The warm pool: running servers on clones of recently hit states, ready to hand out.
 
-A cache hit normally clones the state and starts a server (`pg_ctl start -w` dominates its
+A cache hit normally clones the state and starts a server (the server start dominates its
 cost). The pool does that work ahead of time: it keeps *members* — each its own clone, its
 own server and its own random password — of the states users hit, and a hit that finds one
 takes it instead (`take`). A member is handed out once and never comes back: the instance it

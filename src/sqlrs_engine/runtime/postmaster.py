@@ -192,10 +192,8 @@ class _Postmaster:
     def exited(self) -> bool:
         if self.pid is None:
             return False
-        if self._fd is not None:
-            readable, _, _ = select.select([self._fd], [], [], 0)
-            if readable:
-                return True
+        if self._fd is not None and _readable([self._fd], 0):
+            return True
         return not procs.is_alive(self.pid)
 
     @property
@@ -208,7 +206,7 @@ class _Postmaster:
         enough to look at their token)."""
         fds = ([self._fd] if self._fd is not None else []) + self._also
         if fds:
-            select.select(fds, [], [], seconds)
+            _readable(fds, seconds)
         elif cancel is not None:
             cancel.wait(seconds)
         else:
@@ -219,6 +217,15 @@ class _Postmaster:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
             self._fd = None
+
+
+def _readable(fds: list[int], seconds: float) -> bool:
+    """Wait up to `seconds` for one of `fds` to be readable (poll(2): no FD_SETSIZE limit,
+    which a busy engine's descriptors can pass)."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(max(0, int(seconds * 1000 + 0.999))))
 
 
 class _DirWrites:

@@ -31,9 +31,7 @@ from typing import Any
 from common import engine_in_scratch, median, rss_bytes, save, timed
 from tests.support.engine_process import EngineProcess
 from tests.support.prepare import PSQL, prepare, psql_body, submit, wait_for_running_step
-from tests.support.seed import IMAGE, Seeder
-
-from sqlrs_engine.snapshot.layout import StoreLayout
+from tests.support.seed import Seeder
 
 BIN = Path(PSQL).parent
 
@@ -238,49 +236,14 @@ def bench_streams(streams: int, requests_count: int) -> dict[str, Any]:
 
 def seed_states(store: Path, count: int) -> None:
     seeder = Seeder(store)
-    rows = [{"id": f"{n:064x}", "image": IMAGE} for n in range(count)]
-    with seeder.db as tx:
-        tx.executable.exec_driver_sql(
-            """INSERT INTO states (state_id, image_id, prepare_kind, prepare_args_normalized,
-                   created_at, size_bytes)
-               VALUES (:id, :image, 'psql', '-c select 1', '2026-01-01T00:00:00Z', 1)""",
-            rows,
-        )
+    seeder.listed_states([f"{n:064x}" for n in range(count)])
     seeder.close()
-    # Start-up removes rows of states without a complete directory: give each a minimal one.
-    layout = StoreLayout(store)
-    for row in rows:
-        pgdata = layout.state_dir(IMAGE, row["id"]) / "pgdata"
-        pgdata.mkdir(parents=True)
-        (pgdata / "PG_VERSION").write_text("15\n")
-        (pgdata.parent / ".build.ok").write_text("ok")
-    (store / "config.json").write_text('{"snapshot": {"backend": "copy"}}')
 
 
 def seed_jobs(store: Path, count: int) -> None:
     """`count` finished jobs with two tasks each (plan, state_execute)."""
     seeder = Seeder(store)
-    jobs = [
-        {"id": f"{n:032x}", "image": IMAGE, "ts": f"2026-01-01T00:00:{n % 60:02d}Z"}
-        for n in range(count)
-    ]
-    tasks = [
-        {"id": job["id"], "task": task, "position": position, "type": kind}
-        for job in jobs
-        for position, (task, kind) in enumerate((("plan", "plan"), ("execute-0", "state_execute")))
-    ]
-    with seeder.db as tx:
-        tx.executable.exec_driver_sql(
-            """INSERT INTO prepare_jobs (job_id, status, prepare_kind, image_id,
-                   prepare_args_normalized, request_json, created_at, started_at, finished_at)
-               VALUES (:id, 'succeeded', 'psql', :image, '-c select 1', '{}', :ts, :ts, :ts)""",
-            jobs,
-        )
-        tx.executable.exec_driver_sql(
-            """INSERT INTO prepare_tasks (job_id, task_id, position, type, status, args_summary)
-               VALUES (:id, :task, :position, :type, 'succeeded', '-c select 1')""",
-            tasks,
-        )
+    seeder.finished_jobs([(f"{n:032x}", f"2026-01-01T00:00:{n % 60:02d}Z") for n in range(count)])
     seeder.close()
 
 

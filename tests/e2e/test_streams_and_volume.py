@@ -20,7 +20,6 @@ import requests
 
 from sqlrs_engine.http.responses import PAGE_ROWS
 from sqlrs_engine.jobs.event_log import DEFAULT_MAX_TASK_LOG_LINES
-from sqlrs_engine.snapshot.layout import StoreLayout
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import prepare, psql_body, submit, wait, wait_for_running_step
 from tests.support.seed import IMAGE, Seeder
@@ -175,35 +174,14 @@ def test_unknown_task_logs_are_a_plain_404(engine: EngineProcess) -> None:
     assert job_log.status_code == 200
 
 
-def complete_state_dirs(store: Path, state_ids: list[str]) -> None:
-    """Rows need their files (start-up removes rows of states without a complete directory):
-    minimal complete copy-backend states are enough for listings."""
-    layout = StoreLayout(store)
-    for state_id in state_ids:
-        pgdata = layout.state_dir(IMAGE, state_id) / "pgdata"
-        pgdata.mkdir(parents=True)
-        (pgdata / "PG_VERSION").write_text("15\n")
-        (pgdata.parent / ".build.ok").write_text("ok")
-    (store / "config.json").write_text('{"snapshot": {"backend": "copy"}}')
-
-
 @pytest.fixture(scope="module")
 def ten_thousand_states() -> Iterator[EngineProcess]:
     from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 
     workdir = make_scratch_dir()
     seeder = Seeder(workdir / "state-store")
-    rows = [
-        {"id": f"{n:064x}", "image": IMAGE, "ts": "2026-01-01T00:00:00Z"} for n in range(10_000)
-    ]
-    with seeder.db as tx:
-        tx.executable.exec_driver_sql(
-            """INSERT INTO states (state_id, image_id, prepare_kind, prepare_args_normalized,
-                   created_at, size_bytes) VALUES (:id, :image, 'psql', '-c x', :ts, 1)""",
-            rows,
-        )
+    seeder.listed_states([f"{n:064x}" for n in range(10_000)])
     seeder.close()
-    complete_state_dirs(workdir / "state-store", [row["id"] for row in rows])
     running = start_engine(workdir)
     try:
         yield running
@@ -272,26 +250,7 @@ def ten_thousand_jobs() -> Iterator[EngineProcess]:
 
     workdir = make_scratch_dir()
     seeder = Seeder(workdir / "state-store")
-    jobs = [
-        {"id": seeded_job_id(n), "image": IMAGE, "ts": seeded_created_at(n)} for n in range(JOBS)
-    ]
-    tasks = [
-        {"id": job["id"], "task": task, "position": position, "type": kind}
-        for job in jobs
-        for position, (task, kind) in enumerate((("plan", "plan"), ("execute-0", "state_execute")))
-    ]
-    with seeder.db as tx:
-        tx.executable.exec_driver_sql(
-            """INSERT INTO prepare_jobs (job_id, status, prepare_kind, image_id,
-                   prepare_args_normalized, request_json, created_at, started_at, finished_at)
-               VALUES (:id, 'succeeded', 'psql', :image, '-c select 1', '{}', :ts, :ts, :ts)""",
-            jobs,
-        )
-        tx.executable.exec_driver_sql(
-            """INSERT INTO prepare_tasks (job_id, task_id, position, type, status, args_summary)
-               VALUES (:id, :task, :position, :type, 'succeeded', '-c select 1')""",
-            tasks,
-        )
+    seeder.finished_jobs([(seeded_job_id(n), seeded_created_at(n)) for n in range(JOBS)])
     seeder.close()
     running = start_engine(workdir)
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.load import Api as LoadApi
-from tests.support.load import Job, Run, storm, unexpected_exceptions
+from tests.support.load import Job, Run, prepare_until, run_until, storm, unexpected_exceptions
 from tests.support.prepare import prepare, psql_body
 from tests.support.store_check import settled_store_problems, stale_leftovers, store_problems
 
@@ -125,22 +125,11 @@ def test_eviction_storm_against_prepares_runs_and_deletes(scratch_dir: Path) -> 
         runs: list[Run] = []
         deletes: list[int] = []
 
-        def submitter(seed: int) -> None:
-            rng = random.Random(seed)
-            while not stop.is_set():
-                jobs.append(api.prepare(psql_body(*rng.choice(EVICTION_STORM_SCRIPTS))))
+        submitter = prepare_until(stop, api, EVICTION_STORM_SCRIPTS, jobs)
+        runner = run_until(stop, api, "select 1", runs)
 
         def instances() -> list[str]:
             return [i["instance_id"] for i in api.get_json("/v1/instances")]
-
-        def runner(seed: int) -> None:
-            rng = random.Random(seed)
-            while not stop.is_set():
-                targets = instances()
-                if not targets:
-                    time.sleep(0.1)
-                    continue
-                runs.append(api.run_psql(rng.choice(targets), "-c", "select 1"))
 
         def deleter(seed: int) -> None:
             rng = random.Random(seed)

@@ -38,6 +38,8 @@ from tests.support.load import (
     Job,
     Run,
     finish,
+    prepare_until,
+    run_until,
     storm,
     unexpected_exceptions,
 )
@@ -271,19 +273,8 @@ def test_delete_storm_against_prepares_and_runs_of_the_chain(scratch_dir: Path) 
         runs: list[Run] = []
         deletes: list[int] = []
 
-        def submitter(seed: int) -> None:
-            rng = random.Random(seed)
-            while not stop.is_set():
-                jobs.append(api.prepare(psql_body(*rng.choice(STORM_SCRIPTS))))
-
-        def runner(seed: int) -> None:
-            rng = random.Random(seed)
-            while not stop.is_set():
-                targets = [i["instance_id"] for i in api.get_json("/v1/instances")]
-                if not targets:
-                    time.sleep(0.1)
-                    continue
-                runs.append(api.run_psql(rng.choice(targets), "-c", "select pg_sleep(0.3)"))
+        submitter = prepare_until(stop, api, STORM_SCRIPTS, jobs)
+        runner = run_until(stop, api, "select pg_sleep(0.3)", runs)
 
         def deleter(seed: int) -> None:
             rng = random.Random(seed)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import random
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import requests
 
 from tests.support.engine_process import EngineProcess
+from tests.support.prepare import psql_body
 
 STREAM_TIMEOUT = 120
 """Seconds a client waits for the next bytes of a response (job streams heartbeat at 0.5 s)."""
@@ -210,3 +213,31 @@ def storm(
         finally:
             stop.set()
         finish(workers)
+
+
+def prepare_until(
+    stop: threading.Event, api: Api, scripts: list[tuple[str, ...]], jobs: list[Job]
+) -> Callable[[int], None]:
+    """A storm worker: prepares of scripts picked at random (by its seed) until `stop`."""
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            jobs.append(api.prepare(psql_body(*rng.choice(scripts))))
+
+    return work
+
+
+def run_until(stop: threading.Event, api: Api, sql: str, runs: list[Run]) -> Callable[[int], None]:
+    """A storm worker: `psql -c sql` on an instance picked at random until `stop`."""
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        while not stop.is_set():
+            targets = [i["instance_id"] for i in api.get_json("/v1/instances")]
+            if not targets:
+                time.sleep(0.1)
+                continue
+            runs.append(api.run_psql(rng.choice(targets), "-c", sql))
+
+    return work

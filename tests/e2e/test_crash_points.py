@@ -32,7 +32,7 @@ from sqlrs_engine.snapshot.btrfs import subvolumes_below
 from tests.snapshot import btrfs_loop
 from tests.support.dirs import kill_servers_under, servers_under
 from tests.support.engine_process import EngineProcess, start_engine
-from tests.support.prepare import prepare, psql_body, query, submit, wait
+from tests.support.prepare import assert_succeeded, prepare, psql_body, query, submit, wait
 from tests.support.store_check import settled_store_problems, stale_leftovers
 
 FREEZE_TIMEOUT = 120.0
@@ -114,7 +114,7 @@ def submit_prepare(engine: EngineProcess, ctx: dict[str, Any]) -> None:
 
 def job_resumed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     outcome = wait(engine, ctx["job_id"])
-    assert outcome.status["status"] == "succeeded", outcome.status
+    assert_succeeded(engine, outcome)
     assert query(outcome.dsn, "select count(*) from crashed") == "0"
 
 
@@ -122,7 +122,7 @@ def chain_with_instance(engine: EngineProcess) -> dict[str, Any]:
     outcome = prepare(
         engine, psql_body("-c", "create table a(x int)", "-c", "create table b(x int)")
     )
-    assert outcome.status["status"] == "succeeded", outcome.status
+    assert_succeeded(engine, outcome)
     steps = [t for t in outcome.status["tasks"] if t["type"] == "state_execute"]
     root_state = steps[0]["output_state_id"]
     return {"root": root_state, "instance": outcome.result["instance_id"]}
@@ -141,7 +141,7 @@ def chain_gone(engine: EngineProcess, ctx: dict[str, Any]) -> None:
 def instance_adopted(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     """The job resumed after its instance was created: it hands out that very instance."""
     outcome = wait(engine, ctx["job_id"])
-    assert outcome.status["status"] == "succeeded", outcome.status
+    assert_succeeded(engine, outcome)
     instances = engine.get("/v1/instances").json()
     assert [i["instance_id"] for i in instances] == [outcome.result["instance_id"]]
     assert any("was created before a restart" in line for line in outcome.log_lines())
@@ -152,7 +152,7 @@ def instance_with_stopped_server(engine: EngineProcess) -> dict[str, Any]:
     outcome = prepare(
         engine, psql_body("-c", "create table ran(a int); insert into ran values (1)")
     )
-    assert outcome.status["status"] == "succeeded", outcome.status
+    assert_succeeded(engine, outcome)
     instance_id = outcome.result["instance_id"]
     runtime_id = engine.get(f"/v1/instances/{instance_id}").json()["runtime_id"]
     pid = int(runtime_id.removeprefix("host:"))
@@ -189,7 +189,7 @@ def unused_states_under_pressure(engine: EngineProcess) -> dict[str, Any]:
     seeds = []
     for i in range(SEEDS):
         outcome = prepare(engine, psql_body("-c", f"create table seed{i}(a int)"))
-        assert outcome.status["status"] == "succeeded", outcome.status
+        assert_succeeded(engine, outcome)
         assert engine.delete(f"/v1/instances/{outcome.result['instance_id']}").ok
         seeds.append(outcome.result["state_id"])
     usage = sum(s["size_bytes"] for s in engine.get("/v1/states").json())
@@ -228,7 +228,7 @@ def eviction_repaired(engine: EngineProcess, ctx: dict[str, Any]) -> None:
         assert last["usage_bytes_after"] == last["usage_bytes_before"] - last["freed_bytes"]
     # The evicted state's script again: built anew (not a cache hit on a half-removed dir).
     again = prepare(engine, psql_body("-c", "create table seed0(a int)"))
-    assert again.status["status"] == "succeeded", again.status
+    assert_succeeded(engine, again)
     steps = [t for t in again.status["tasks"] if t["type"] == "state_execute"]
     assert [t["cached"] for t in steps] == [False], steps
     assert steps[0]["output_state_id"] == ctx["seeds"][0], "same content, same state id"
@@ -238,7 +238,8 @@ def eviction_repaired(engine: EngineProcess, ctx: dict[str, Any]) -> None:
 def marked_victim_completed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     """The victim was marked `deleting` when the engine died: the start completed it."""
     eviction_repaired(engine, ctx)
-    assert "completed an interrupted deletion: 0 instance(s), 1 state(s)" in engine.stderr_text()
+    line = "completed an interrupted deletion: 0 instance(s), 1 state(s)"
+    assert line in engine.stderr_text(), engine.log_excerpt()
 
 
 SCENARIOS = {
@@ -341,7 +342,7 @@ def crash_restart_check(
         assert stale_leftovers(store) == []
         # The store keeps working: a new prepare (a new base init after an initdb crash).
         again = prepare(second, psql_body("-c", "create table after_crash(a int)"))
-        assert again.status["status"] == "succeeded", again.status
+        assert_succeeded(second, again)
         assert settled_store_problems(EngineApi(second), store) == []
     finally:
         assert second.stop() == 0

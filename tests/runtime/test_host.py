@@ -34,6 +34,7 @@ from sqlrs_engine.runtime.ports import PortAllocator
 from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.layout import StoreLayout
 from sqlrs_engine.snapshot.store import StateStore
+from tests.support.nat import redirected
 
 AS_ROOT = os.geteuid() == 0
 INIT_MARKER = ".init.ok"
@@ -614,12 +615,36 @@ def test_start_retries_when_port_is_taken(
         handle = runtime.start(resolved_image, data_dir, lines.append, CancelToken())
         servers.append(handle)
         assert handle.port != taken
-        assert any(f"port {taken} was taken" in line for line in lines)
+        assert any(f"port {taken} is not usable" in line for line in lines)
         assert not runtime.ports.is_reserved(taken)
         assert _psql(handle.dsn, "select 1") == "1"
         runtime.stop(handle, lambda _l: None)
     finally:
         squatter.close()
+
+
+def test_start_moves_off_a_port_that_a_nat_rule_diverts(
+    host_runtime: HostRuntime, resolved_image: str, data_dir: Path, servers: list[ServerHandle]
+) -> None:
+    """A container engine's published port (a NAT rule, no socket on the host) looks free to
+    bind; the server listens there, but its clients would reach the container. The start
+    notices, moves to another port, and the port is never handed out again."""
+    diverted_port = PortAllocator().allocate()
+    nowhere = PortAllocator().allocate()
+    with redirected(diverted_port, nowhere):
+        runtime = HostRuntime(run_root=host_runtime.run_root, ports=_TakenFirst(diverted_port))
+        lines: list[str] = []
+        handle = runtime.start(resolved_image, data_dir, lines.append, CancelToken())
+        servers.append(handle)
+        assert handle.port != diverted_port
+        assert any(
+            f"port {diverted_port} is not usable (connections to it are refused" in line
+            for line in lines
+        ), lines
+        assert not runtime.ports.is_reserved(diverted_port)
+        assert diverted_port in runtime.ports.avoided()
+        assert _psql(handle.dsn, "select 1") == "1"
+        runtime.stop(handle, lambda _l: None)
 
 
 @pytest.mark.parametrize(

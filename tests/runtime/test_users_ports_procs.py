@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ import pytest
 from sqlrs_engine.process import RunAs
 from sqlrs_engine.runtime import procs, users
 from sqlrs_engine.runtime.acl import GROUP_OBJ, OTHER, USER, read_acl, stored_acl
-from sqlrs_engine.runtime.ports import PortAllocator, port_is_free
+from sqlrs_engine.runtime.ports import PortAllocator, _proc_address, diverted, port_is_free
 from tests.support.faults import acl_less_fs
+from tests.support.nat import redirected
 
 AS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not AS_ROOT, reason="needs root")
@@ -175,6 +177,74 @@ def test_port_is_free() -> None:
         port = sock.getsockname()[1]
         assert not port_is_free(port)
     assert port_is_free(port)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "written"),
+    [
+        ("127.0.0.1", 5432, "0100007F:1538"),
+        ("127.0.0.1", 37113, "0100007F:90F9"),
+        ("10.88.3.64", 1, "4003580A:0001"),
+        ("0.0.0.0", 0, "00000000:0000"),
+    ],
+)
+def test_proc_address_is_how_proc_net_tcp_writes_it(host: str, port: int, written: str) -> None:
+    assert _proc_address(host, port) == written
+
+
+def test_allocator_never_hands_out_an_avoided_port() -> None:
+    class Fixed(PortAllocator):
+        """The kernel's probe answers the avoided port first."""
+
+        def __init__(self, ports: list[int]) -> None:
+            super().__init__()
+            self.ports = ports
+
+        def _probe(self) -> int:
+            return self.ports.pop(0)
+
+    allocator = Fixed([41001, 41001, 41003])
+    allocator.avoid(41001)
+    assert allocator.allocate() == 41003
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield sock
+
+
+def test_a_port_served_here_is_not_diverted(listener: socket.socket) -> None:
+    assert diverted(listener.getsockname()[1]) is None
+
+
+def test_a_port_nobody_serves_is_reported_refused() -> None:
+    assert port_is_free(free := PortAllocator().allocate())
+    assert "refused" in (diverted(free) or "")
+
+
+def test_a_port_a_nat_rule_redirects_to_nothing_is_diverted(listener: socket.socket) -> None:
+    """As a container engine publishes a port whose container serves nothing: our listener
+    holds the port, yet connections are refused."""
+    port = listener.getsockname()[1]
+    nowhere = PortAllocator().allocate()
+    with redirected(port, nowhere):
+        assert "refused" in (diverted(port) or "")
+    assert diverted(port) is None
+
+
+def test_a_port_a_nat_rule_redirects_to_another_listener_is_diverted(
+    listener: socket.socket,
+) -> None:
+    """...and as one whose container serves: the connection is answered, but not by us."""
+    port = listener.getsockname()[1]
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen(16)
+        with redirected(port, other.getsockname()[1]):
+            assert "another listener" in (diverted(port) or "")
 
 
 # -- procs ---------------------------------------------------------------------------------------

@@ -64,3 +64,31 @@ def remove_labeled(store: Path | str) -> None:
     so a failure does not leave servers running on a shared machine)."""
     for container in labeled_containers(store):
         container.remove(force=True)
+
+
+def remove_containers_under(path: Path) -> None:
+    """Force-remove every container whose store lies under `path` — a scratch dir's teardown.
+
+    Servers outlive their engine by design, and a container's postgres is not a process under
+    the scratch dir that `kill_servers_under` could find. A leaked container is worse than a
+    running process: the NAT rule that publishes its port diverts that port from every host
+    server that later listens on it. Does nothing unless this process has used the container
+    engine (no container of a test can exist otherwise, and finding the engine may install
+    it)."""
+    url = os.environ.get("SQLRS_TEST_DOCKER_HOST", "").strip()
+    if not url and _docker_host.cache_info().currsize:
+        url = _docker_host()[0] or ""
+    if not url:
+        return
+    import docker
+
+    prefix = os.path.realpath(path) + os.sep
+    client = docker.DockerClient(base_url=url)
+    try:
+        for container in client.containers.list(all=True, filters={"label": LABEL_STORE}):
+            if container.labels.get(LABEL_STORE, "").startswith(prefix):
+                container.remove(force=True)
+    except docker.errors.DockerException:
+        pass  # the engine went away: nothing of ours can be left in it
+    finally:
+        client.close()

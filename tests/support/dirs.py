@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from sqlrs_engine.runtime import procs
+from tests.support.container_engine import remove_containers_under
 
 SCRATCH_PARENT = Path(os.environ.get("SQLRS_TEST_SCRATCH", "/var/tmp"))
 
@@ -64,8 +65,10 @@ def kill_servers_under(path: Path, timeout: float = 10.0) -> None:
 
 
 def remove_scratch_dir(path: Path) -> None:
-    """Remove a scratch dir: stop servers and unmount what a test left inside it first."""
+    """Remove a scratch dir: stop servers (host processes and containers) and unmount what a
+    test left inside it first."""
     kill_servers_under(path)
+    remove_containers_under(path)
     mounts = Path("/proc/self/mounts").read_text(encoding="utf-8").splitlines()
     inside = [line.split()[1] for line in mounts if line.split()[1].startswith(str(path) + "/")]
     for mountpoint in sorted(inside, key=len, reverse=True):

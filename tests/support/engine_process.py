@@ -79,6 +79,14 @@ class EngineProcess:
         log = self.engine_json.parent / "logs" / "engine.log"
         return log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
 
+    def log_excerpt(self, lines: int = 60) -> str:
+        """The engine log's last lines without the per-request access lines: what a failed
+        assertion should show of the engine's side."""
+        kept = [
+            line for line in self.stderr_text().splitlines() if " http request method=" not in line
+        ]
+        return "\n".join(kept[-lines:])
+
 
 def engine_command(args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "sqlrs_engine", *args]

@@ -82,6 +82,17 @@ def prepare(engine: EngineProcess, body: dict[str, Any]) -> JobOutcome:
     return wait(engine, submit(engine, body))
 
 
+def assert_succeeded(engine: EngineProcess, outcome: JobOutcome) -> None:
+    """The job succeeded; if not, the failure names its error and the engine's log lines (a
+    job status alone, shortened by pytest, hides why)."""
+    if outcome.status.get("status") == "succeeded":
+        return
+    raise AssertionError(
+        f"job {outcome.job_id} ended {outcome.status.get('status')!r}: "
+        f"{outcome.status.get('error')!r}\n--- engine log ---\n{engine.log_excerpt()}"
+    )
+
+
 def wait_for_running_step(engine: EngineProcess, job_id: str, timeout: float = 60.0) -> None:
     """Block until one of the job's `state_execute` tasks is running (its psql has a server)."""
     deadline = time.monotonic() + timeout

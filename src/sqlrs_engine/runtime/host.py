@@ -66,7 +66,13 @@ from sqlrs_engine.runtime.base import (
     pgdata_of,
 )
 from sqlrs_engine.runtime.clients import CLIENT_TAG_ENV
-from sqlrs_engine.runtime.ports import LOOPBACK, SHARED_PORTS, PortAllocator, port_is_free
+from sqlrs_engine.runtime.ports import (
+    LOOPBACK,
+    SHARED_PORTS,
+    PortAllocator,
+    diverted,
+    port_is_free,
+)
 from sqlrs_engine.runtime.server import (
     CLIENT_PROGRAMS,
     RUN_DIR_PREFIX,
@@ -422,7 +428,8 @@ class HostRuntime:
                 except _BindFailure as exc:
                     self.ports.release(port)
                     bind_failures.append(f"port {port}: {exc}")
-                    log(f"pg_ctl: port {port} was taken by another process, retrying")
+                    log(f"pg_ctl: port {port} is not usable ({exc}), retrying on another port")
+                    logger.warning("server start on port %d retried: %s", port, exc)
                 except BaseException:
                     self.ports.release(port)
                     raise
@@ -789,6 +796,11 @@ class HostRuntime:
                 f"port {port}\nserver log:\n{pg.log_tail(logfile, start=offset).strip()}",
             )
         self._wait_ready(install, run_dir, port, password, pid, cancel, deadline, logfile, offset)
+        why = diverted(port)
+        if why is not None:  # a container engine's NAT rule owns the port (ports.py)
+            self._kill_run_dir_processes(run_dir, pgdata)
+            self.ports.avoid(port)
+            raise _BindFailure(why)
         with self._run_dirs_lock:
             self._run_dirs[runtime_id_for(pid)] = run_dir
         return ServerHandle(
@@ -921,7 +933,8 @@ class HostRuntime:
 
 
 class _BindFailure(Exception):
-    """The server could not listen on its port (someone took it): retry with another."""
+    """The port cannot be the server's — someone took it before the server could listen, or
+    a NAT rule diverts its connections elsewhere: retry with another."""
 
 
 # -- helpers -------------------------------------------------------------------------------------

@@ -8,12 +8,20 @@ port (`runtime/host.py`).
 
 One allocator is shared by every `HostRuntime` of the process (`SHARED_PORTS`), so a second
 runtime object (an "engine restart" in tests) cannot hand out a port the first one uses.
+
+A port can also be free to bind and still not ours to serve: a container engine that
+publishes a container's port with a NAT rule (Podman's netavark, Docker without its userland
+proxy) holds no socket on the host, yet every connection to `127.0.0.1:<port>` is redirected
+into the container. `diverted` tells, once a server listens, whether connections really reach
+it; a diverted port is retried on another one and avoided from then on (`avoid`).
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 import threading
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 
@@ -26,13 +34,15 @@ class PortAllocator:
         self.attempts = attempts
         self._lock = threading.Lock()
         self._reserved: set[int] = set()
+        self._avoided: set[int] = set()
 
     def allocate(self) -> int:
-        """A port that is free right now and not reserved; it is reserved until `release`."""
+        """A port that is free right now, not reserved and not avoided; it is reserved until
+        `release`."""
         with self._lock:
             for _ in range(self.attempts):
                 port = self._probe()
-                if port not in self._reserved:
+                if port not in self._reserved and port not in self._avoided:
                     self._reserved.add(port)
                     return port
         raise OSError(f"no free TCP port on {self.host} after {self.attempts} attempts")
@@ -51,6 +61,16 @@ class PortAllocator:
             return
         with self._lock:
             self._reserved.discard(port)
+
+    def avoid(self, port: int) -> None:
+        """Never hand out `port` again in this process: connections to it were diverted
+        elsewhere (`diverted`). A handful of ports at most, so the set is never trimmed."""
+        with self._lock:
+            self._avoided.add(port)
+
+    def avoided(self) -> frozenset[int]:
+        with self._lock:
+            return frozenset(self._avoided)
 
     def is_reserved(self, port: int) -> bool:
         with self._lock:
@@ -86,3 +106,49 @@ def port_is_free(port: int, host: str = LOOPBACK) -> bool:
         except OSError:
             return False
     return True
+
+
+PROC_NET_TCP = Path("/proc/self/net/tcp")
+"""IPv4 TCP sockets of this network namespace, request sockets (SYN_RECV) included."""
+
+
+def diverted(port: int, host: str = LOOPBACK, timeout: float = 2.0) -> str | None:
+    """Why connections to `host:port` do not reach a listener of this network namespace,
+    or None when they do. Call it while a server of ours listens there.
+
+    One connection, closed at once without a byte (PostgreSQL logs nothing for that): it
+    must be refused by nobody and its other end — an accepted or half-open socket, which
+    exists before `connect` returns — must be in this namespace's socket table. A NAT rule
+    that redirects the port into a container fails both ways: refused when nothing listens
+    in the container, or answered from the container's namespace when something does.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            client_host, client_port = sock.getsockname()[:2]
+            if _has_socket(local=(host, port), remote=(client_host, client_port)):
+                return None
+            return "connections to it are answered by another listener (a NAT rule redirects them)"
+    except ConnectionRefusedError:
+        return "connections to it are refused although the server listens on it"
+    except OSError as error:
+        return f"cannot connect to it: {error}"
+
+
+def _has_socket(local: tuple[str, int], remote: tuple[str, int]) -> bool:
+    wanted = (_proc_address(*local), _proc_address(*remote))
+    try:
+        text = PROC_NET_TCP.read_text(encoding="ascii")
+    except OSError:
+        return True  # no socket table to look in (not Linux): the connection is all we know
+    for line in text.splitlines()[1:]:
+        fields = line.split(None, 3)
+        if len(fields) >= 3 and (fields[1], fields[2]) == wanted:
+            return True
+    return False
+
+
+def _proc_address(host: str, port: int) -> str:
+    """`127.0.0.1:5432` as /proc/net/tcp writes it: `0100007F:1538` (the address's 32 bits
+    as the host stores them, in hexadecimal, so byte-swapped on little-endian machines)."""
+    packed = socket.inet_aton(host)
+    return f"{int.from_bytes(packed, sys.byteorder):08X}:{port:04X}"

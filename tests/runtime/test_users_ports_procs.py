@@ -18,7 +18,7 @@ import pytest
 from sqlrs_engine.process import RunAs
 from sqlrs_engine.runtime import procs, users
 from sqlrs_engine.runtime.acl import GROUP_OBJ, OTHER, USER, read_acl, stored_acl
-from sqlrs_engine.runtime.ports import PortAllocator, _proc_address, diverted, port_is_free
+from sqlrs_engine.runtime.ports import PortAllocator, diverted, port_is_free
 from tests.support.faults import acl_less_fs
 from tests.support.nat import redirected
 
@@ -177,19 +177,6 @@ def test_port_is_free() -> None:
         port = sock.getsockname()[1]
         assert not port_is_free(port)
     assert port_is_free(port)
-
-
-@pytest.mark.parametrize(
-    ("host", "port", "written"),
-    [
-        ("127.0.0.1", 5432, "0100007F:1538"),
-        ("127.0.0.1", 37113, "0100007F:90F9"),
-        ("10.88.3.64", 1, "4003580A:0001"),
-        ("0.0.0.0", 0, "00000000:0000"),
-    ],
-)
-def test_proc_address_is_how_proc_net_tcp_writes_it(host: str, port: int, written: str) -> None:
-    assert _proc_address(host, port) == written
 
 
 def test_allocator_never_hands_out_an_avoided_port() -> None:

@@ -78,7 +78,7 @@ def remove_containers_under(path: Path) -> None:
     url = os.environ.get("SQLRS_TEST_DOCKER_HOST", "").strip()
     if not url and _docker_host.cache_info().currsize:
         url = _docker_host()[0] or ""
-    if not url:
+    if not url or not _containers_run():
         return
     import docker
 
@@ -92,3 +92,13 @@ def remove_containers_under(path: Path) -> None:
         pass  # the engine went away: nothing of ours can be left in it
     finally:
         client.close()
+
+
+def _containers_run() -> bool:
+    """Whether any container runs on this machine: each has a `conmon` (Podman) or
+    `containerd-shim` (Docker) process. A look at /proc costs milliseconds; asking the
+    engine, most of a second on a busy machine — and most scratch dirs never had one."""
+    from sqlrs_engine.runtime import procs
+
+    monitors = ("conmon", "containerd-shim", "containerd-shim-runc-v2")
+    return any(os.path.basename(procs.exe(pid) or "") in monitors for pid in procs.all_pids())

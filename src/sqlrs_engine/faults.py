@@ -34,4 +34,11 @@ def fault_point(name: str) -> None:
     log.warning("fault point %s reached: stopping the engine (SIGSTOP) for a crash test", name)
     for handler in logging.getLogger().handlers:
         handler.flush()
-    os.kill(os.getpid(), signal.SIGSTOP)
+    # To this thread, not the process: `kill(getpid())` wakes whichever thread the kernel picks
+    # (usually the main one) to begin the stop, and on a busy machine this thread ran on for
+    # milliseconds past its crash point meanwhile — a whole deletion once. A signal for this
+    # thread stops it on its way out of the call, and it stops the others with it. Never
+    # returns: a SIGCONT (job control sends one to an orphaned process group with a stopped
+    # member) must not let it go on; the test kills the process.
+    while True:
+        signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)

@@ -51,11 +51,14 @@ class EngineApi:
 
 
 def stopped(pid: int) -> bool:
+    """Every thread of `pid` is stopped: the group stop that the fault point began is
+    complete, so nothing of the engine runs on while the test kills it."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
     except OSError:
         return False
-    return state in ("T", "t")
+    return bool(states) and all(state in ("T", "t") for state in states)
 
 
 def descendants(pid: int) -> list[int]:

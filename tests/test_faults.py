@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.frozen import all_threads_stopped
+
 WORKER = """
 import sys, threading, time
 from sqlrs_engine.faults import fault_point
@@ -23,15 +25,6 @@ threading.Thread(target=worker).start()
 while True:  # the main thread keeps a CPU busy, as a loaded engine's would be
     sum(range(10000))
 """
-
-
-def all_threads_stopped(pid: int) -> bool:
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
-    except OSError:
-        return False
-    return bool(states) and all(state in ("T", "t") for state in states)
 
 
 def start(tmp_path: Path, armed: str) -> tuple[subprocess.Popen[bytes], Path]:

@@ -32,6 +32,7 @@ from sqlrs_engine.snapshot.btrfs import subvolumes_below
 from tests.snapshot import btrfs_loop
 from tests.support.dirs import kill_servers_under, servers_under
 from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.frozen import all_threads_stopped
 from tests.support.prepare import assert_succeeded, prepare, psql_body, query, submit, wait
 from tests.support.store_check import settled_store_problems, stale_leftovers
 
@@ -48,17 +49,6 @@ class EngineApi:
         response = self.engine.get(path)
         assert response.status_code == 200, (path, response.status_code, response.text)
         return response.json()
-
-
-def stopped(pid: int) -> bool:
-    """Every thread of `pid` is stopped: the group stop that the fault point began is
-    complete, so nothing of the engine runs on while the test kills it."""
-    try:
-        tasks = list(Path(f"/proc/{pid}/task").iterdir())
-        states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks]
-    except OSError:
-        return False
-    return bool(states) and all(state in ("T", "t") for state in states)
 
 
 def descendants(pid: int) -> list[int]:
@@ -83,7 +73,7 @@ def freeze_then_kill(engine: EngineProcess, power_loss: bool, store: Path) -> No
     every process it started and every server of the store)."""
     pid = engine.process.pid
     deadline = time.monotonic() + FREEZE_TIMEOUT
-    while not stopped(pid):
+    while not all_threads_stopped(pid):
         assert engine.process.poll() is None, "the engine exited before its fault point"
         assert time.monotonic() < deadline, "the engine never reached its fault point"
         time.sleep(0.02)

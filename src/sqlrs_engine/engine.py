@@ -27,6 +27,7 @@ from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.deletion.expiry import ExpiryReaper
 from sqlrs_engine.deletion.service import DeletionService
+from sqlrs_engine.deletion.uses import StateUses
 from sqlrs_engine.discovery import EngineInfo, remove_engine_json, write_engine_json
 from sqlrs_engine.errors import StartupRefused
 from sqlrs_engine.http.activity import ActivityTracker
@@ -134,6 +135,7 @@ class Engine:
         snapshot_ref, snapshots = start_snapshot_actor(store)
         self._snapshot_ref = snapshot_ref
         version = self.options.version
+        state_uses = StateUses()
 
         def start_job(job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
             services = JobServices(
@@ -147,6 +149,7 @@ class Engine:
                 trim_jobs=self._trim_jobs,
                 check_cache=self._check_cache,
                 pool=self._pool,
+                state_uses=state_uses,
             )
             return PrepareJobActor.start(job_id, services)
 
@@ -183,7 +186,7 @@ class Engine:
             snapshots,
         )
         self._pool = WarmPool(self._registry, runtime, snapshots)
-        self._deletion = DeletionService(self._registry, snapshots, self._pool.drained)
+        self._deletion = DeletionService(self._registry, snapshots, self._pool.drained, state_uses)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()
         _record_adopted_servers(self._registry)

@@ -24,6 +24,7 @@ from sqlrs_engine.actors.snapshot import SnapshotClient, start_snapshot_actor
 from sqlrs_engine.cancel import NEVER_CANCELLED
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.deletion.service import DeletionService, children_first
+from sqlrs_engine.deletion.uses import StateUses
 from sqlrs_engine.errors import ApiError
 from sqlrs_engine.locks import FileLock
 from sqlrs_engine.persistence.metadata import InstanceRecord
@@ -35,6 +36,7 @@ from sqlrs_engine.snapshot.store import StateStore
 from tests.support.fake_runtime import FakeRuntime
 from tests.support.faults import chattr, needs_chattr
 from tests.support.seed import IMAGE, Seeder
+from tests.support.waiting import WaitingToken, wait_for
 
 S, C, G, X = ("5" * 64, "c" * 64, "9" * 64, "e" * 64)
 """State ids: a root S, its child C, grandchild G; X is unrelated."""
@@ -564,6 +566,109 @@ def test_deleting_a_job_keeps_the_data_dir_of_its_instance(world: World) -> None
     assert sorted(p.name for p in job_dir.iterdir()) == ["runtime"]
     assert (runtime_dir / "pgdata" / "PG_VERSION").is_file()
     assert world.rows() == (["i1"], [S]) and world.running() == {runtime_dir}
+
+
+# -- states a running job relies on (deletion/uses.py) ---------------------------------------
+
+
+class MarkSpy:
+    """The Registry, recording every `mark_deleting` call: a refused deletion must decide
+    before it marks anything (a crash right after a mark would complete the deletion)."""
+
+    def __init__(self, registry: RegistryProxy) -> None:
+        self._registry = registry
+        self.marks: list[tuple[list[str], list[str], bool]] = []
+
+    def mark_deleting(self, instances: list[str], states: list[str], on: bool) -> Any:
+        self.marks.append((list(instances), list(states), on))
+        return self._registry.mark_deleting(instances, states, on)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+@pytest.mark.parametrize(
+    ("held", "recurse", "force"),
+    [(S, False, False), (S, False, True), (S, True, True), (C, True, False), (C, True, True)],
+)
+def test_a_state_a_running_job_holds_is_blocked_before_anything_is_marked(
+    world: World, held: str, recurse: bool, force: bool
+) -> None:
+    """409 `active_tasks` naming the job, whatever `force` says; nothing is marked, stopped
+    or removed. Once the job has ended, the same delete goes through."""
+    world.state(S)
+    world.state(C, S)
+    world.instance("i-c", C)
+    world.start()
+    uses = StateUses()
+    spy = MarkSpy(world.registry)
+    service = DeletionService(spy, world.snapshots, uses=uses)  # type: ignore[arg-type]
+    uses.hold("job-1", held, NEVER_CANCELLED)
+    files, rows, running = world.files(), world.rows(), world.running()
+
+    target = S if recurse else held  # (S has a child: unheld, it would be has_descendants)
+    status, body = service.delete_state(target, recurse=recurse, force=force, dry_run=False)
+
+    assert (status, body["outcome"]) == (409, "blocked")
+    job = {"kind": "job", "id": "job-1", "blocked": "active_tasks"}
+    if held == S:
+        assert body["root"]["blocked"] == "active_tasks"
+        assert body["root"]["children"][-1] == job
+    else:
+        assert body["root"]["blocked"] == "blocked_by_descendant"
+        child = body["root"]["children"][0]
+        assert (child["id"], child["blocked"], child["children"][-1]) == (C, "active_tasks", job)
+    assert spy.marks == []
+    assert world.files() == files and world.rows() == rows
+    assert world.running() == running and world.runtime.kills == []
+    dry_status, dry = service.delete_state(target, recurse=recurse, force=force, dry_run=True)
+    assert (dry_status, dry) == (200, {**body, "dry_run": True})
+
+    uses.release("job-1")
+    status, body = service.delete_state(S, recurse=True, force=force, dry_run=False)
+    assert (status, body["outcome"]) == (200, "deleted")
+    assert world.rows() == ([], []) and not world.state_dir(S).exists()
+
+
+def marked_states(world: World) -> list[str]:
+    _instances, states = world.registry.rows_marked_deleting().get(timeout=TIMEOUT)
+    return [row["state_id"] for row in states]
+
+
+def test_a_job_that_wants_a_state_under_deletion_waits_and_then_finds_it_gone(
+    world: World,
+) -> None:
+    """The check and the removal are one step for jobs: a hold asked while the deletion
+    is under way (here: waiting for the state's build lock) returns only after the state's
+    files and row are gone, and says it waited, so the job rebuilds the state."""
+    world.state(S)
+    world.start()
+    uses = StateUses()
+    service = DeletionService(world.registry, world.snapshots, uses=uses)
+    outcome: list[object] = []
+    lock = FileLock(world.layout.build_lock(IMAGE, S, separate=False), timeout=TIMEOUT)
+    lock.acquire()
+    try:
+        deleter = threading.Thread(
+            target=lambda: outcome.append(
+                service.delete_state(S, recurse=False, force=False, dry_run=False)[0]
+            )
+        )
+        deleter.start()
+        # Marked: the deletion is past its check, fenced, and now waits for the lock.
+        assert wait_for(lambda: marked_states(world) == [S]), outcome
+        token = WaitingToken()
+        waited: list[bool] = []
+        job = threading.Thread(target=lambda: waited.append(uses.hold("job-1", S, token)))
+        job.start()
+        assert token.waiting.wait(TIMEOUT), "the hold did not wait for the deletion"
+    finally:
+        lock.release()
+    deleter.join(TIMEOUT)
+    job.join(TIMEOUT)
+    assert outcome == [200] and waited == [True]
+    assert world.rows() == ([], []) and not world.state_dir(S).exists()
+    assert uses.users([S]) == {S: ["job-1"]}, "the job holds what it rebuilds"
 
 
 def test_running_job_is_blocked_until_forced(world: World) -> None:

@@ -104,3 +104,122 @@ def test_job_rules(running: bool, force: bool, dry_run: bool, status: int, outco
     assert (code, body["outcome"]) == (status, outcome)
     assert ("blocked" in body["root"]) == (outcome == "blocked")
     assert "connections" not in body["root"]
+
+
+JOB_J = {"kind": "job", "id": "j", "blocked": "active_tasks"}
+
+
+@pytest.mark.parametrize(
+    ("case", "recurse", "children", "used_by", "dry_run", "status", "expected"),
+    [
+        (
+            "held, no descendants",
+            False,
+            [],
+            ["j"],
+            False,
+            409,
+            {"kind": "state", "id": "s", "blocked": "active_tasks", "children": [JOB_J]},
+        ),
+        (
+            "held: the dry run says blocked too",
+            False,
+            [],
+            ["j"],
+            True,
+            200,
+            {"kind": "state", "id": "s", "blocked": "active_tasks", "children": [JOB_J]},
+        ),
+        (
+            "held and with descendants: the job is named, descendants are not listed",
+            False,
+            [instance_node(inst("i1"), 0, False)],
+            ["j"],
+            False,
+            409,
+            {"kind": "state", "id": "s", "blocked": "active_tasks", "children": [JOB_J]},
+        ),
+        (
+            "held, recurse: its own reason, jobs after its instances",
+            True,
+            [instance_node(inst("i1"), 0, False)],
+            ["j", "k"],
+            False,
+            409,
+            {
+                "kind": "state",
+                "id": "s",
+                "blocked": "active_tasks",
+                "children": [
+                    {"kind": "instance", "id": "i1", "connections": 0, "runtime_id": "host:1"},
+                    JOB_J,
+                    {"kind": "job", "id": "k", "blocked": "active_tasks"},
+                ],
+            },
+        ),
+        (
+            "held, recurse, a busy instance too: active_tasks wins",
+            True,
+            [instance_node(inst("i1"), 2, False)],
+            ["j"],
+            False,
+            409,
+            {
+                "kind": "state",
+                "id": "s",
+                "blocked": "active_tasks",
+                "children": [
+                    {
+                        "kind": "instance",
+                        "id": "i1",
+                        "connections": 2,
+                        "runtime_id": "host:1",
+                        "blocked": "active_connections",
+                    },
+                    JOB_J,
+                ],
+            },
+        ),
+        (
+            "not held: the SPEC rules as before",
+            True,
+            [instance_node(inst("i1"), 0, False)],
+            [],
+            False,
+            200,
+            {
+                "kind": "state",
+                "id": "s",
+                "children": [
+                    {"kind": "instance", "id": "i1", "connections": 0, "runtime_id": "host:1"}
+                ],
+            },
+        ),
+    ],
+)
+def test_a_state_held_by_running_jobs_is_blocked_and_names_them(
+    case: str,
+    recurse: bool,
+    children: list[DeleteNode],
+    used_by: list[str],
+    dry_run: bool,
+    status: int,
+    expected: dict[str, Any],
+) -> None:
+    code, body = result(state_node(state("s"), children, recurse, used_by), dry_run)
+    assert (code, body["root"]) == (status, expected), case
+    assert body["outcome"] == ("blocked" if used_by else "deleted")
+
+
+def test_a_held_descendant_blocks_every_ancestor() -> None:
+    """Even with `force`: no flag lifts `active_tasks` on a state."""
+    grandchild = state_node(state("g"), [], recurse=True, used_by=["j"])
+    child = state_node(state("c"), [instance_node(inst("i1"), 3, force=True), grandchild], True)
+    root = state_node(state("s"), [child], recurse=True)
+    code, body = result(root, dry_run=False)
+    assert (code, body["outcome"]) == (409, "blocked")
+    tree = body["root"]
+    assert tree["blocked"] == child.to_json()["blocked"] == "blocked_by_descendant"
+    assert "blocked" not in tree["children"][0]["children"][0], "the forced instance is not"
+    assert tree["children"][0]["children"][1]["blocked"] == "active_tasks"
+    assert tree["children"][0]["children"][1]["children"] == [JOB_J]

@@ -6,9 +6,12 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,8 +27,10 @@ from tests.support.prepare import (
     psql_body,
     query,
     submit,
+    wait,
     wait_for_running_step,
 )
+from tests.support.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +203,90 @@ def test_delete_running_job_blocked_then_forced(engine: EngineProcess) -> None:
     assert engine.get(f"/v1/prepare-jobs/{job_id}").status_code == 404
     assert engine.get("/v1/tasks", params={"job": job_id}).json() == []
     assert not (engine.state_store / "jobs" / job_id).exists()
+    assert servers_under(engine.state_store / "jobs" / job_id) == []
+
+
+def files_of(directory: Path) -> list[tuple[str, int]]:
+    """Every path under `directory` with its size (0 for directories)."""
+    return sorted(
+        (str(path.relative_to(directory)), path.lstat().st_size if path.is_file() else 0)
+        for path in directory.rglob("*")
+    )
+
+
+@contextlib.contextmanager
+def release_file() -> Iterator[Path]:
+    """A path the job's server (the unprivileged server user) can see appear: a step
+    that waits for it runs until the test creates it — no sleeping, no timing."""
+    directory = Path(tempfile.mkdtemp(prefix="sqlrs-release-"))
+    try:
+        directory.chmod(0o755)
+        yield directory / "go"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def waits_for(path: Path) -> str:
+    """A psql step that runs until `path` exists."""
+    return (
+        f"do $$ begin while pg_stat_file('{path}', true) is null loop "
+        "perform pg_sleep(0.05); end loop; end $$"
+    )
+
+
+def test_a_state_a_running_job_stands_on_is_blocked_until_the_job_ends(
+    engine: EngineProcess,
+) -> None:
+    """docs/api.md, Deletion: a state a running job relies on (here its clone stands on the
+    state: on overlay, its layer is a lower of the job's mounted clone) answers 409
+    `active_tasks` naming the job — with `recurse` and `force` too — and changes nothing;
+    the job then succeeds, and a delete after it removes the state."""
+    step = "create table used_by_job(a int)"
+    first = prepare(engine, psql_body("-c", step))
+    root = first.result["state_id"]
+    assert engine.delete(f"/v1/instances/{first.result['instance_id']}").status_code == 200
+    state_dir = next((engine.state_store / "engines").glob(f"*/*/states/{root}"))
+    files = files_of(state_dir)
+    with release_file() as go:
+        job_id = submit(engine, psql_body("-c", step, "-c", waits_for(go)))
+        runtime = engine.state_store / "jobs" / job_id / "runtime"
+        wait_for_running_step(engine, job_id)
+        assert wait_for(lambda: servers_under(runtime) != []), "the job's server never started"
+
+        refused = [
+            engine.delete(f"/v1/states/{root}", params=params)
+            for params in ({}, {"force": "true"}, {"recurse": "true", "force": "true"})
+        ]
+        dry = engine.delete(f"/v1/states/{root}", params={"dry_run": "true"})
+
+        root_node = {
+            "kind": "state",
+            "id": root,
+            "blocked": "active_tasks",
+            "children": [{"kind": "job", "id": job_id, "blocked": "active_tasks"}],
+        }
+        for response in refused:
+            assert response.status_code == 409, response.text
+            assert response.json() == {"dry_run": False, "outcome": "blocked", "root": root_node}
+        assert dry.status_code == 200
+        assert dry.json() == {"dry_run": True, "outcome": "blocked", "root": root_node}
+        assert engine.get(f"/v1/states/{root}").status_code == 200
+        assert files_of(state_dir) == files, "a refused delete touched the state's files"
+        assert servers_under(runtime) != [], "the job's server is still running"
+        go.touch()
+        job = wait(engine, job_id)
+    assert job.status["status"] == "succeeded", job.status
+    child = job.result["state_id"]
+    assert engine.get(f"/v1/states/{child}").json()["parent_state_id"] == root
+    assert query(job.dsn, "select count(*) from used_by_job") == "0"
+
+    deleted = engine.delete(f"/v1/states/{root}", params={"recurse": "true"})
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["outcome"] == "deleted"
+    for state_id in (root, child):
+        assert engine.get(f"/v1/states/{state_id}").status_code == 404
+    assert not state_dir.exists()
+    assert engine.get(f"/v1/instances/{job.result['instance_id']}").status_code == 404
     assert servers_under(engine.state_store / "jobs" / job_id) == []
 
 

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlrs_engine.cancel import CancelToken
 from tests.support.engine_process import EngineProcess
+
+
+class WaitingToken(CancelToken):
+    """A cancel token that says when blocking work starts waiting: work that may block
+    registers its wake-up (or kill) callback with the token right before it waits, so a
+    test knows that the work is waiting without sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+
+    def register(self, callback: Callable[[], None]) -> Callable[[], None]:
+        unregister = super().register(callback)
+        self.waiting.set()
+        return unregister
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0, poll: float = 0.05) -> bool:

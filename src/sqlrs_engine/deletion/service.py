@@ -14,9 +14,16 @@ between the first removed file and the last deleted row is completed at the next
 (`complete_interrupted`): never a row that points at removed files. An instance is *retired*
 before its files go, so a concurrent run cannot restart its server in a dir being removed.
 
+States that running prepare jobs rely on (`deletion/uses.py`) block a state deletion in
+step 1 (`active_tasks`, naming the jobs), and the states a deletion goes on to remove are
+fenced against new holds until it ends: a job never mounts a clone of a state between the
+check and its removal.
+
 If removing a directory fails (a busy mount, say), the rows of the nodes already removed are
 still deleted, the failing node keeps both its row and its files, and the request answers
-500 with what failed: never a row pointing nowhere, never files without a row.
+500 with what failed: never a row pointing nowhere, never files without a row. The one
+foreseeable refusal — an overlay layer that a clone this engine does not track stands on
+(another engine's job, a leftover of a crashed run) — answers 409 `conflict` instead.
 
 Deletions claim exactly the objects of their tree (`deletion/claims.py`): two deletions that
 share an object are serialized — so concurrent DELETEs of the same object answer "deleted"
@@ -46,8 +53,10 @@ from sqlrs_engine.deletion.tree import (
     result,
     state_node,
 )
+from sqlrs_engine.deletion.uses import StateUses, Users
 from sqlrs_engine.errors import ApiError, JobFailure, not_found
 from sqlrs_engine.faults import fault_point
+from sqlrs_engine.snapshot.base import StateInUse
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +80,15 @@ class DeletionService:
         registry: RegistryProxy,
         snapshots: SnapshotClient,
         drain: StateDrain | None = None,
+        uses: StateUses | None = None,
     ) -> None:
         self._registry = registry
         self._snapshots = snapshots
         self._claims = Claims()
         self._drain = drain
         """Empties the warm pool of states about to go (`WarmPool.drained`)."""
+        self.uses = uses if uses is not None else StateUses()
+        """The states running jobs rely on; the jobs of this engine share it."""
 
     # -- instances -------------------------------------------------------------------------
 
@@ -117,8 +129,11 @@ class DeletionService:
                     raise not_found("state not found")
                 if not _subtree_keys(subtree) <= keys:
                     continue  # the tree grew while we waited: claim the new one
-                root = self._state_tree(subtree, recurse, force)
-                return self._finish(root, dry_run, "delete state failed", faults)
+                # Without `recurse` only the root could go (descendants block it).
+                removed = _subtree_state_ids(subtree) if recurse else [state_id]
+                with self.uses.fenced(removed, fence=not dry_run) as users:
+                    root = self._state_tree(subtree, recurse, force, users)
+                    return self._finish(root, dry_run, "delete state failed", faults)
         raise ApiError(
             503,
             "unavailable",
@@ -134,15 +149,21 @@ class DeletionService:
             return contextlib.nullcontext()
         return self._drain(_subtree_state_ids(subtree), "state deleted")
 
-    def _state_tree(self, subtree: dict[str, Any], recurse: bool, force: bool) -> DeleteNode:
+    def _state_tree(
+        self, subtree: dict[str, Any], recurse: bool, force: bool, users: Users
+    ) -> DeleteNode:
+        """`users`: the running jobs that hold states of the subtree (they block those)."""
         children: list[DeleteNode] = [
             instance_node(
                 row, self._connections(row["instance_id"], force) if recurse else 0, force
             )
             for row in subtree["instances"]
         ]
-        children += [self._state_tree(child, recurse, force) for child in subtree["children"]]
-        return state_node(subtree["row"], children, recurse)
+        children += [
+            self._state_tree(child, recurse, force, users) for child in subtree["children"]
+        ]
+        row = subtree["row"]
+        return state_node(row, children, recurse, users.get(row["state_id"], ()))
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -273,6 +294,10 @@ class DeletionService:
                     self._snapshots.remove_state(node.row["image_id"], node.id, NEVER_CANCELLED)
                     states.append(node.id)
                 fault_point(f"{faults}:node-removed")
+        except StateInUse as failure:
+            # A clone this engine does not track stands on the layer: not an engine fault.
+            log.warning("%s at %s: %s", failure_message, node.kind, _why(failure))
+            raise ApiError(409, "conflict", "state is in use", _why(failure)) from None
         except (JobFailure, OSError) as failure:
             log.error("%s at %s: %s", failure_message, node.kind, failure)
             raise ApiError(500, "internal_error", failure_message, _why(failure)) from None

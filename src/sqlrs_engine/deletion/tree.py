@@ -6,7 +6,7 @@ Pure: built from rows and connection counts, so every rule is table-tested. The 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,17 +64,39 @@ def instance_node(row: dict[str, Any], connections: int, force: bool) -> DeleteN
     )
 
 
-def state_node(row: dict[str, Any], children: list[DeleteNode], recurse: bool) -> DeleteNode:
+def state_node(
+    row: dict[str, Any],
+    children: list[DeleteNode],
+    recurse: bool,
+    used_by: Sequence[str] = (),
+) -> DeleteNode:
     """A state without `recurse` is blocked by any descendant (children are not listed);
-    with `recurse` it lists them and is blocked when any of them is (§6)."""
+    with `recurse` it lists them and is blocked when any of them is (§6).
+
+    A state that running prepare jobs rely on (`used_by`: their ids, see deletion/uses.py)
+    is blocked `active_tasks` whatever the flags — its own reason, ahead of the others,
+    since neither `recurse` nor `force` can lift it — and lists those jobs as `job` nodes
+    (blocked `active_tasks` too) after its other children, so the answer names them.
+    """
     node = DeleteNode(kind="state", id=row["state_id"], row=row)
+    jobs = [using_job_node(job_id) for job_id in used_by]
     if not recurse:
-        node.blocked = HAS_DESCENDANTS if children else None
+        if jobs:
+            node.blocked, node.children = ACTIVE_TASKS, jobs
+        else:
+            node.blocked = HAS_DESCENDANTS if children else None
         return node
-    node.children = children
-    if any(child.is_blocked for child in children):
+    node.children = children + jobs
+    if jobs:
+        node.blocked = ACTIVE_TASKS
+    elif any(child.is_blocked for child in children):
         node.blocked = BLOCKED_BY_DESCENDANT
     return node
+
+
+def using_job_node(job_id: str) -> DeleteNode:
+    """A running job that relies on a state being deleted: what blocks it (never removed)."""
+    return DeleteNode(kind="job", id=job_id, blocked=ACTIVE_TASKS)
 
 
 def job_node(row: dict[str, Any], has_running_task: bool, force: bool) -> DeleteNode:

@@ -214,7 +214,12 @@ class StateBuilder:
         self.plan = updated
 
     def _cached_state_usable(self, task: PlanTask) -> bool:
-        """A cached state is used only if its row and a complete directory still exist (§0.1)."""
+        """A cached state is used only if its row and a complete directory still exist (§0.1).
+
+        Held first: from here on a deletion of the state is blocked, and one under way has
+        ended (the row read next then says it is gone, and the step rebuilds it).
+        """
+        self._hold(task.output_state_id)
         row = self.registry.state_row(task.output_state_id).get(timeout=ASK_TIMEOUT)
         if row is None:
             return False
@@ -304,9 +309,15 @@ class StateBuilder:
             self._new_session().discard_leftovers()
 
     def _build_state(self, task: PlanTask) -> None:
-        """Under the state's build lock: run the step, snapshot, store the row (§2.9.5-13)."""
+        """Under the state's build lock: run the step, snapshot, store the row (§2.9.5-13).
+
+        The state is held before its build lock is taken (never after: a deletion that
+        fenced it waits for that lock), so that once its row exists it cannot be deleted
+        from under the clone that stands on it.
+        """
         assert self._planned is not None
         snapshots = self.services.snapshots
+        self._hold(task.output_state_id)
         self.services.check_cache("prepare_step", self._chain())
         with snapshots.build_state(
             self.effective_image, task.output_state_id, self.cancel
@@ -384,6 +395,7 @@ class StateBuilder:
         assert self._planned is not None
         self.tasks.start(task.task_id)
         final_state = task.input_id
+        self._hold(final_state)  # held since its step already; the instance row will name it
         source = self.services.snapshots.state_dir(self.effective_image, final_state)
         pool = self.services.pool
         if pool is not None and not self._holds(source):
@@ -448,8 +460,18 @@ class StateBuilder:
             result["expires_at"] = record.expires_at
         return result
 
+    def _hold(self, state: str) -> None:
+        """Rely on `state` until the job ends: deleting it is blocked (deletion/uses.py)."""
+        if self.services.state_uses.hold(self.job_id, state, self.cancel):
+            self.events.log(f"waited for a deletion of state {state} to end")
+
     def release(self) -> None:
-        if self._planned is not None:
-            self._planned.steps.close()
-        if self.session is not None:
-            self.session.release()
+        """Stop and remove what the job still holds: steps, clone, then its state holds
+        (after the clone: a state is never deletable while a clone of it stands)."""
+        try:
+            if self._planned is not None:
+                self._planned.steps.close()
+            if self.session is not None:
+                self.session.release()
+        finally:
+            self.services.state_uses.release(self.job_id)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from sqlrs_engine.actors.registry import RegistryProxy
 from sqlrs_engine.actors.snapshot import SnapshotClient
+from sqlrs_engine.deletion.uses import StateUses
 from sqlrs_engine.jobs.event_log import DEFAULT_HEARTBEAT, DEFAULT_MAX_TASK_LOG_LINES
 from sqlrs_engine.runtime.base import Runtime
 
@@ -40,3 +41,6 @@ class JobServices:
     raises a `JobFailure` with a §10 code when the store cannot make room."""
     pool: WarmPool | None = None
     """The warm pool: a cache hit takes a ready instance from it (None: no pool)."""
+    state_uses: StateUses = field(default_factory=StateUses)
+    """Where a job holds the states it relies on, so that a deletion of one is blocked
+    (shared with the engine's `DeletionService`)."""

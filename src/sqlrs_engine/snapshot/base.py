@@ -44,6 +44,11 @@ class SnapshotError(JobFailure):
         self.no_space = no_space
 
 
+class StateInUse(SnapshotError):
+    """A state cannot be removed because a clone stands on its files (an overlay layer that
+    is a lower of a mounted clone): a conflict with whoever uses it, not a fault."""
+
+
 def find_data_file(data_dir: Path, name: str) -> Path | None:
     """`<dir>/<name>` or `<dir>/pgdata/<name>`, whichever exists (SPEC §9.1), else None."""
     for candidate in (data_dir / name, pgdata_of(data_dir) / name):
@@ -182,6 +187,7 @@ __all__ = [
     "BackendKind",
     "SnapshotBackend",
     "SnapshotError",
+    "StateInUse",
     "data_dir_problem",
     "find_data_file",
     "state_problem",

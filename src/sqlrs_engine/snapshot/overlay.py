@@ -59,6 +59,7 @@ from sqlrs_engine.snapshot.base import (
     POSTMASTER_PID,
     BackendKind,
     SnapshotError,
+    StateInUse,
     data_dir_problem,
 )
 from sqlrs_engine.snapshot.copy import CopyBackend
@@ -579,10 +580,10 @@ class OverlayBackend:
             except SnapshotError:
                 continue
             if any(os.path.realpath(layer.path) in targets for layer in lowers):
-                raise SnapshotError(
+                raise StateInUse(
                     f"cannot remove {path}",
-                    f"its layer is a lower layer of the mounted clone {runtime}; remove the "
-                    "instance or job that uses it first",
+                    f"its layer is a lower layer of the mounted clone {runtime} (made by job "
+                    f"{runtime.parent.name}); remove the instance or job that uses it first",
                 )
 
     # -- dirs, mounts --------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +10,16 @@ import pykka
 import pytest
 
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
+from tests.support.engine_process import RUNTIME_ENV, TEST_RUNTIME
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin the runtime for every engine this test process starts without saying which:
+    `start_engine` pins it itself, and this covers the rest — engines built in-process
+    (`Engine` reads os.environ), CLI auto-starts, the pytest plugin's engine, plain
+    subprocesses. Tests that want another runtime pass it explicitly (tests/e2e/
+    test_runtimes.py: `docker` with the container engine's `DOCKER_HOST`)."""
+    os.environ[RUNTIME_ENV] = TEST_RUNTIME
 
 
 @pytest.fixture(autouse=True)

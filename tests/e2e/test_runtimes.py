@@ -226,3 +226,32 @@ def test_a_liquibase_changelog_applies_through_the_published_port(env: Env) -> N
     assert [t["cached"] for t in steps] == [True, True]
     assert query(again.dsn, "select count(*) from lbt") == "2"
     assert again.result["state_id"] == first.result["state_id"]
+
+
+def test_test_engines_run_on_host_even_where_a_container_engine_answers(
+    scratch_dir: Path,
+) -> None:
+    """`start_engine` pins the host runtime: on a machine where a Docker-compatible engine
+    answers (here the real Podman API, as DOCKER_HOST), the engine's default `auto` would pick
+    it and run the host tests on containers. A test that names a runtime gets that one."""
+    url = container_engine.docker_host()
+    (scratch_dir / "pinned").mkdir()
+    (scratch_dir / "auto").mkdir()
+    pinned = start_engine(scratch_dir / "pinned", env={"DOCKER_HOST": url})
+    try:
+        assert "container runtime host (configured host;" in pinned.stderr_text()
+        outcome = prepare(pinned, psql_body("-c", "create table pinned(a int)"))
+        assert outcome.status["status"] == "succeeded", outcome.status
+        instance = pinned.get(f"/v1/instances/{outcome.result['instance_id']}").json()
+        assert instance["runtime_id"].startswith("host:")
+        assert container_engine.labeled_containers(pinned.state_store) == []
+    finally:
+        pinned.stop()
+    # The premise: with the same environment, `auto` (asked for explicitly) picks docker.
+    asked = start_engine(
+        scratch_dir / "auto", env={"DOCKER_HOST": url, "SQLRS_CONTAINER_RUNTIME": "auto"}
+    )
+    try:
+        assert f"container runtime docker (auto; engine at {url}" in asked.stderr_text()
+    finally:
+        asked.stop()

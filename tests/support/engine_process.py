@@ -16,6 +16,21 @@ from typing import Any
 import requests
 
 START_TIMEOUT = 30.0
+RUNTIME_ENV = "SQLRS_CONTAINER_RUNTIME"
+TEST_RUNTIME = "host"
+"""The runtime every test engine uses unless the test asks for another one: with the
+engine's default (`auto`), a machine where a Docker-compatible engine answers (`DOCKER_HOST`,
+/var/run/docker.sock, Podman's socket) would silently run the host tests on containers."""
+
+
+def engine_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of an engine a test starts: this process's, the runtime pinned to
+    `TEST_RUNTIME` (whatever the developer's shell says), then the test's own `env` — which
+    is how the container tests ask for `docker`."""
+    full_env = dict(os.environ)
+    full_env[RUNTIME_ENV] = TEST_RUNTIME
+    full_env.update(env or {})
+    return full_env
 
 
 @dataclass
@@ -102,12 +117,11 @@ def start_engine(
     listen: str = "127.0.0.1:0",
 ) -> EngineProcess:
     """Start an engine whose engine.json lives in `workdir` (unless `engine_json` says where);
-    wait until it answers health."""
+    wait until it answers health. It runs on the host runtime unless `env` names another
+    (`engine_environment`)."""
     engine_json = engine_json or workdir / "engine.json"
     store = state_store or workdir / "state-store"
-    full_env = dict(os.environ)
-    full_env["SQLRS_STATE_STORE"] = str(store)
-    full_env.update(env or {})
+    full_env = engine_environment({"SQLRS_STATE_STORE": str(store), **(env or {})})
     args = [
         "--listen",
         listen,

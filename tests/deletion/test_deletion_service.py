@@ -32,6 +32,8 @@ from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import ServerHandle
 from sqlrs_engine.snapshot.copy import CopyBackend
 from sqlrs_engine.snapshot.layout import StoreLayout
+from sqlrs_engine.snapshot.mounts import release_mounts_under
+from sqlrs_engine.snapshot.overlay import OverlayBackend
 from sqlrs_engine.snapshot.store import StateStore
 from tests.support.fake_runtime import FakeRuntime
 from tests.support.faults import chattr, needs_chattr
@@ -669,6 +671,37 @@ def test_a_job_that_wants_a_state_under_deletion_waits_and_then_finds_it_gone(
     assert outcome == [200] and waited == [True]
     assert world.rows() == ([], []) and not world.state_dir(S).exists()
     assert uses.users([S]) == {S: ["job-1"]}, "the job holds what it rebuilds"
+
+
+def test_a_layer_an_untracked_clone_stands_on_is_a_conflict_not_a_500(world: World) -> None:
+    """The backstop: an overlay clone that no job of this engine holds (another engine's
+    job on the same store, a crashed run's leftover) still keeps the state's layer; the
+    delete answers 409 `conflict` naming the clone's job, keeps row, files and marker, and
+    takes its mark back. Without the clone the same delete goes through."""
+    if os.geteuid() != 0:
+        pytest.skip("overlay mounts need root")
+    world.store = StateStore(world.layout, OverlayBackend(world.root))
+    world.state(S)
+    service = world.start()  # before the clone: the start-up sweep unmounts idle clones
+    try:
+        world.store.clone_to_runtime(world.state_dir(S), "foreign-job", require_pg_version=True)
+        files, rows = world.files(under=world.state_dir(S)), world.rows()
+
+        with pytest.raises(ApiError) as raised:
+            service.delete_state(S, recurse=False, force=True, dry_run=False)
+
+        error = raised.value
+        assert (error.status, error.code, error.message) == (409, "conflict", "state is in use")
+        assert "lower layer of the mounted clone" in (error.details or "")
+        assert "(made by job foreign-job)" in (error.details or "")
+        assert world.rows() == rows and world.files(under=world.state_dir(S)) == files
+        assert marked_states(world) == []
+        world.store.remove_runtime_dir("foreign-job")
+        status, body = service.delete_state(S, recurse=False, force=False, dry_run=False)
+        assert (status, body["outcome"]) == (200, "deleted")
+        assert world.rows() == ([], []) and not world.state_dir(S).exists()
+    finally:
+        release_mounts_under(world.root)
 
 
 def test_running_job_is_blocked_until_forced(world: World) -> None:

@@ -32,7 +32,19 @@ from sqlrs_engine.snapshot.overlay import OverlayBackend
 from tests.snapshot import btrfs_loop
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir, servers_under
 from tests.support.engine_process import EngineProcess, start_engine
-from tests.support.prepare import JobOutcome, prepare, psql_body, query, submit, wait
+from tests.support.prepare import (
+    JobOutcome,
+    files_of,
+    prepare,
+    psql_body,
+    query,
+    release_file,
+    submit,
+    wait,
+    wait_for_running_step,
+    waits_for,
+)
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -322,6 +334,43 @@ def test_run_and_delete(env: Env) -> None:
         assert not job_dir.exists() and servers_under(job_dir) == []
     left = [str(m.mount_point) for m in mounts_under(env.store)]
     assert not [m for m in left if chain.job_id in m or middle.job_id in m], left
+
+
+def test_a_state_a_running_job_relies_on_is_blocked_on_every_backend(env: Env) -> None:
+    """docs/api.md, Deletion: the same rule on every backend. On overlay the job's clone
+    stands on the state's layer; on copy and btrfs it no longer needs the state's files, but
+    its result (the next state's parent, the instance) names the state, so deleting it is
+    blocked all the same — 409 `active_tasks` naming the job, even with recurse and force —
+    and goes through once the job has ended."""
+    step = ("-c", "create table held_by_job(a int)")
+    first = succeeded(prepare(env.engine, psql_body(*step)))
+    root = first.result["state_id"]
+    assert env.engine.delete(f"/v1/instances/{first.result['instance_id']}").status_code == 200
+    files = files_of(env.state_dir(root))
+    with release_file() as go:
+        job_id = submit(env.engine, psql_body(*step, "-c", waits_for(go)))
+        wait_for_running_step(env.engine, job_id)
+        runtime = env.jobs / job_id / "runtime"
+        assert wait_for(lambda: servers_under(runtime) != []), "the job's server never started"
+        refused = env.engine.delete(
+            f"/v1/states/{root}", params={"recurse": "true", "force": "true"}
+        )
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["root"] == {
+            "kind": "state",
+            "id": root,
+            "blocked": "active_tasks",
+            "children": [{"kind": "job", "id": job_id, "blocked": "active_tasks"}],
+        }
+        assert files_of(env.state_dir(root)) == files
+        go.touch()
+        job = succeeded(wait(env.engine, job_id))
+    child = job.result["state_id"]
+    assert env.engine.get(f"/v1/states/{child}").json()["parent_state_id"] == root
+    deleted = env.engine.delete(f"/v1/states/{root}", params={"recurse": "true"})
+    assert (deleted.status_code, deleted.json()["outcome"]) == (200, "deleted")
+    assert list(env.store.glob(f"engines/postgres/*/states/{root}")) == []
+    assert servers_under(env.jobs / job_id) == []
 
 
 def test_restart_keeps_instances_and_cleans_stale_mounts(env: Env) -> None:

@@ -6,12 +6,9 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +20,15 @@ from tests.support.engine_process import EngineProcess
 from tests.support.prepare import (
     PSQL,
     JobOutcome,
+    files_of,
     prepare,
     psql_body,
     query,
+    release_file,
     submit,
     wait,
     wait_for_running_step,
+    waits_for,
 )
 from tests.support.waiting import wait_for
 
@@ -204,34 +204,6 @@ def test_delete_running_job_blocked_then_forced(engine: EngineProcess) -> None:
     assert engine.get("/v1/tasks", params={"job": job_id}).json() == []
     assert not (engine.state_store / "jobs" / job_id).exists()
     assert servers_under(engine.state_store / "jobs" / job_id) == []
-
-
-def files_of(directory: Path) -> list[tuple[str, int]]:
-    """Every path under `directory` with its size (0 for directories)."""
-    return sorted(
-        (str(path.relative_to(directory)), path.lstat().st_size if path.is_file() else 0)
-        for path in directory.rglob("*")
-    )
-
-
-@contextlib.contextmanager
-def release_file() -> Iterator[Path]:
-    """A path the job's server (the unprivileged server user) can see appear: a step
-    that waits for it runs until the test creates it — no sleeping, no timing."""
-    directory = Path(tempfile.mkdtemp(prefix="sqlrs-release-"))
-    try:
-        directory.chmod(0o755)
-        yield directory / "go"
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def waits_for(path: Path) -> str:
-    """A psql step that runs until `path` exists."""
-    return (
-        f"do $$ begin while pg_stat_file('{path}', true) is null loop "
-        "perform pg_sleep(0.05); end loop; end $$"
-    )
 
 
 def test_a_state_a_running_job_stands_on_is_blocked_until_the_job_ends(

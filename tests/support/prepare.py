@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.support.engine_process import EngineProcess
@@ -102,6 +107,35 @@ def wait_for_running_step(engine: EngineProcess, job_id: str, timeout: float = 6
             return
         assert time.monotonic() < deadline, f"no step of job {job_id} started in {timeout}s"
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def release_file() -> Iterator[Path]:
+    """A path the job's server (the unprivileged server user) can see appear: a step
+    that `waits_for` it runs until the test creates it — no sleeping, no timing."""
+    directory = Path(tempfile.mkdtemp(prefix="sqlrs-release-"))
+    try:
+        directory.chmod(0o755)
+        yield directory / "go"
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def waits_for(path: Path) -> str:
+    """A psql step (needs the server's superuser, which steps run as) that runs until
+    `path` exists."""
+    return (
+        f"do $$ begin while pg_stat_file('{path}', true) is null loop "
+        "perform pg_sleep(0.05); end loop; end $$"
+    )
+
+
+def files_of(directory: Path) -> list[tuple[str, int]]:
+    """Every path under `directory` with its size (0 for directories)."""
+    return sorted(
+        (str(path.relative_to(directory)), path.lstat().st_size if path.is_file() else 0)
+        for path in directory.rglob("*")
+    )
 
 
 def query(dsn: str, sql: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import ujson
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import now_rfc3339
+from sqlrs_engine.deletion.uses import StateUses
 from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.jobs.builder import StateBuilder as PsqlJob
 from sqlrs_engine.jobs.kinds.psql import OUTPUT_TAIL
@@ -39,6 +41,7 @@ from tests.jobs.conftest import (
 )
 from tests.support.dirs import servers_under
 from tests.support.fake_runtime import RESOLVED, ClientBehaviour
+from tests.support.waiting import WaitingToken
 
 TWO_STEPS = psql_request("-c", "create table a()", "-c", "create table b()")
 DEFAULTS = ["-X", "-v", "ON_ERROR_STOP=1"]
@@ -455,6 +458,67 @@ def test_a_state_built_meanwhile_by_another_job_is_reused(world: World) -> None:
     assert parts.task_rows(job_id)["execute-0"]["cached"] == 1
     assert result["state_id"] == state
     assert (parts.state_row(state) or {})["prepare_args_normalized"] == "-c x", "kept as is"
+
+
+# -- holds on the states a job relies on (deletion/uses.py) ---------------------------------
+
+
+def test_a_job_holds_the_states_it_relies_on_until_it_ends(world: World) -> None:
+    """While step b runs on a clone of the cached state of step a, the job holds both a
+    (its clone stands on it) and b (held before its build lock): deleting either is blocked.
+    Its release lets go of every hold."""
+    three = psql_request("-c", "create table a()", "-c", "create table b()")
+    first_job, second_job = (
+        world.add_job(psql_request("-c", "create table a()")),
+        world.add_job(three),
+    )
+    parts = world.start()
+    uses = StateUses()
+    run(parts.psql_job(first_job, psql_request("-c", "create table a()"), ScriptRuntime()))
+    seen: list[dict[str, list[str]]] = []
+    job: PsqlJob
+
+    def client(_args: Sequence[str], on_output: OutputSink, _cancel: CancelToken) -> int:
+        seen.append(uses.users(outputs(job)))
+        return 0
+
+    job = parts.psql_job(second_job, three, ScriptRuntime(client), state_uses=uses)
+    run(job)
+    a, b = outputs(job)
+    assert seen == [{a: [second_job], b: [second_job]}]
+    assert uses.users([a, b]) == {a: [second_job], b: [second_job]}, "the instance names b"
+    job.release()
+    assert uses.users([a, b]) == {}
+
+
+def test_a_cached_state_deleted_while_the_job_waited_is_rebuilt(world: World) -> None:
+    """A job that comes to rely on a state while a deletion of it is under way waits for the
+    deletion to end, finds the state gone, says so, and builds it again."""
+    first_job, second_job = world.add_job(TWO_STEPS), world.add_job(TWO_STEPS)
+    parts = world.start()
+    run(parts.psql_job(first_job, TWO_STEPS, ScriptRuntime()))
+    uses = StateUses()
+    runtime = ScriptRuntime()
+    job = parts.psql_job(second_job, TWO_STEPS, runtime, state_uses=uses)
+    token = job.cancel = WaitingToken()
+    job.make_plan()
+    a, b = outputs(job)
+    assert [t.cached for t in job.plan if t.type == "state_execute"] == [True, True]
+    results: list[dict[str, Any]] = []
+    with uses.fenced([a]) as users:  # what a deletion of `a` holds while it removes it
+        assert users == {}
+        worker = threading.Thread(target=lambda: results.append(job.execute()))
+        worker.start()
+        assert token.waiting.wait(ASK), "the job did not wait for the deletion"
+        parts.store.remove_state(RESOLVED, a)
+        parts.registry.delete_metadata([], [a]).get(timeout=ASK)
+    worker.join(ASK)
+    job.events.close()
+    assert [r["state_id"] for r in results] == [b]
+    assert f"waited for a deletion of state {a} to end" in log_lines(parts.events(second_job))
+    assert [call.args[-2] for call in runtime.calls] == ["create table a()"], "a rebuilt"
+    assert parts.state_row(a) is not None and parts.store.validate_state(RESOLVED, a) is None
+    job.release()
 
 
 def test_a_script_edited_after_planning_is_re_hashed(world: World, tmp_path: Path) -> None:

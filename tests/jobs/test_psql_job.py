@@ -467,14 +467,12 @@ def test_a_job_holds_the_states_it_relies_on_until_it_ends(world: World) -> None
     """While step b runs on a clone of the cached state of step a, the job holds both a
     (its clone stands on it) and b (held before its build lock): deleting either is blocked.
     Its release lets go of every hold."""
-    three = psql_request("-c", "create table a()", "-c", "create table b()")
-    first_job, second_job = (
-        world.add_job(psql_request("-c", "create table a()")),
-        world.add_job(three),
-    )
+    one = psql_request("-c", "create table a()")
+    two = psql_request("-c", "create table a()", "-c", "create table b()")
+    first_job, second_job = world.add_job(one), world.add_job(two)
     parts = world.start()
     uses = StateUses()
-    run(parts.psql_job(first_job, psql_request("-c", "create table a()"), ScriptRuntime()))
+    run(parts.psql_job(first_job, one, ScriptRuntime()))
     seen: list[dict[str, list[str]]] = []
     job: PsqlJob
 
@@ -482,7 +480,7 @@ def test_a_job_holds_the_states_it_relies_on_until_it_ends(world: World) -> None
         seen.append(uses.users(outputs(job)))
         return 0
 
-    job = parts.psql_job(second_job, three, ScriptRuntime(client), state_uses=uses)
+    job = parts.psql_job(second_job, two, ScriptRuntime(client), state_uses=uses)
     run(job)
     a, b = outputs(job)
     assert seen == [{a: [second_job], b: [second_job]}]

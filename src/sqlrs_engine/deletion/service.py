@@ -87,7 +87,7 @@ class DeletionService:
         self._claims = Claims()
         self._drain = drain
         """Empties the warm pool of states about to go (`WarmPool.drained`)."""
-        self.uses = uses if uses is not None else StateUses()
+        self._uses = uses if uses is not None else StateUses()
         """The states running jobs rely on; the jobs of this engine share it."""
 
     # -- instances -------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class DeletionService:
                     continue  # the tree grew while we waited: claim the new one
                 # Without `recurse` only the root could go (descendants block it).
                 removed = _subtree_state_ids(subtree) if recurse else [state_id]
-                with self.uses.fenced(removed, fence=not dry_run) as users:
+                with self._uses.fenced(removed, fence=not dry_run) as users:
                     root = self._state_tree(subtree, recurse, force, users)
                     return self._finish(root, dry_run, "delete state failed", faults)
         raise ApiError(

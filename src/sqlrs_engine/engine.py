@@ -35,6 +35,7 @@ from sqlrs_engine.http.app import build_app
 from sqlrs_engine.http.context import ApiContext
 from sqlrs_engine.http.server import HttpServer, endpoint_text
 from sqlrs_engine.ids import new_auth_token, new_engine_instance_id
+from sqlrs_engine.jobs.pooled_hit import PooledHitPath
 from sqlrs_engine.jobs.services import JobServices
 from sqlrs_engine.logsetup import apply_log_level
 from sqlrs_engine.persistence.guard import StorageHealth
@@ -93,6 +94,7 @@ class Engine:
         self._storage_health = StorageHealth()
         self._cache: CacheEnforcer | None = None
         self._pool: WarmPool | None = None
+        self._pooled_hits: PooledHitPath | None = None
 
     @property
     def registry(self) -> RegistryProxy:
@@ -137,8 +139,8 @@ class Engine:
         version = self.options.version
         state_uses = StateUses()
 
-        def start_job(job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
-            services = JobServices(
+        def job_services(registry: RegistryProxy) -> JobServices:
+            return JobServices(
                 registry,
                 runtime,
                 snapshots,
@@ -151,7 +153,9 @@ class Engine:
                 pool=self._pool,
                 state_uses=state_uses,
             )
-            return PrepareJobActor.start(job_id, services)
+
+        def start_job(job_id: str, registry: RegistryProxy) -> pykka.ActorRef[Any]:
+            return PrepareJobActor.start(job_id, job_services(registry))
 
         def start_instance(row: Row, handle: ServerHandle | None) -> pykka.ActorRef[Any]:
             # Through the store: it also finds (and remounts) clones made by another backend.
@@ -186,6 +190,8 @@ class Engine:
             snapshots,
         )
         self._pool = WarmPool(self._registry, runtime, snapshots)
+        registry = self._registry
+        self._pooled_hits = PooledHitPath(lambda: job_services(registry), self._pool)
         self._deletion = DeletionService(self._registry, snapshots, self._pool.drained, state_uses)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()
@@ -208,6 +214,7 @@ class Engine:
             cache=self._cache,
             jobs_dir=snapshots.layout.jobs_dir,
             pool=self._pool,
+            pooled_hits=self._pooled_hits,
         )
         app = self.activity.middleware(build_app(ctx))
         threads = self.options.http_threads or config.http_threads()
@@ -280,6 +287,8 @@ class Engine:
             self._reaper.stop()
         if self._http is not None:
             self._http.stop()
+        if self._pooled_hits is not None:
+            self._pooled_hits.close()
         if self._pool is not None:
             # Before the children: jobs no longer take members, and the members' servers and
             # clones go away with the engine (a pool never outlives it).

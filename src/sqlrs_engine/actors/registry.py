@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
@@ -42,6 +42,9 @@ from sqlrs_engine.persistence.metadata import InstanceRecord, MetadataQueries, S
 from sqlrs_engine.persistence.pages import Page
 from sqlrs_engine.persistence.rows import Row
 from sqlrs_engine.runtime.base import ServerHandle
+
+if TYPE_CHECKING:
+    from sqlrs_engine.jobs.pooled_hit import PooledHit
 
 log = logging.getLogger(__name__)
 
@@ -424,12 +427,27 @@ class RegistryActor(pykka.ThreadingActor):
         self._jobs.insert_job(record)
         self._append(record.job_id, {"type": "status", "ts": now_rfc3339(), "status": "queued"})
         self._start_job_actor(record.job_id)
-        return {
-            "job_id": record.job_id,
-            "status_url": f"/v1/prepare-jobs/{record.job_id}",
-            "events_url": f"/v1/prepare-jobs/{record.job_id}/events",
-            "status": "queued",
-        }
+        return accepted_body(record.job_id)
+
+    def record_pooled_hit(self, hit: PooledHit) -> Row:
+        """A cache hit that took a pool member, recorded finished (jobs/pooled_hit.py): the
+        job row, its events and task rows in the order a job stores them, and the instance
+        row owned by the job, in ONE transaction; then the instance's actor. The 201 body of
+        `submit_job` (SPEC §2.1: the submission is answered `queued` either way)."""
+        if self._stopping:
+            raise ApiError(503, "unavailable", "engine is shutting down")
+        job_id = hit.record.job_id
+        with self._db:
+            self._jobs.insert_job(hit.record)
+            self._jobs.apply(job_id, hit.planning)
+            self._jobs.replace_tasks(job_id, hit.tasks)
+            self._jobs.update_job(job_id, signature=hit.signature)
+            self._jobs.apply(job_id, hit.finishing)
+            self._metadata.insert_instance(hit.instance)
+        row = self._metadata.instance_row(hit.instance.instance_id)
+        assert row is not None
+        self._start_instance_actor(row, hit.handle)
+        return accepted_body(job_id)
 
     def _start_job_actor(self, job_id: str) -> None:
         factory = self._settings.job_actor_factory
@@ -590,6 +608,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     instance_actor = proxy_method(RegistryActor.instance_actor)
     set_instance_runtime = proxy_method(RegistryActor.set_instance_runtime)
     submit_job = proxy_method(RegistryActor.submit_job)
+    record_pooled_hit = proxy_method(RegistryActor.record_pooled_hit)
     job_row = proxy_method(RegistryActor.job_row)
     update_job = proxy_method(RegistryActor.update_job)
     store_plan = proxy_method(RegistryActor.store_plan)
@@ -633,6 +652,16 @@ def start_registry(
         reason = str(failures[0]) if failures else "registry stopped during start-up"
         raise RegistryStartError(reason) from error
     return ref, proxy
+
+
+def accepted_body(job_id: str) -> Row:
+    """The 201 answer to a prepare submission (SPEC §2.1)."""
+    return {
+        "job_id": job_id,
+        "status_url": f"/v1/prepare-jobs/{job_id}",
+        "events_url": f"/v1/prepare-jobs/{job_id}/events",
+        "status": "queued",
+    }
 
 
 def _finished_before(row: Row, epoch: float) -> bool:

@@ -9,6 +9,7 @@ from sqlrs_engine.actors.registry import RegistryProxy
 from sqlrs_engine.actors.snapshot import SnapshotClient
 from sqlrs_engine.cache.enforcer import CacheEnforcer
 from sqlrs_engine.deletion.service import DeletionService
+from sqlrs_engine.jobs.pooled_hit import PooledHitPath
 from sqlrs_engine.persistence.guard import StorageHealth
 from sqlrs_engine.pool.warm_pool import WarmPool
 from sqlrs_engine.runtime.base import Runtime
@@ -42,3 +43,5 @@ class ApiContext:
     """`<root>/jobs`: where each job keeps its full task logs (`<job_id>/logs/<task>.log`)."""
     pool: WarmPool | None = None
     """The warm pool of ready instances (`GET /v1/pool`)."""
+    pooled_hits: PooledHitPath | None = None
+    """The short path of a cache hit that finds a ready pool member (prepare submissions)."""

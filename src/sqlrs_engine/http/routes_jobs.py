@@ -44,7 +44,11 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
     def submit_job() -> Any:
         body = json_object_body(bottle.request)
         record = validate_submission(body, ctx.cwd)
-        accepted = registry.submit_job(record).get(timeout=ASK_TIMEOUT)
+        # A cache hit that finds a ready pool member is recorded finished at once
+        # (jobs/pooled_hit.py); anything else is an ordinary job.
+        accepted = ctx.pooled_hits.submit(record) if ctx.pooled_hits is not None else None
+        if accepted is None:
+            accepted = registry.submit_job(record).get(timeout=ASK_TIMEOUT)
         return json_response(accepted, status=201, headers={"Location": accepted["status_url"]})
 
     @app.post("/v1/cache/explain/prepare")

@@ -213,8 +213,36 @@ class WarmPool:
         if member is None:
             yield None
             return
-        try:
+        with self._handing_out(member, job_id):
             yield member
+
+    def has_ready(self) -> bool:
+        """Whether any member is ready: without one, no hit can take the short path."""
+        with self._cond:
+            return bool(self._ready)
+
+    @contextlib.contextmanager
+    def claim(self, state_id: str, image_id: str, job_id: str) -> Iterator[Member | None]:
+        """`take` for the short path of a cache hit (jobs/pooled_hit.py).
+
+        A miss counts nothing and notes no hit: the hit then goes on to the ordinary job,
+        whose `note_hit` and `take` count it once. A member found notes the hit here.
+        """
+        member = self._pop_running(state_id, image_id, count_miss=False)
+        if member is None:
+            yield None
+            return
+        self.note_hit(state_id, image_id)
+        with self._handing_out(member, job_id):
+            yield member
+
+    @contextlib.contextmanager
+    def _handing_out(self, member: Member, job_id: str) -> Iterator[None]:
+        """The hand-out of a popped member: removed if the block raises, counted as under
+        way (drains wait) until the block ends."""
+        state_id = member.state_id
+        try:
+            yield
         except BaseException:
             with self._cond:
                 self._detach([member])
@@ -237,12 +265,13 @@ class WarmPool:
                     del self._handing[state_id]
                 self._cond.notify_all()
 
-    def _pop_running(self, state_id: str, image_id: str) -> Member | None:
+    def _pop_running(self, state_id: str, image_id: str, count_miss: bool = True) -> Member | None:
         while True:
             with self._cond:
                 members = self._ready.get(state_id)
                 if not members or state_id in self._closed or self._stopping:
-                    self._counters["misses"] += 1
+                    if count_miss:
+                        self._counters["misses"] += 1
                     return None
                 member = members.pop(0)
                 if not members:

@@ -22,8 +22,11 @@ from sqlrs_engine.actors.registry import (
 from sqlrs_engine.clock import format_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError
-from sqlrs_engine.persistence.jobs import JobRecord
-from sqlrs_engine.persistence.metadata import StateRecord
+from sqlrs_engine.jobs.pooled_hit import PooledHit
+from sqlrs_engine.persistence.jobs import JobRecord, RowChange
+from sqlrs_engine.persistence.metadata import InstanceRecord, StateRecord
+from sqlrs_engine.prepare.plan import PlanTask
+from sqlrs_engine.runtime.base import ServerHandle
 
 
 class _IdleJob(pykka.ThreadingActor):
@@ -266,3 +269,124 @@ def test_retention_spares_a_job_whose_events_are_being_read(tmp_path: Path) -> N
 def _stop_idle_jobs() -> None:
     for started in idle_job_actor.started:
         started.stop()
+
+
+def pooled_hit(job_id: str, instance_id: str) -> PooledHit:
+    """A finished cache hit as jobs/pooled_hit.py hands it over (one step, one instance)."""
+    state = "s" * 64
+    ts = "2026-01-01T00:00:01Z"
+    plan = PlanTask(task_id="plan", type="plan", planner_kind="psql")
+    step = PlanTask(
+        task_id="execute-0",
+        type="state_execute",
+        input_kind="image",
+        input_id="img@x",
+        task_hash="h" * 64,
+        output_state_id=state,
+        cached=True,
+    )
+    instance_task = PlanTask(
+        task_id="prepare-instance",
+        type="prepare_instance",
+        input_kind="state",
+        input_id=state,
+        instance_mode="ephemeral",
+    )
+    rows = [task.to_task_row(job_id, i) for i, task in enumerate([plan, step, instance_task])]
+    result = {"dsn": "postgres://sqlrs:pw@127.0.0.1:5999/postgres", "instance_id": instance_id}
+    done = {"status": "succeeded", "finished_at": ts}
+    return PooledHit(
+        record=job(job_id),
+        planning=[
+            {"type": "status", "ts": ts, "status": "queued"},
+            RowChange({"status": "running", "started_at": ts}),
+            {"type": "status", "ts": ts, "status": "running"},
+            RowChange({"status": "running", "started_at": ts}, "plan"),
+            {"type": "task", "ts": ts, "task_id": "plan", "status": "running"},
+        ],
+        tasks=rows,
+        signature="g" * 64,
+        finishing=[
+            *(
+                item
+                for task in ("plan", "execute-0", "prepare-instance")
+                for item in (
+                    RowChange(done, task),
+                    {"type": "task", "ts": ts, "task_id": task, "status": "succeeded"},
+                )
+            ),
+            RowChange({**done, "result": result}),
+            {"type": "status", "ts": ts, "status": "succeeded"},
+            {"type": "result", "ts": ts, "result": result},
+        ],
+        instance=InstanceRecord(
+            instance_id, state, "img@x", ts, "host:1", "/x/runtime", job_id, secret="pw"
+        ),
+        handle=ServerHandle("host:1", Path("/x/runtime/data"), "127.0.0.1", 5999, password="pw"),
+    )
+
+
+def seed_state(registry: RegistryProxy) -> None:
+    record = StateRecord("s" * 64, None, "img@x", "psql", "-c x", "2026-01-01T00:00:00Z", 10)
+    assert registry.insert_state(record).get()
+
+
+def test_a_pooled_hit_is_recorded_finished_in_one_message(registry: RegistryProxy) -> None:
+    seed_state(registry)
+    job_id, instance_id = "a" * 32, "i" * 32
+    accepted = registry.record_pooled_hit(pooled_hit(job_id, instance_id)).get()
+    assert accepted == {
+        "job_id": job_id,
+        "status_url": f"/v1/prepare-jobs/{job_id}",
+        "events_url": f"/v1/prepare-jobs/{job_id}/events",
+        "status": "queued",
+    }
+    status = registry.job_status(job_id).get()
+    assert status["status"] == "succeeded"
+    assert status["result"]["instance_id"] == instance_id
+    assert [t["task_id"] for t in status["tasks"]] == ["plan", "execute-0", "prepare-instance"]
+    assert {t["status"] for t in registry.task_rows(job_id).get()} == {"succeeded"}
+    # The plan's `running` row change came before its row existed, as in a job: no start.
+    assert registry.task_rows(job_id).get()[0]["started_at"] is None
+    assert registry.job_row(job_id).get()["signature"] == "g" * 64
+    sub = registry.subscribe_events(job_id, 0, None).get()
+    assert sub.terminal, "no job actor: the stream ends after the backlog"
+    assert [(e["type"], e.get("status"), e.get("task_id")) for e in sub.backlog] == [
+        ("status", "queued", None),
+        ("status", "running", None),
+        ("task", "running", "plan"),
+        ("task", "succeeded", "plan"),
+        ("task", "succeeded", "execute-0"),
+        ("task", "succeeded", "prepare-instance"),
+        ("status", "succeeded", None),
+        ("result", None, None),
+    ]
+    registry.unsubscribe_events(job_id, sub.token).get()
+    instance = registry.instance_row(instance_id).get()
+    assert instance["job_id"] == job_id and instance["secret"] == "pw"
+    assert registry.get_state("s" * 64).get()["refcount"] == 1
+    assert registry.active_job_count().get() == 0
+
+
+def test_a_refused_pooled_hit_leaves_nothing(registry: RegistryProxy) -> None:
+    """The instance row is written last: when it is refused (here: its id exists), the job,
+    its tasks and events are rolled back with it."""
+    seed_state(registry)
+    registry.record_pooled_hit(pooled_hit("a" * 32, "i" * 32)).get()
+    with pytest.raises(Exception):  # noqa: B017 - whatever the database raises
+        registry.record_pooled_hit(pooled_hit("b" * 32, "i" * 32)).get()
+    assert registry.job_row("b" * 32).get() is None
+    assert registry.task_rows("b" * 32).get() == []
+    assert registry.subscribe_events("b" * 32, 0, None).get() is None
+    assert [j["job_id"] for j in registry.list_jobs(None).get()] == ["a" * 32]
+    assert registry.ping().get() is True
+
+
+def test_no_pooled_hit_is_recorded_while_the_engine_stops(registry: RegistryProxy) -> None:
+    seed_state(registry)
+    registry.begin_shutdown().get()
+    with pytest.raises(ApiError) as raised:
+        registry.record_pooled_hit(pooled_hit("a" * 32, "i" * 32)).get()
+    assert raised.value.status == 503
+    assert registry.list_jobs(None).get() == []
+    assert registry.instance_row("i" * 32).get() is None

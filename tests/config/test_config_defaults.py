@@ -61,6 +61,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "pool.maxMemoryBytes",
         "pool.membersPerState",
         "pool.pinnedStates",
+        "pool.shortPath",
         "runtime.host.binDirs",
         "runtime.host.user",
         "snapshot.backend",

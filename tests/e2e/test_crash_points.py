@@ -235,6 +235,66 @@ def marked_victim_completed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     assert line in engine.stderr_text(), engine.log_excerpt()
 
 
+POOL_BODY = psql_body("-c", "create table pooled(a int); insert into pooled values (1)")
+
+
+def warm_member(engine: EngineProcess) -> dict[str, Any]:
+    """A state with one ready pool member, so that the next hit takes the short path."""
+    response = engine.patch(
+        "/v1/config", json={"path": "pool", "value": {"enabled": True, "maxMembers": 1}}
+    )
+    assert response.status_code == 200, response.text
+    for _ in range(2):  # built, then hit: the hit makes the state wanted
+        outcome = prepare(engine, POOL_BODY)
+        assert outcome.status["status"] == "succeeded", outcome.status
+        # Its instance goes (a power loss would leave it to be restarted): the store then
+        # holds only what the crash is about.
+        assert engine.delete(f"/v1/instances/{outcome.result['instance_id']}").ok
+    deadline = time.monotonic() + FREEZE_TIMEOUT
+    while not (members := engine.get("/v1/pool").json()["members"]):
+        assert time.monotonic() < deadline, "the pool never filled"
+        time.sleep(0.05)
+    return {
+        "member": members[0]["member_id"],
+        "jobs": [j["job_id"] for j in engine.get("/v1/prepare-jobs").json()],
+    }
+
+
+def submit_pooled_hit(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    engine.post("/v1/prepare-jobs", json=POOL_BODY)
+
+
+def claimed_member_removed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    """Died between claiming a member and recording the hit: no job, no instance, and the
+    member (server, mount, clone) was removed at start-up like any member."""
+    assert [j["job_id"] for j in engine.get("/v1/prepare-jobs").json()] == ctx["jobs"]
+    assert engine.get("/v1/instances").json() == []
+    assert not (engine.state_store / "jobs" / ctx["member"]).exists()
+    assert servers_under(engine.state_store) == []
+    assert "pool: removed 1 member(s) left by a previous engine" in engine.stderr_text()
+
+
+def pooled_hit_adopted(engine: EngineProcess, ctx: dict[str, Any]) -> None:
+    """Died right after recording the hit: the job is finished, and its instance (the
+    member's server and clone) is an instance like any other, adopted at start-up."""
+    [job_id] = [j["job_id"] for j in engine.get("/v1/prepare-jobs").json()][len(ctx["jobs"]) :]
+    outcome = wait(engine, job_id)
+    assert outcome.status["status"] == "succeeded", outcome.status
+    assert "instance: ready server taken from the warm pool" in outcome.log_lines()
+    instance_id = outcome.result["instance_id"]
+    assert [i["instance_id"] for i in engine.get("/v1/instances").json()] == [instance_id]
+    member_dir = engine.state_store / "jobs" / ctx["member"]
+    assert member_dir.is_dir() and not (member_dir / ".pool-member").exists()
+    body = {
+        "instance_ref": instance_id,
+        "kind": "psql",
+        "args": ["-At", "-c", "select a from pooled"],
+    }
+    response = engine.post("/v1/runs", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert '"data":"1\\n"' in response.text.replace(" ", ""), response.text
+
+
 SCENARIOS = {
     "during-initdb": Scenario("spawned:initdb", nothing, submit_prepare, job_resumed),
     "base-initialized": Scenario("base:initialized", nothing, submit_prepare, job_resumed),
@@ -263,6 +323,13 @@ SCENARIOS = {
     ),
     "evict-between-victims": Scenario(
         "evict:evicted", unused_states_under_pressure, submit_prepare, eviction_repaired
+    ),
+    # The pooled-hit short path (issue 16): a member claimed, then the hit recorded.
+    "pool-hit-claimed": Scenario(
+        "pool:hit-claimed", warm_member, submit_pooled_hit, claimed_member_removed
+    ),
+    "pool-hit-recorded": Scenario(
+        "pool:hit-recorded", warm_member, submit_pooled_hit, pooled_hit_adopted
     ),
 }
 

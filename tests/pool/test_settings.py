@@ -50,6 +50,10 @@ def test_default_is_off_and_inactive() -> None:
         ({"fillConcurrency": 9}, {"fill_concurrency": 1}),
         ({"pinnedStates": ["a", " a ", "", 3, "b"]}, {"pinned_states": ("a", "b")}),
         ({"pinnedStates": "a"}, {"pinned_states": ()}),
+        ({}, {"short_path": True}),
+        ({"shortPath": False}, {"short_path": False}),
+        ({"shortPath": "no"}, {"short_path": True}),
+        ({"shortPath": None}, {"short_path": True}),
     ],
 )
 def test_from_config(tree: dict[str, Any], expected: dict[str, Any]) -> None:

@@ -200,3 +200,57 @@ def test_stop_removes_every_member(
     warm.stop()
     assert runtime.running == set()
     assert list((tmp_path / "jobs").iterdir()) == []
+
+
+@pytest.mark.parametrize("registry", [{"membersPerState": 3, "maxMembers": 3}], indirect=True)
+def test_claims_racing_for_fewer_members_get_each_member_once(
+    pool: WarmPool, registry: FakeRegistry
+) -> None:
+    """The short path's claim: 12 concurrent claims, 3 members; the rest get None."""
+    pool.note_hit(STATE, RESOLVED)
+    ready(pool, 3)
+    registry.active_jobs = 1  # hold refills back: exactly three members exist
+    hits_before = pool.status()["states"][0]["hits"]
+    gate = threading.Barrier(12)
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def claim(job: int) -> None:
+        gate.wait(WAIT)
+        with pool.claim(STATE, RESOLVED, f"job-{job}") as member:
+            if member is not None:
+                with lock:
+                    claimed.append(member.member_id)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert len(claimed) == len(set(claimed)) == 3
+    status = pool.status()
+    assert status["members"] == []
+    # A claim that found nothing counts no miss and notes no hit: the job path that the
+    # submission then takes counts both, once.
+    assert status["counters"]["hand_outs"] == 3
+    assert status["counters"]["misses"] == 0
+    assert status["states"][0]["hits"] == hits_before + 3
+
+
+def test_no_claim_once_a_drain_began(pool: WarmPool) -> None:
+    pool.note_hit(STATE, RESOLVED)
+    ready(pool, 2)
+    assert pool.has_ready()
+    with pool.drained([STATE], "state deleted"):
+        assert not pool.has_ready()
+        with pool.claim(STATE, RESOLVED, "job-1") as member:
+            assert member is None
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"),
+    [({}, True), ({"shortPath": False}, False)],
+    indirect=["registry"],
+)
+def test_short_path_follows_its_setting(pool: WarmPool, expected: bool) -> None:
+    assert pool.short_path is expected

@@ -85,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
         "maxMemoryBytes": pool_settings.DEFAULT_MAX_MEMORY_BYTES,
         "membersPerState": pool_settings.DEFAULT_MEMBERS_PER_STATE,
         "pinnedStates": [],
+        "shortPath": pool_settings.DEFAULT_SHORT_PATH,
     },
     "runtime": {
         "host": {

@@ -243,6 +243,12 @@ SCHEMA: dict[str, Any] = {
                         "default": [],
                         "description": "State ids kept warm whether or not they are hit.",
                     },
+                    "shortPath": {
+                        "type": ["boolean", "null"],
+                        "default": _pool["shortPath"],
+                        "description": "Record a cache hit that finds a ready instance "
+                        "without running a job (same job, events and result).",
+                    },
                 },
                 "Warm pool of ready instances (docs/configuration.md).",
             ),

@@ -270,6 +270,7 @@ RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("pool", "idleExpiry"): _positive_duration,
     ("pool", "fillConcurrency"): _int_range(1, MAX_FILL_CONCURRENCY),
     ("pool", "pinnedStates"): _state_ids,
+    ("pool", "shortPath"): _boolean,
 }
 """Checks by path; each gets the path text and a non-null value and raises `InvalidValue`."""
 

@@ -165,7 +165,7 @@ class PooledHitPath:
     def submit(self, record: JobRecord) -> Row | None:
         """The 201 body of `record` recorded as a finished pooled hit, or None: then submit
         it as an ordinary job (nothing of the attempt is left)."""
-        if self._closed.is_set() or not self._pool.has_ready():
+        if self._closed.is_set() or not self._pool.short_path or not self._pool.has_ready():
             return None
         try:
             request = PrepareRequest.from_request_json(ujson.loads(record.request_json))

@@ -18,6 +18,7 @@ DEFAULT_MAX_MEMBERS = 8
 DEFAULT_MAX_MEMORY_BYTES = 1 << 30
 DEFAULT_IDLE_EXPIRY = "10m"
 DEFAULT_FILL_CONCURRENCY = 1
+DEFAULT_SHORT_PATH = True
 MAX_MEMBERS_LIMIT = 256
 """Upper bound of `pool.maxMembers` and `pool.membersPerState` (each member is a server)."""
 MAX_FILL_CONCURRENCY = 8
@@ -37,12 +38,16 @@ class PoolSettings:
     fill_concurrency: int = DEFAULT_FILL_CONCURRENCY
     pinned_states: tuple[str, ...] = ()
     """States kept warm whether or not they are hit (config `pool.pinnedStates`)."""
+    short_path: bool = DEFAULT_SHORT_PATH
+    """A hit that finds a ready member is recorded without a job (jobs/pooled_hit.py);
+    False: every hit runs as a job (to compare both, or to rule the short path out)."""
 
     @classmethod
     def from_config(cls, tree: dict[str, Any] | None) -> PoolSettings:
         """The settings of an effective `pool` config subtree (None: all defaults)."""
         node = tree if isinstance(tree, dict) else {}
         enabled = node.get("enabled")
+        short_path = node.get("shortPath")
         return cls(
             enabled=enabled if isinstance(enabled, bool) else DEFAULT_ENABLED,
             members_per_state=_count(
@@ -57,6 +62,7 @@ class PoolSettings:
                 node.get("fillConcurrency"), DEFAULT_FILL_CONCURRENCY, 1, MAX_FILL_CONCURRENCY
             ),
             pinned_states=_state_ids(node.get("pinnedStates")),
+            short_path=short_path if isinstance(short_path, bool) else DEFAULT_SHORT_PATH,
         )
 
     @property
@@ -74,6 +80,7 @@ class PoolSettings:
             "idle_expiry_seconds": self.idle_expiry_seconds,
             "fill_concurrency": self.fill_concurrency,
             "pinned_states": list(self.pinned_states),
+            "short_path": self.short_path,
         }
 
 

@@ -216,6 +216,11 @@ class WarmPool:
         with self._handing_out(member, job_id):
             yield member
 
+    @property
+    def short_path(self) -> bool:
+        """Whether hits that find a member may skip the job (config `pool.shortPath`)."""
+        return self._settings.short_path
+
     def has_ready(self) -> bool:
         """Whether any member is ready: without one, no hit can take the short path."""
         with self._cond:

@@ -159,8 +159,12 @@ class Engine:
 
         def start_instance(row: Row, handle: ServerHandle | None) -> pykka.ActorRef[Any]:
             # Through the store: it also finds (and remounts) clones made by another backend.
+            # A running server's handle already names its data dir (a hand-out: no Snapshot
+            # actor round trip on the Registry's thread).
             runtime_dir = Path(row["runtime_dir"] or root / "missing")
-            data_dir = snapshots.mount_dir_of(runtime_dir)
+            data_dir = (
+                handle.data_dir if handle is not None else snapshots.mount_dir_of(runtime_dir)
+            )
             return InstanceActor.start(
                 row["instance_id"],
                 row["image_id"],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -271,7 +272,10 @@ def claimed_member_removed(engine: EngineProcess, ctx: dict[str, Any]) -> None:
     assert engine.get("/v1/instances").json() == []
     assert not (engine.state_store / "jobs" / ctx["member"]).exists()
     assert servers_under(engine.state_store) == []
-    assert "pool: removed 1 member(s) left by a previous engine" in engine.stderr_text()
+    assert re.search(
+        rf"pool: removed 1 member\(s\) left by a previous engine: \['{ctx['member']}'\]",
+        engine.stderr_text(),
+    )
 
 
 def pooled_hit_adopted(engine: EngineProcess, ctx: dict[str, Any]) -> None:

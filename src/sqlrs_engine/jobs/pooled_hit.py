@@ -60,7 +60,7 @@ from sqlrs_engine.jobs.tasks import TaskTracker
 from sqlrs_engine.persistence.jobs import JobRecord
 from sqlrs_engine.persistence.metadata import InstanceRecord
 from sqlrs_engine.persistence.rows import Row
-from sqlrs_engine.pool.warm_pool import Member, WarmPool
+from sqlrs_engine.pool.warm_pool import Member, WarmPool, unmark_member
 from sqlrs_engine.prepare.job_request import PrepareRequest
 from sqlrs_engine.prepare.plan import (
     TASK_PREPARE_INSTANCE,
@@ -154,13 +154,13 @@ class PooledHitPath:
         is read per job)."""
         self._services = services
         self._pool = pool
-        self._retention = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pooled-hit")
+        self._after = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pooled-hit")
         self._closed = threading.Event()
 
     def close(self) -> None:
-        """The engine stops: no more short paths; pending retention runs are dropped."""
+        """The engine stops: no more short paths; what is left to settle is done first."""
         self._closed.set()
-        self._retention.shutdown(wait=True, cancel_futures=True)
+        self._after.shutdown(wait=True)
 
     def submit(self, record: JobRecord) -> Row | None:
         """The 201 body of `record` recorded as a finished pooled hit, or None: then submit
@@ -192,14 +192,17 @@ class PooledHitPath:
             attempt.discard()
             return None
         if not self._closed.is_set():
-            self._retention.submit(_trim, services, attempt.signature, record.job_id)
+            self._after.submit(_settle, services, attempt, record.job_id)
         return accepted
 
 
-def _trim(services: JobServices, signature: str, job_id: str) -> None:
-    """Retention by signature (SPEC §4.11), as a job runs it when it ends."""
+def _settle(services: JobServices, attempt: _Attempt, job_id: str) -> None:
+    """After the answer: the member's file goes (an instance row names its clone now) and
+    retention by signature runs (SPEC §4.11), as a job runs it when it ends."""
+    if attempt.member is not None:
+        unmark_member(attempt.member)
     try:
-        services.trim_jobs(signature)
+        services.trim_jobs(attempt.signature)
     except Exception:
         log.exception("job %s: retention failed", job_id)
 
@@ -227,6 +230,9 @@ class _Attempt:
         )
         self.tasks = TaskTracker(self.job_id, self.events)
         self.signature = ""
+        self.member: Member | None = None
+        self.state_rows: dict[str, Row | None] = {}
+        """Rows read while planning, checked again before the claim (one ask per step)."""
 
     def discard(self) -> None:
         """Leave nothing: the job path starts afresh (its own log files included)."""
@@ -261,6 +267,7 @@ class _Attempt:
             with self.pool.claim(final, planned.effective_image, self.job_id) as member:
                 if member is None:
                     raise NotPooled(f"no ready member of state {final}")
+                self.member = member
                 fault_point("pool:hit-claimed")
                 hit = self._finish(planned, instance_task, member, planning, rows)
                 accepted: Row = self.registry.record_pooled_hit(hit).get(timeout=ASK_TIMEOUT)
@@ -303,8 +310,9 @@ class _Attempt:
         return row
 
     def _state_exists(self, state: str) -> bool:
-        exists: bool = self.registry.state_exists(state).get(timeout=ASK_TIMEOUT)
-        return exists
+        row: Row | None = self.registry.state_row(state).get(timeout=ASK_TIMEOUT)
+        self.state_rows[state] = row
+        return row is not None
 
     def _config_value(self, path: str) -> object:
         try:
@@ -315,7 +323,7 @@ class _Attempt:
     def _check_usable(self, image: str, state: str) -> None:
         """A cached state as the job checks it (jobs/builder.py `_cached_state_usable`); what
         the job would repair (invalidate, backfill a size) is left to it."""
-        row = self.registry.state_row(state).get(timeout=ASK_TIMEOUT)
+        row = self.state_rows.get(state)
         if row is None:
             raise NotPooled(f"state {state} has no row")
         if not row.get("size_bytes"):

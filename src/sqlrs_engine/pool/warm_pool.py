@@ -231,20 +231,27 @@ class WarmPool:
         """`take` for the short path of a cache hit (jobs/pooled_hit.py).
 
         A miss counts nothing and notes no hit: the hit then goes on to the ordinary job,
-        whose `note_hit` and `take` count it once. A member found notes the hit here.
+        whose `note_hit` and `take` count it once. A member found notes the hit here. Its
+        `.pool-member` file is left to the caller (`unmark_member`, after its answer).
         """
+        with self._cond:
+            # Before the pop wakes the scheduler: the refill waits REFILL_QUIET after this
+            # hit, as after a job's `note_hit` (the client connects to its DSN right away).
+            self._last_hit = time.monotonic()
         member = self._pop_running(state_id, image_id, count_miss=False)
         if member is None:
             yield None
             return
         self.note_hit(state_id, image_id)
-        with self._handing_out(member, job_id):
+        with self._handing_out(member, job_id, unmark=False):
             yield member
 
     @contextlib.contextmanager
-    def _handing_out(self, member: Member, job_id: str) -> Iterator[None]:
+    def _handing_out(self, member: Member, job_id: str, unmark: bool = True) -> Iterator[None]:
         """The hand-out of a popped member: removed if the block raises, counted as under
-        way (drains wait) until the block ends."""
+        way (drains wait) until the block ends. `unmark`: remove its member file now (else
+        the caller does it later with `unmark`; an instance row already names the clone, so
+        start-up cleanup keeps it either way)."""
         state_id = member.state_id
         try:
             yield
@@ -254,8 +261,8 @@ class WarmPool:
             self._destroy(member, "hand-out failed")
             raise
         else:
-            with contextlib.suppress(OSError):
-                (member.runtime_dir.parent / MEMBER_FILE).unlink()
+            if unmark:
+                unmark_member(member)
             log.info(
                 "pool: handed out member %s of state %s to job %s (ready for %.1f s)",
                 member.member_id,
@@ -610,6 +617,12 @@ class WarmPool:
             self._snapshots.remove_job_dir(member_id)
         except Exception:
             log.exception("pool: cannot remove the clone of member %s", member_id)
+
+
+def unmark_member(member: Member) -> None:
+    """Remove a handed-out member's `.pool-member` file: its clone is an instance's now."""
+    with contextlib.suppress(OSError):
+        (member.runtime_dir.parent / MEMBER_FILE).unlink()
 
 
 def _write_member_file(job_dir: Path, state_id: str, image_id: str) -> None:

@@ -4,7 +4,9 @@ In one run, on the overlay backend, for each database size (~58 MB and ~1 GB by 
 
 - **pooled hit**: `POST /v1/prepare-jobs` of a cached script until the job's result (a DSN)
   is read, and until that DSN answers one `psql -c 'select 1'`; the pool is refilled (and
-  the instance deleted, untimed) before each hit, so every hit finds a ready member;
+  the instance deleted, untimed) before each hit, so every hit finds a ready member. Twice:
+  through the short path (`pool.shortPath`, the default: the hit is recorded without a job)
+  and through a job (`pool.shortPath: false`, as before the short path existed);
 - **unpooled hit**: the same with the pool disabled, alternating with the pooled hits;
 - **floor**: what an unpooled hit cannot avoid, measured on the same state with the engine's
   own parts and no engine around: overlay mount of a clone + `pg_ctl start -w` + the one
@@ -12,9 +14,10 @@ In one run, on the overlay backend, for each database size (~58 MB and ~1 GB by 
   server was probed when it started), so "hit → DSN" is the figure to hold against it; "→
   answered" adds the client's own first `psql -c 'select 1'` over TCP (SCRAM).
 
-Then a **burst** of 16 concurrent hits with a pool of 16 ready members, against the same burst
-with the pool disabled (instances per second from the first POST to the last DSN). Each
-member's memory (PSS of its server) is read from `GET /v1/pool`.
+Then a **burst** of 16 concurrent hits with a pool of 16 ready members (short path, then
+through jobs), against the same burst with the pool disabled (instances per second from the
+first POST to the last DSN). Each member's memory (PSS of its server) is read from
+`GET /v1/pool`.
 
 Run (as root, overlay needs it):
     .venv/bin/python bench/bench_pool.py [--hits 15] [--sizes 58,1024] [--bursts 3]
@@ -55,9 +58,22 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+SHORT = "cache hit served from the warm pool"
+"""The engine log line of a hit recorded through the short path."""
+
+
 def configure(engine: EngineProcess, **pool: Any) -> None:
     response = engine.patch("/v1/config", json={"path": "pool", "value": pool})
     assert response.status_code == 200, response.text
+    short = pool.get("shortPath")
+    deadline = time.monotonic() + FILL_TIMEOUT
+    while short is not None and engine.get("/v1/pool").json()["settings"]["short_path"] != short:
+        assert time.monotonic() < deadline, "the pool never read pool.shortPath"
+        time.sleep(0.02)
+
+
+def short_hits(engine: EngineProcess) -> int:
+    return engine.stderr_text().count(SHORT)
 
 
 def wait_pool(engine: EngineProcess, state_id: str, count: int) -> dict[str, Any]:
@@ -132,6 +148,7 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
     delete_instance(engine, warm)
     pooled_dsn: list[float] = []
     pooled_answer: list[float] = []
+    job_dsn: list[float] = []
     plain_dsn: list[float] = []
     plain_answer: list[float] = []
     memory: list[int] = []
@@ -141,12 +158,22 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
     for run in range(hits):
         # The floor alternates with the hits, so that load changes hit all three alike.
         floors.append(floor_sample(state_dir, image_id, floor_dir, run))
-        configure(engine, enabled=True, membersPerState=1, maxMembers=1, maxMemoryBytes=0)
+        pool = {"enabled": True, "membersPerState": 1, "maxMembers": 1, "maxMemoryBytes": 0}
+        configure(engine, **pool, shortPath=True)
         wait_pool_for(engine, body, state_id, memory)
+        before = short_hits(engine)
         to_dsn, to_answer, instance, logs = timed_hit(engine, body)
         assert "ready server taken from the warm pool" in logs, logs
+        assert short_hits(engine) == before + 1, "the hit did not take the short path"
         pooled_dsn.append(to_dsn)
         pooled_answer.append(to_answer)
+        delete_instance(engine, instance)
+        configure(engine, **pool, shortPath=False)
+        wait_pool_for(engine, body, state_id, memory)
+        to_dsn, _, instance, logs = timed_hit(engine, body)
+        assert "ready server taken from the warm pool" in logs, logs
+        assert short_hits(engine) == before + 1, "the hit took the short path"
+        job_dsn.append(to_dsn)
         delete_instance(engine, instance)
         configure(engine, enabled=False)
         wait_pool(engine, state_id, 0)
@@ -161,6 +188,7 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
         "db_bytes": db_bytes,
         "pooled_to_dsn_s": pooled_dsn,
         "pooled_to_answer_s": pooled_answer,
+        "pooled_by_job_to_dsn_s": job_dsn,
         "unpooled_to_dsn_s": plain_dsn,
         "unpooled_to_answer_s": plain_answer,
         "floor_s": floors,
@@ -169,7 +197,8 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
     med = {k: statistics.median(v) for k, v in result.items() if isinstance(v, list) and v}
     log(
         f"  pooled hit → DSN {med['pooled_to_dsn_s'] * 1000:.1f} ms, → answering DSN "
-        f"{med['pooled_to_answer_s'] * 1000:.1f} ms | unpooled → DSN "
+        f"{med['pooled_to_answer_s'] * 1000:.1f} ms | pooled through a job → DSN "
+        f"{med['pooled_by_job_to_dsn_s'] * 1000:.1f} ms | unpooled → DSN "
         f"{med['unpooled_to_dsn_s'] * 1000:.1f} ms, → answering "
         f"{med['unpooled_to_answer_s'] * 1000:.1f} ms | floor {med['floor_s'] * 1000:.1f} ms"
         f" | member PSS {med['member_pss_bytes'] / 2**20:.1f} MiB"
@@ -226,21 +255,25 @@ def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> di
     for entry in engine.get("/v1/instances").json():
         delete_instance(engine, entry["instance_id"])
     pooled: list[float] = []
+    by_job: list[float] = []
     plain: list[float] = []
+    pool = {
+        "enabled": True,
+        "membersPerState": size,
+        "maxMembers": size,
+        "maxMemoryBytes": 0,
+        "fillConcurrency": 2,
+    }
     for _ in range(rounds):
-        configure(
-            engine,
-            enabled=True,
-            membersPerState=size,
-            maxMembers=size,
-            maxMemoryBytes=0,
-            fillConcurrency=2,
-        )
-        wait_pool_for(engine, body, state_id, [])
-        wait_pool(engine, state_id, size)
-        elapsed, taken = burst(engine, body, size)
-        assert taken == size, f"only {taken} of {size} hits took a member"
-        pooled.append(size / elapsed)
+        for short, rates in ((True, pooled), (False, by_job)):
+            configure(engine, **pool, shortPath=short)
+            wait_pool_for(engine, body, state_id, [])
+            wait_pool(engine, state_id, size)
+            before = short_hits(engine)
+            elapsed, taken = burst(engine, body, size)
+            assert taken == size, f"only {taken} of {size} hits took a member"
+            assert short_hits(engine) - before == (size if short else 0)
+            rates.append(size / elapsed)
         configure(engine, enabled=False)
         wait_pool(engine, state_id, 0)
         elapsed, taken = burst(engine, body, size)
@@ -248,14 +281,17 @@ def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> di
         plain.append(size / elapsed)
     log(
         f"burst of {size}: pooled {statistics.median(pooled):.1f} instances/s, "
+        f"pooled through jobs {statistics.median(by_job):.1f} instances/s, "
         f"unpooled {statistics.median(plain):.1f} instances/s"
     )
     return {
         "size": size,
         "pooled_instances_per_s": pooled,
+        "pooled_by_job_instances_per_s": by_job,
         "unpooled_instances_per_s": plain,
         "medians": {
             "pooled_instances_per_s": statistics.median(pooled),
+            "pooled_by_job_instances_per_s": statistics.median(by_job),
             "unpooled_instances_per_s": statistics.median(plain),
         },
     }

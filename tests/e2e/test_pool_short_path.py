@@ -280,3 +280,25 @@ def wait_idle_pool(engine: EngineProcess) -> None:
             return
         assert time.monotonic() < deadline, status
         time.sleep(0.05)
+
+
+def test_a_damaged_cached_state_is_left_to_the_job_that_rebuilds_it(
+    engine: EngineProcess,
+) -> None:
+    """A member of the state is ready, but the state's directory lost its marker: the short
+    path refuses, and the job invalidates the state (draining its pool) and rebuilds it."""
+    configure(engine, enabled=True, membersPerState=1, maxMembers=1)
+    state = hit_state(engine)
+    for entry in engine.get("/v1/instances").json():
+        assert engine.delete(f"/v1/instances/{entry['instance_id']}").status_code == 200
+    member = wait_ready(engine, state, 1)["members"][0]["member_id"]
+    state_dir = next((engine.state_store / "engines").glob(f"*/*/states/{state}"))
+    (state_dir / ".build.ok").unlink()
+    outcome = succeeded(prepare(engine, BODY))
+    assert not took_short_path(engine, outcome.job_id)
+    assert not pooled(outcome)
+    assert any("unusable" in line and state in line for line in outcome.log_lines())
+    assert "psql: start" in outcome.log_lines(), "the state was rebuilt"
+    assert not (engine.state_store / "jobs" / member).exists()
+    assert query(outcome.dsn, "select count(*) from t") == "1"
+    assert (state_dir / ".build.ok").is_file()

@@ -45,6 +45,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import pykka
 import ujson
 
 from sqlrs_engine.cancel import CancelToken
@@ -187,12 +188,18 @@ class PooledHitPath:
         except ApiError:
             attempt.discard()
             raise
+        except pykka.Timeout:
+            # The Registry may still store it: never submit the same job id a second time.
+            attempt.discard()
+            raise ApiError(503, "unavailable", "the engine is too busy to accept jobs") from None
         except Exception:
             log.exception("job %s: the short path failed; running it as a job", record.job_id)
             attempt.discard()
             return None
-        if not self._closed.is_set():
+        try:
             self._after.submit(_settle, services, attempt, record.job_id)
+        except RuntimeError:  # the engine is stopping: settle now
+            _settle(services, attempt, record.job_id)
         return accepted
 
 

@@ -92,6 +92,16 @@ WRITES: list[tuple[str, Callable[[MetadataQueries, JobQueries], object]]] = [
         ),
     ),
     ("append_event", lambda m, j: (seed_job(j), j.append_event(JOB, {"type": "log", "ts": "t"}))),
+    (
+        "update_task",
+        lambda m, j: (
+            seed_job(j),
+            j.replace_tasks(
+                JOB, [{"task_id": "plan", "position": 0, "type": "plan", "status": "queued"}]
+            ),
+            j.update_task(JOB, "plan", status="succeeded"),
+        ),
+    ),
     ("delete_job", lambda m, j: (seed_job(j), j.delete_job(JOB))),
 ]
 
@@ -566,3 +576,46 @@ def test_the_cache_inventory_has_what_the_policy_reads(
     }
     assert (rows[CHILD]["parent_state_id"], rows[CHILD]["refcount"]) == (STATE, 0)
     assert rows[CHILD]["size_bytes"] is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"status": "running"}, {"status": "running", "error_json": None}),
+        (
+            {"status": "failed", "error": {"code": "x"}},
+            {"status": "failed", "error_json": '{"code":"x"}'},
+        ),
+        ({"no_such_column": 1}, {"status": "queued", "error_json": None}),
+        ({}, {"status": "queued", "error_json": None}),
+    ],
+)
+def test_update_task_sets_known_columns_only(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+    fields: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
+    """Unknown columns are ignored (as `dataset` did); keys never move; JSON is encoded."""
+    _metadata, jobs, _path = stores
+    seed_job(jobs)
+    jobs.replace_tasks(
+        JOB, [{"task_id": "plan", "position": 0, "type": "plan", "status": "queued"}]
+    )
+    jobs.update_task(JOB, "plan", **fields)
+    [row] = jobs.task_rows(JOB)
+    assert row["job_id"] == JOB
+    assert {k: row[k] for k in expected} == expected
+
+
+def test_row_updates_inside_a_transaction_roll_back_with_it(
+    stores: tuple[MetadataQueries, JobQueries, Path],
+) -> None:
+    _metadata, jobs, path = stores
+    seed_job(jobs)
+    db = jobs._db  # the transaction a Registry message opens around several writes
+    with pytest.raises(RuntimeError), db:
+        jobs.update_job(JOB, status="running")
+        assert jobs.job_row(JOB)["status"] == "running"
+        raise RuntimeError("refused")
+    assert jobs.job_row(JOB)["status"] == "queued"
+    assert other_connection_can_write(path)

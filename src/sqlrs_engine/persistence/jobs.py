@@ -11,7 +11,13 @@ import dataset
 from sqlrs_engine.dbms.dsn import with_password, with_port
 from sqlrs_engine.persistence.pages import Page, entries_page, page_of
 from sqlrs_engine.persistence.rows import Row, compact, dump_json, like_prefix, load_json
-from sqlrs_engine.persistence.sql import execute, fetch, fetch_entries, fetch_one
+from sqlrs_engine.persistence.sql import (
+    execute,
+    fetch,
+    fetch_entries,
+    fetch_one,
+    update_where,
+)
 from sqlrs_engine.prepare.plan import PlanTask
 
 TERMINAL_STATUSES = frozenset({"succeeded", "failed"})
@@ -119,8 +125,7 @@ class JobQueries:
         for key in ("result", "error"):
             if key in values:
                 values[f"{key}_json"] = dump_json(values.pop(key))
-        values["job_id"] = job_id
-        self._db["prepare_jobs"].update(values, ["job_id"])
+        update_where(self._db, "prepare_jobs", {"job_id": job_id}, values)
 
     def move_result_port(self, job_id: str, port: int) -> bool:
         """Point the DSN of a job's result at `port` (its instance's server moved there);
@@ -268,8 +273,7 @@ class JobQueries:
             values["error_json"] = dump_json(values.pop("error"))
         if "cached" in values and values["cached"] is not None:
             values["cached"] = int(bool(values["cached"]))
-        values.update(job_id=job_id, task_id=task_id)
-        self._db["prepare_tasks"].update(values, ["job_id", "task_id"])
+        update_where(self._db, "prepare_tasks", {"job_id": job_id, "task_id": task_id}, values)
 
     def task_rows(self, job_id: str) -> list[Row]:
         return fetch(

@@ -81,3 +81,41 @@ def execute(db: dataset.Database, sql: str, **params: Any) -> int:
     count = result.rowcount if result is not None else 0
     _end_implicit_transaction(db)
     return int(count)
+
+
+def update_where(
+    db: dataset.Database, table: str, keys: dict[str, Any], values: dict[str, Any]
+) -> int:
+    """`UPDATE table SET <values> WHERE <keys>` and commit (unless inside `with db:`).
+
+    Columns the table does not have are ignored, as `dataset`'s `Table.update` ignores them;
+    unlike it, the table's columns are not looked up again on every call (a cache hit
+    updates its job's and tasks' rows a dozen times, and that look-up cost more than the
+    update). Returns the number of rows changed.
+    """
+    columns = table_columns(db, table)
+    assignments = {k: v for k, v in values.items() if k in columns and k not in keys}
+    if not assignments:
+        return 0
+    params = {f"v_{k}": v for k, v in assignments.items()}
+    params.update({f"k_{k}": v for k, v in keys.items()})
+    sql = (
+        f"UPDATE {table} SET "
+        + ", ".join(f"{k} = :v_{k}" for k in assignments)
+        + " WHERE "
+        + " AND ".join(f"{k} = :k_{k}" for k in keys)
+    )
+    result = db.executable.exec_driver_sql(sql, params)
+    _end_implicit_transaction(db)
+    return int(result.rowcount)
+
+
+def table_columns(db: dataset.Database, table: str) -> frozenset[str]:
+    """The column names of `table`, read once per database object (the schema changes only
+    by migrations, which run before any query)."""
+    cache: dict[str, frozenset[str]] = db.__dict__.setdefault("_sqlrs_columns", {})
+    columns = cache.get(table)
+    if columns is None:
+        rows = fetch(db, f"PRAGMA table_info({table})")
+        columns = cache[table] = frozenset(str(row["name"]) for row in rows)
+    return columns

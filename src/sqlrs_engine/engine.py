@@ -195,7 +195,9 @@ class Engine:
         )
         self._pool = WarmPool(self._registry, runtime, snapshots)
         registry = self._registry
-        self._pooled_hits = PooledHitPath(lambda: job_services(registry), self._pool)
+        self._pooled_hits = PooledHitPath(
+            lambda: job_services(registry), self._pool, start_instance
+        )
         self._deletion = DeletionService(self._registry, snapshots, self._pool.drained, state_uses)
         # Crash repair before any job resumes: deletions that were under way are completed.
         self._deletion.complete_interrupted()

@@ -390,3 +390,15 @@ def test_no_pooled_hit_is_recorded_while_the_engine_stops(registry: RegistryProx
     assert raised.value.status == 503
     assert registry.list_jobs(None).get() == []
     assert registry.instance_row("i" * 32).get() is None
+
+
+def test_a_pooled_hit_adopts_the_instance_actor_its_caller_started(
+    registry: RegistryProxy,
+) -> None:
+    seed_state(registry)
+    actor = _IdleJob.start()
+    try:
+        registry.record_pooled_hit(pooled_hit("a" * 32, "i" * 32), actor).get()
+        assert registry.instance_actor("i" * 32).get() is actor
+    finally:
+        actor.stop()

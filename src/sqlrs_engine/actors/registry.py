@@ -429,11 +429,13 @@ class RegistryActor(pykka.ThreadingActor):
         self._start_job_actor(record.job_id)
         return accepted_body(record.job_id)
 
-    def record_pooled_hit(self, hit: PooledHit) -> Row:
+    def record_pooled_hit(self, hit: PooledHit, actor: pykka.ActorRef[Any] | None = None) -> Row:
         """A cache hit that took a pool member, recorded finished (jobs/pooled_hit.py): the
         job row, its events and task rows in the order a job stores them, and the instance
-        row owned by the job, in ONE transaction; then the instance's actor. The 201 body of
-        `submit_job` (SPEC §2.1: the submission is answered `queued` either way)."""
+        row owned by the job, in ONE transaction; then the instance's actor — `actor` when
+        the caller started it already (a thread start on this thread would make every other
+        message wait for it), else one started here. The 201 body of `submit_job` (SPEC
+        §2.1: the submission is answered `queued` either way)."""
         if self._stopping:
             raise ApiError(503, "unavailable", "engine is shutting down")
         job_id = hit.record.job_id
@@ -444,9 +446,12 @@ class RegistryActor(pykka.ThreadingActor):
             self._jobs.update_job(job_id, signature=hit.signature)
             self._jobs.apply(job_id, hit.finishing)
             self._metadata.insert_instance(hit.instance)
-        row = self._metadata.instance_row(hit.instance.instance_id)
-        assert row is not None
-        self._start_instance_actor(row, hit.handle)
+        if actor is not None:
+            self._instance_refs[hit.instance.instance_id] = actor
+        else:
+            row = self._metadata.instance_row(hit.instance.instance_id)
+            assert row is not None
+            self._start_instance_actor(row, hit.handle)
         return accepted_body(job_id)
 
     def _start_job_actor(self, job_id: str) -> None:

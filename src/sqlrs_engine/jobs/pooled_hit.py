@@ -36,6 +36,7 @@ Why it is safe:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import threading
@@ -48,6 +49,7 @@ from typing import Any
 import pykka
 import ujson
 
+from sqlrs_engine.actors.registry import InstanceActorFactory
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import format_rfc3339, now_rfc3339, utcnow
 from sqlrs_engine.errors import ApiError, JobFailure
@@ -150,11 +152,18 @@ def _no_planning_server(image: str) -> ServerHandle:
 class PooledHitPath:
     """Tries each prepare submission as a pooled cache hit; thread-safe (HTTP workers)."""
 
-    def __init__(self, services: Callable[[], JobServices], pool: WarmPool) -> None:
+    def __init__(
+        self,
+        services: Callable[[], JobServices],
+        pool: WarmPool,
+        instance_actor: InstanceActorFactory | None = None,
+    ) -> None:
         """`services`: the collaborators a job gets now (config such as the task log bound
-        is read per job)."""
+        is read per job). `instance_actor`: starts the actor of an instance row, here rather
+        than on the Registry's thread (None: the Registry starts it)."""
         self._services = services
         self._pool = pool
+        self._instance_actor = instance_actor
         self._after = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pooled-hit")
         self._closed = threading.Event()
 
@@ -177,7 +186,7 @@ class PooledHitPath:
             log.debug("job %s: no short path (%s)", record.job_id, why)
             return None
         services = self._services()
-        attempt = _Attempt(record, request, services, self._pool)
+        attempt = _Attempt(record, request, services, self._pool, self._instance_actor)
         try:
             accepted = attempt.run()
         except (NotPooled, JobFailure) as error:
@@ -218,8 +227,14 @@ class _Attempt:
     """One submission tried as a pooled hit: the job's bookkeeping, collected, not sent."""
 
     def __init__(
-        self, record: JobRecord, request: PrepareRequest, services: JobServices, pool: WarmPool
+        self,
+        record: JobRecord,
+        request: PrepareRequest,
+        services: JobServices,
+        pool: WarmPool,
+        instance_actor: InstanceActorFactory | None,
     ) -> None:
+        self.instance_actor = instance_actor
         self.record = record
         self.job_id = record.job_id
         self.request = request
@@ -277,13 +292,27 @@ class _Attempt:
                 self.member = member
                 fault_point("pool:hit-claimed")
                 hit = self._finish(planned, instance_task, member, planning, rows)
-                accepted: Row = self.registry.record_pooled_hit(hit).get(timeout=ASK_TIMEOUT)
+                accepted = self._record(hit)
                 fault_point("pool:hit-recorded")
         log.info(
             "job %s: cache hit served from the warm pool (instance %s)",
             self.job_id,
             hit.instance.instance_id,
         )
+        return accepted
+
+    def _record(self, hit: PooledHit) -> Row:
+        """The one Registry message; the instance's actor is started first, on this thread,
+        and stopped again (its server untouched: the pool removes the member) if refused."""
+        actor = None
+        if self.instance_actor is not None:
+            actor = self.instance_actor(dataclasses.asdict(hit.instance), hit.handle)
+        try:
+            accepted: Row = self.registry.record_pooled_hit(hit, actor).get(timeout=ASK_TIMEOUT)
+        except BaseException:
+            if actor is not None:
+                actor.stop(block=False)
+            raise
         return accepted
 
     @contextmanager

@@ -262,7 +262,6 @@ def test_a_state_deletion_racing_short_path_hits(engine: EngineProcess) -> None:
         if outcome.status["status"] == "succeeded" and outcome.result["instance_id"] in live:
             assert query(outcome.dsn, "select count(*) from t") == "1"
     assert any(took_short_path(engine, o.job_id) for o in outcomes), "members were taken"
-    assert "(state deleted)" in engine.stderr_text()
     wait_idle_pool(engine)
     members = {m["member_id"] for m in pool_status(engine)["members"]}
     runtime_dirs = set(instance_runtime_dirs(engine.state_store).values())

@@ -11,12 +11,9 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import pytest
 
 from sqlrs_engine.runtime import procs
 from tests.support.dirs import servers_under
@@ -86,15 +83,6 @@ def hit_state(engine: EngineProcess) -> str:
 
 def secret_of(dsn: str) -> str:
     return urlsplit(dsn).password or ""
-
-
-@pytest.fixture
-def engine(scratch_dir: Path) -> Iterator[EngineProcess]:
-    running = start_engine(scratch_dir)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def test_a_hit_takes_a_ready_member_and_the_pool_refills(engine: EngineProcess) -> None:

@@ -13,12 +13,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-
-import pytest
 
 from tests.e2e.test_pool import (
     BODY,
@@ -31,7 +28,7 @@ from tests.e2e.test_pool import (
     wait_ready,
 )
 from tests.support.dirs import servers_under
-from tests.support.engine_process import EngineProcess, start_engine
+from tests.support.engine_process import EngineProcess
 from tests.support.prepare import JobOutcome, prepare, psql_body, query, submit, wait
 from tests.support.store_check import instance_runtime_dirs, settled_store_problems
 
@@ -39,15 +36,6 @@ SHORT = "cache hit served from the warm pool"
 """The engine log line of a hit that took the short path (`job <id>: … (instance <id>)`)."""
 SETTINGS_TIMEOUT = 30.0
 TIMES = ("created_at", "started_at", "finished_at", "ts", "last_hit_at")
-
-
-@pytest.fixture
-def engine(scratch_dir: Path) -> Iterator[EngineProcess]:
-    running = start_engine(scratch_dir)
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def short_path(engine: EngineProcess, on: bool) -> None:

@@ -684,13 +684,6 @@ def test_start_of_a_failing_server_fails_fast_with_its_log(
     assert set(host_runtime.run_root.iterdir()) == run_dirs
 
 
-def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def test_start_that_outlasts_its_timeout_is_cut_short(
     host_runtime: HostRuntime, resolved_image: str, data_dir: Path
 ) -> None:
@@ -704,7 +697,7 @@ def test_start_that_outlasts_its_timeout_is_cut_short(
             # pg_ctl's child, then postgres — not pg_ctl itself (our child), which may not
             # have exited yet: stopped, it would hold up the start until pg_ctl's own timeout.
             for pid in procs.find_by_cmdline(str(pgdata)):
-                if _parent(pid) != os.getpid():
+                if procs.parent(pid) != os.getpid():
                     procs.send(pid, signal.SIGSTOP)
 
     with pytest.raises(JobFailure) as info:

@@ -252,6 +252,7 @@ def test_procs_liveness_and_groups() -> None:
     try:
         assert procs.is_alive(proc.pid) and procs.is_alive(child)
         assert procs.process_group(child) == proc.pid
+        assert procs.parent(child) == proc.pid and procs.parent(proc.pid) == os.getpid()
         assert sorted(procs.group_members(proc.pid)) == sorted([proc.pid, child])
         assert procs.cmdline(child) == ["sleep", "30"]
         assert procs.cwd(child) == os.getcwd()

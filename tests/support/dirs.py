@@ -26,7 +26,11 @@ def make_scratch_dir(prefix: str = "sqlrs-test-") -> Path:
 
 
 def servers_under(path: Path) -> list[int]:
-    """Pids of PostgreSQL postmasters whose data directory lies under `path`."""
+    """Pids of PostgreSQL postmasters whose data directory lies under `path`.
+
+    A backend the postmaster has just forked carries the postmaster's command line until it
+    sets its own title (the host runtime's port check after each start makes one that lives
+    for a moment): a match whose parent also matches is such a child, not a server."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -39,7 +43,7 @@ def servers_under(path: Path) -> list[int]:
             data_dir = args[args.index(b"-D") + 1].decode(errors="replace")
             if data_dir.startswith(str(path) + "/"):
                 pids.append(int(proc.name))
-    return pids
+    return [pid for pid in pids if procs.parent(pid) not in pids]
 
 
 def kill_servers_under(path: Path, timeout: float = 10.0) -> None:

@@ -40,6 +40,12 @@ def is_alive(pid: int) -> bool:
     return fields is not None and fields[0] not in ("Z", "X", "x")
 
 
+def parent(pid: int) -> int | None:
+    """The parent's pid (None: no such process)."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
 def process_group(pid: int) -> int | None:
     fields = _stat_fields(pid)
     return int(fields[2]) if fields else None

@@ -19,7 +19,7 @@ from sqlrs_engine.actors.registry import (
     RegistryStartError,
     start_registry,
 )
-from sqlrs_engine.clock import format_rfc3339
+from sqlrs_engine.clock import format_rfc3339, now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError
 from sqlrs_engine.jobs.pooled_hit import PooledHit
@@ -257,6 +257,10 @@ def test_retention_spares_a_job_whose_events_are_being_read(tmp_path: Path) -> N
         assert registry.unsubscribe_events(ids[0], reading.token).get() == "sig"
         assert registry.unsubscribe_events(ids[0], reading.token).get() == "sig"
         assert registry.retention_victims("sig").get() == [ids[1], ids[0]]
+        # Nothing left to trim: the last stream's end asks for nothing.
+        registry.delete_job_rows([ids[1], ids[0]]).get()
+        again = registry.subscribe_events(ids[2], 0, None).get()
+        assert registry.unsubscribe_events(ids[2], again.token).get() is None
         # A stream of an unfinished job never asks for trimming.
         registry.submit_job(job("f" * 32)).get()
         live = registry.subscribe_events("f" * 32, 0, None).get()
@@ -271,10 +275,10 @@ def _stop_idle_jobs() -> None:
         started.stop()
 
 
-def pooled_hit(job_id: str, instance_id: str) -> PooledHit:
-    """A finished cache hit as jobs/pooled_hit.py hands it over (one step, one instance)."""
+def pooled_hit(job_id: str, instance_id: str, ts: str = "2026-01-01T00:00:01Z") -> PooledHit:
+    """A finished cache hit as jobs/pooled_hit.py hands it over (one step, one instance),
+    every stamp `ts`."""
     state = "s" * 64
-    ts = "2026-01-01T00:00:01Z"
     plan = PlanTask(task_id="plan", type="plan", planner_kind="psql")
     step = PlanTask(
         task_id="execute-0",
@@ -334,8 +338,9 @@ def seed_state(registry: RegistryProxy) -> None:
 def test_a_pooled_hit_is_recorded_finished_in_one_message(registry: RegistryProxy) -> None:
     seed_state(registry)
     job_id, instance_id = "a" * 32, "i" * 32
-    accepted = registry.record_pooled_hit(pooled_hit(job_id, instance_id)).get()
-    assert accepted == {
+    recorded = registry.record_pooled_hit(pooled_hit(job_id, instance_id)).get()
+    assert not recorded.retention_due, "the signature has no other job"
+    assert recorded.accepted == {
         "job_id": job_id,
         "status_url": f"/v1/prepare-jobs/{job_id}",
         "events_url": f"/v1/prepare-jobs/{job_id}/events",
@@ -366,6 +371,34 @@ def test_a_pooled_hit_is_recorded_finished_in_one_message(registry: RegistryProx
     assert instance["job_id"] == job_id and instance["secret"] == "pw"
     assert registry.get_state("s" * 64).get()["refcount"] == 1
     assert registry.active_job_count().get() == 0
+
+
+def test_a_pooled_hit_says_when_retention_has_a_job_to_trim(tmp_path: Path) -> None:
+    """Only then does the short path ask the deletion service to trim (SPEC §4.11)."""
+    ref, registry = start_registry(settings(tmp_path, job_actor_factory=idle_job_actor))
+    try:
+        seed_state(registry)
+        registry.config_patch("orchestrator.jobs.minAge", "0s").get()
+        signature = pooled_hit("a" * 32, "i" * 32).signature
+        stamps = ("2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z")
+        ids = [f"{n:032x}" for n in (1, 2)]
+        for job_id, stamp in zip(ids, stamps, strict=True):
+            registry.submit_job(job(job_id)).get()
+            registry.update_job(
+                job_id, {"status": "succeeded", "finished_at": stamp, "signature": signature}
+            ).get()
+        first = registry.record_pooled_hit(pooled_hit("a" * 32, "i" * 32)).get()
+        assert first.retention_due, "three finished jobs of one signature: the oldest may go"
+        assert registry.retention_victims(signature).get() == [ids[0]]
+        registry.delete_job_rows([*ids, "a" * 32]).get()
+        registry.config_patch("orchestrator.jobs.minAge", "1h").get()
+        now = now_rfc3339()
+        registry.record_pooled_hit(pooled_hit("b" * 32, "j" * 32, now)).get()
+        third = registry.record_pooled_hit(pooled_hit("c" * 32, "k" * 32, now)).get()
+        assert not third.retention_due, "the job beyond the newest two finished just now"
+    finally:
+        ref.stop()
+        _stop_idle_jobs()
 
 
 def test_a_refused_pooled_hit_leaves_nothing(registry: RegistryProxy) -> None:

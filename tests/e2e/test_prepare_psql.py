@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
+import json
 import os
 import pwd
 import re
@@ -18,9 +20,11 @@ from tests.support.prepare import (
     prepare,
     psql_body,
     query,
+    release_file,
     submit,
     wait,
     wait_for_running_step,
+    waits_for,
 )
 
 
@@ -203,6 +207,36 @@ def test_events_range(engine: EngineProcess) -> None:
     assert len(ignored.text.splitlines()) == total
     missing = engine.get("/v1/prepare-jobs/" + "0" * 32 + "/events")
     assert missing.status_code == 404
+
+
+def test_a_finished_jobs_events_keep_the_connection(engine: EngineProcess) -> None:
+    """They are one ordinary body: a client that submits hit after hit and reads each one's
+    events goes on on one connection. A running job's events stream, and the stream ends
+    the connection (the stream loop marks the end of the body by closing)."""
+    outcome = prepare(engine, psql_body("-c", "select 'keep-alive'"))
+    host, port = engine.base_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        for _ in range(2):
+            connection.request(
+                "GET", f"/v1/prepare-jobs/{outcome.job_id}/events", headers=engine.auth
+            )
+            response = connection.getresponse()
+            lines = response.read().splitlines()
+            assert response.status == 200
+            assert response.getheader("Connection") != "close"
+            assert [json.loads(line) for line in lines] == outcome.events
+        with release_file() as gate:
+            job_id = submit(engine, psql_body("-c", waits_for(gate)))
+            wait_for_running_step(engine, job_id)
+            connection.request("GET", f"/v1/prepare-jobs/{job_id}/events", headers=engine.auth)
+            streamed = connection.getresponse()
+            assert streamed.getheader("Connection") == "close"
+            gate.touch()
+            last = json.loads(streamed.read().splitlines()[-1])
+        assert last["type"] == "result", last
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from sqlrs_engine.http.streams import (
     content_range,
     parse_events_range,
     range_unsatisfiable,
+    whole_response,
 )
 
 JOB = "a" * 32
@@ -253,3 +254,54 @@ def test_end_marker_is_never_sent() -> None:
     sub.mailbox.put(END)
     sub.mailbox.put(event(1))
     assert decoded(served(sub, 0, None, CloseCounter())) == [event(0)]
+
+
+# -- a finished job's events in one body ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("backlog", "terminal", "max_events", "whole"),
+    [
+        (2, True, 1000, True),  # a finished job: everything is known now
+        (0, True, 1000, True),  # ... even nothing (a range past its events is a 416 before)
+        (3, True, 3, True),
+        (4, True, 3, False),  # too many to hold as one body: streamed
+        (2, False, 1000, False),  # a running job: more may come
+    ],
+)
+def test_whole_body_only_when_nothing_is_still_to_come(
+    backlog: int, terminal: bool, max_events: int, whole: bool
+) -> None:
+    events = [event(n) for n in range(backlog)]
+    sub = subscribe(EventHub(), events, total=backlog, terminal=terminal)
+    body = EventStream(sub, 0, None, CloseCounter()).whole_body(max_events)
+    assert (body is not None) == whole
+    if body is not None:
+        assert decoded([body]) == events
+
+
+def test_a_whole_body_is_what_the_stream_would_send() -> None:
+    """The backlog of a range (what the Registry read for it) is the whole answer."""
+    hub = EventHub()
+    events = [event(2), event(3)]  # events=2-3 of a finished job of six
+    streamed = served(subscribe(hub, events, total=6, terminal=True), 2, 4, CloseCounter())
+    whole = EventStream(subscribe(hub, events, total=6, terminal=True), 2, 4, CloseCounter())
+    assert whole.whole_body() == b"".join(streamed)
+
+
+def test_a_whole_response_closes_its_stream_once_sent_or_abandoned() -> None:
+    sub = subscribe(EventHub(), [event(0)], total=1, terminal=True)
+    closed = CloseCounter()
+    stream = EventStream(sub, 0, None, closed)
+    body = stream.whole_body()
+    assert body is not None
+    response = whole_response(body, stream.close)
+    assert next(response) == body
+    assert closed.calls == 0, "open (retention spares the job) until the body is sent"
+    assert list(response) == []
+    assert closed.calls == 1
+    abandoned = whole_response(body, CloseCounter())
+    next(abandoned)
+    abandoned.close()  # the client left: the server closes the body
+    stream.close()
+    assert closed.calls == 1

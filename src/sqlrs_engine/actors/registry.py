@@ -23,7 +23,7 @@ import pykka
 from pykka.typing import ActorMemberMixin, proxy_method
 
 from sqlrs_engine.actors.events import Event, EventHub, Subscription
-from sqlrs_engine.clock import now_rfc3339, parse_rfc3339
+from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError, internal_error
 from sqlrs_engine.jobs.failure_log import log_job_failure
@@ -286,6 +286,10 @@ class RegistryActor(pykka.ThreadingActor):
     def state_row(self, state_id: str) -> Row | None:
         return self._metadata.state_row(state_id)
 
+    def state_rows(self, state_ids: list[str]) -> dict[str, Row]:
+        """Rows of the states of `state_ids` that exist: a whole plan's chain in one message."""
+        return self._metadata.state_rows(state_ids)
+
     def state_exists(self, state_id: str) -> bool:
         return self._metadata.state_exists(state_id)
 
@@ -384,13 +388,9 @@ class RegistryActor(pykka.ThreadingActor):
         limit = self._config.max_identical()
         if limit <= 0:
             return []
-        jobs = self._jobs.terminal_jobs_with_signature(signature)
-        fresh_after = time.time() - self._config.job_min_age()
-        return [
-            row["job_id"]
-            for row in jobs[limit:]
-            if not self._hub.has_open_stream(row["job_id"]) and _finished_before(row, fresh_after)
-        ]
+        finished_before = time.time() - self._config.job_min_age()
+        old = self._jobs.retention_candidates(signature, limit, finished_before)
+        return [job_id for job_id in old if not self._hub.has_open_stream(job_id)]
 
     def instance_actor(self, instance_id: str) -> pykka.ActorRef[Any] | None:
         ref = self._instance_refs.get(instance_id)
@@ -429,13 +429,17 @@ class RegistryActor(pykka.ThreadingActor):
         self._start_job_actor(record.job_id)
         return accepted_body(record.job_id)
 
-    def record_pooled_hit(self, hit: PooledHit, actor: pykka.ActorRef[Any] | None = None) -> Row:
+    def record_pooled_hit(
+        self, hit: PooledHit, actor: pykka.ActorRef[Any] | None = None
+    ) -> RecordedHit:
         """A cache hit that took a pool member, recorded finished (jobs/pooled_hit.py): the
         job row, its events and task rows in the order a job stores them, and the instance
         row owned by the job, in ONE transaction; then the instance's actor — `actor` when
         the caller started it already (a thread start on this thread would make every other
         message wait for it), else one started here. The 201 body of `submit_job` (SPEC
-        §2.1: the submission is answered `queued` either way)."""
+        §2.1: the submission is answered `queued` either way), and whether retention has a
+        job of the hit's signature to trim now: in a burst of hits it seldom has, and then
+        nobody asks again."""
         if self._stopping:
             raise ApiError(503, "unavailable", "engine is shutting down")
         job_id = hit.record.job_id
@@ -452,7 +456,8 @@ class RegistryActor(pykka.ThreadingActor):
             row = self._metadata.instance_row(hit.instance.instance_id)
             assert row is not None
             self._start_instance_actor(row, hit.handle)
-        return accepted_body(job_id)
+        due = bool(self.retention_victims(hit.signature))
+        return RecordedHit(accepted_body(job_id), due)
 
     def _start_job_actor(self, job_id: str) -> None:
         factory = self._settings.job_actor_factory
@@ -560,8 +565,9 @@ class RegistryActor(pykka.ThreadingActor):
         return self._hub.subscribe(job_id, backlog, total, terminal)
 
     def unsubscribe_events(self, job_id: str, token: int) -> str | None:
-        """End a stream; returns the job's signature when the job is finished and this was
-        its last open stream, so that the caller can run the retention it had held back."""
+        """End a stream; returns the job's signature when the job is finished, this was its
+        last open stream and retention has a job of that signature to trim now, so that the
+        caller runs the retention the stream held back."""
         self._hub.unsubscribe(job_id, token)
         if self._hub.has_open_stream(job_id):
             return None
@@ -569,6 +575,8 @@ class RegistryActor(pykka.ThreadingActor):
         if row is None or not is_terminal(row["status"]):
             return None
         signature: str | None = row.get("signature")
+        if not signature or not self.retention_victims(signature):
+            return None  # nothing to trim: spare the caller a second message
         return signature
 
 
@@ -604,6 +612,7 @@ class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):
     config_patch = proxy_method(RegistryActor.config_patch)
     config_delete = proxy_method(RegistryActor.config_delete)
     state_row = proxy_method(RegistryActor.state_row)
+    state_rows = proxy_method(RegistryActor.state_rows)
     state_exists = proxy_method(RegistryActor.state_exists)
     insert_state = proxy_method(RegistryActor.insert_state)
     set_state_size = proxy_method(RegistryActor.set_state_size)
@@ -659,6 +668,16 @@ def start_registry(
     return ref, proxy
 
 
+@dataclass(frozen=True)
+class RecordedHit:
+    """The answer to `record_pooled_hit`."""
+
+    accepted: Row
+    """The 201 body of the submission."""
+    retention_due: bool
+    """Whether a finished job of the hit's signature may be trimmed now (SPEC §4.11)."""
+
+
 def accepted_body(job_id: str) -> Row:
     """The 201 answer to a prepare submission (SPEC §2.1)."""
     return {
@@ -667,14 +686,3 @@ def accepted_body(job_id: str) -> Row:
         "events_url": f"/v1/prepare-jobs/{job_id}/events",
         "status": "queued",
     }
-
-
-def _finished_before(row: Row, epoch: float) -> bool:
-    """Whether a terminal job finished (or, lacking that, was created) before `epoch`."""
-    stamp = row.get("finished_at") or row.get("created_at")
-    if not stamp:
-        return True
-    try:
-        return parse_rfc3339(stamp).timestamp() < epoch
-    except ValueError:
-        return True

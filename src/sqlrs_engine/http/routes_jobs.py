@@ -24,6 +24,7 @@ from sqlrs_engine.http.streams import (
     content_range,
     parse_events_range,
     range_unsatisfiable,
+    whole_response,
 )
 from sqlrs_engine.http.submission import (
     check_request_size,
@@ -156,4 +157,8 @@ def register(app: bottle.Bottle, ctx: ApiContext) -> None:
         for name, value in headers.items():
             bottle.response.set_header(name, value)
         bottle.response.status = status
-        return stream_response(EventStream(sub, start, stop, close))
+        stream = EventStream(sub, start, stop, close)
+        body = stream.whole_body()
+        if body is not None:
+            return whole_response(body, stream.close)
+        return stream_response(stream)

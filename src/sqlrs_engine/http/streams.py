@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from sqlrs_engine.actors.events import END, Subscription
-from sqlrs_engine.http.jsonio import json_line
+from sqlrs_engine.http.jsonio import json_line, json_lines
 
 _RANGE = re.compile(r"^\s*events\s*=\s*([0-9]+)\s*-\s*([0-9]*)\s*$", re.IGNORECASE)
 """ASCII digits only (`\\d` would take any Unicode digit)."""
+
+WHOLE_BODY_EVENTS = 1000
+"""A finished job with at most this many events (in the range asked for) is answered with
+one ordinary body instead of a stream (`EventStream.whole_body`)."""
 
 _BEYOND_ANY_JOB = 2**62
 """What an index too long to be real counts as: past every event, yet a valid SQLite INTEGER."""
@@ -72,6 +76,21 @@ class EventStream:
         self._on_close = on_close
         self._closed = False
 
+    def whole_body(self, max_events: int = WHOLE_BODY_EVENTS) -> bytes | None:
+        """The whole stream at once, when nothing of it is still to come — the events of a
+        finished job (its backlog already holds the range asked for), at most `max_events`
+        of them — else None (it streams).
+
+        Such a body needs neither the stream loop nor the end of the connection: a client
+        that submits hit after hit and reads each one's events keeps its connection, and
+        nothing is handed between threads."""
+        if not self._sub.terminal or self._position or len(self._backlog) > max_events:
+            return None
+        body = json_lines(self._backlog)
+        self._position = len(self._backlog)
+        self._live = True
+        return body
+
     def attach(self, wake: Callable[[], None]) -> None:
         self._sub.mailbox.set_waker(wake)
 
@@ -105,3 +124,12 @@ class EventStream:
         if not self._closed:
             self._closed = True
             self._on_close()
+
+
+def whole_response(body: bytes, on_close: Callable[[], None]) -> Iterator[bytes]:
+    """A WSGI body of `body` that calls `on_close` once it is sent (or abandoned): the
+    events stream counts as open — retention spares its job — until then."""
+    try:
+        yield body
+    finally:
+        on_close()

@@ -5,9 +5,12 @@ ordinary job path it still costs a job actor, a worker thread, a dozen hand-offs
 threads and several Registry messages — most of the hit's latency, and what bounds a burst of
 hits. So a submission is first tried here, on the HTTP worker thread that received it:
 
-1. plan it as its job would (planning reads the inputs and asks which states exist; it
-   changes nothing), through the same kind, event log and task tracker a job uses, but with
-   an event sink that only collects;
+1. plan it as its job would (planning reads the inputs; it changes nothing), through the
+   same kind, event log and task tracker a job uses, but with an event sink that only
+   collects. Planning asks, step by step, whether each step's state exists; here it is told
+   yes, and the rows of the whole chain are then read in ONE Registry message: if one is
+   missing the hit is not all cached and goes to the job, and if all exist the plan is the
+   one the job would make (a step's state id never depends on the answer);
 2. if every step is cached, every cached state is still valid, and a member of the final
    state is ready, claim the member (`WarmPool.claim`: each member is handed out once);
 3. record the whole finished job — job row, task rows, the events a job would have emitted,
@@ -49,7 +52,7 @@ from typing import Any
 import pykka
 import ujson
 
-from sqlrs_engine.actors.registry import InstanceActorFactory
+from sqlrs_engine.actors.registry import InstanceActorFactory, RecordedHit
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.clock import format_rfc3339, now_rfc3339, utcnow
 from sqlrs_engine.errors import ApiError, JobFailure
@@ -214,9 +217,12 @@ class PooledHitPath:
 
 def _settle(services: JobServices, attempt: _Attempt, job_id: str) -> None:
     """After the answer: the member's file goes (an instance row names its clone now) and
-    retention by signature runs (SPEC §4.11), as a job runs it when it ends."""
+    retention by signature runs (SPEC §4.11), as a job runs it when it ends — if the
+    recording found a job to trim."""
     if attempt.member is not None:
         unmark_member(attempt.member)
+    if not attempt.retention_due:
+        return
     try:
         services.trim_jobs(attempt.signature)
     except Exception:
@@ -252,9 +258,11 @@ class _Attempt:
         )
         self.tasks = TaskTracker(self.job_id, self.events)
         self.signature = ""
+        self.retention_due = False
         self.member: Member | None = None
         self.state_rows: dict[str, Row | None] = {}
-        """Rows read while planning, checked again before the claim (one ask per step)."""
+        """The states planning asked about, in order, and (after `_read_state_rows`) their
+        rows, checked before the claim."""
 
     def discard(self) -> None:
         """Leave nothing: the job path starts afresh (its own log files included)."""
@@ -308,12 +316,15 @@ class _Attempt:
         if self.instance_actor is not None:
             actor = self.instance_actor(dataclasses.asdict(hit.instance), hit.handle)
         try:
-            accepted: Row = self.registry.record_pooled_hit(hit, actor).get(timeout=ASK_TIMEOUT)
+            recorded: RecordedHit = self.registry.record_pooled_hit(hit, actor).get(
+                timeout=ASK_TIMEOUT
+            )
         except BaseException:
             if actor is not None:
                 actor.stop(block=False)
             raise
-        return accepted
+        self.retention_due = recorded.retention_due
+        return recorded.accepted
 
     @contextmanager
     def _planned(self) -> Iterator[KindPlan]:
@@ -333,6 +344,7 @@ class _Attempt:
         )
         planned = kind.plan(self.request, context)
         try:
+            self._read_state_rows()
             why = plan_refusal(planned.tasks)
             if why is not None:
                 raise NotPooled(why)
@@ -346,9 +358,17 @@ class _Attempt:
         return row
 
     def _state_exists(self, state: str) -> bool:
-        row: Row | None = self.registry.state_row(state).get(timeout=ASK_TIMEOUT)
-        self.state_rows[state] = row
-        return row is not None
+        """Yes, for now: `_read_state_rows` checks every state asked about at once."""
+        self.state_rows[state] = None
+        return True
+
+    def _read_state_rows(self) -> None:
+        asked = list(self.state_rows)
+        rows: dict[str, Row] = self.registry.state_rows(asked).get(timeout=ASK_TIMEOUT)
+        missing = [state for state in asked if state not in rows]
+        if missing:
+            raise NotPooled(f"states to build: {', '.join(missing)}")
+        self.state_rows.update(rows)
 
     def _config_value(self, path: str) -> object:
         try:

@@ -175,15 +175,20 @@ class JobQueries:
                    ORDER BY created_at, rowid""",
         )
 
-    def terminal_jobs_with_signature(self, signature: str) -> list[Row]:
-        """Terminal jobs sharing a signature, newest first (SPEC §4.11 ordering)."""
-        return fetch(
-            self._db,
-            """SELECT * FROM prepare_jobs
-                   WHERE signature = :sig AND status IN ('succeeded', 'failed')
-                   ORDER BY COALESCE(finished_at, created_at) DESC, rowid DESC""",
-            sig=signature,
-        )
+    def retention_candidates(self, signature: str, keep: int, finished_before: float) -> list[str]:
+        """Terminal jobs of `signature` beyond its newest `keep` that finished before the
+        epoch `finished_before`, newest first (SPEC §4.11 order, ties by insertion).
+
+        Through `idx_jobs_retention` this reads at most `keep` fresh rows and the old ones
+        (which the caller trims), however many fresh jobs the signature has: each finished
+        job asks, so a whole-signature read would make a burst of identical hits quadratic.
+        """
+        cutoff = finished_before / 86400.0 + _UNIX_EPOCH_JULIAN_DAY
+        params = {"sig": signature, "cutoff": cutoff, "keep": keep}
+        fresh = fetch_one(self._db, _COUNT_FRESH, **params)
+        kept_old = max(0, keep - (fresh["fresh"] if fresh else 0))
+        rows = fetch(self._db, _OLD_BY_SIGNATURE, skip=kept_old, **params)
+        return [row["job_id"] for row in rows]
 
     def list_jobs(self, job_prefix: str | None = None) -> list[Row]:
         """Job entries (SPEC §4.9), `job_prefix` matched case-insensitively as a prefix."""
@@ -369,6 +374,23 @@ _INSERT_JOB = """INSERT INTO prepare_jobs
      request_json, created_at)
     VALUES (:job_id, :status, :prepare_kind, :image_id, :plan_only, :snapshot_mode,
      :prepare_args_normalized, :request_json, :created_at)"""
+
+_UNIX_EPOCH_JULIAN_DAY = 2440587.5
+"""The Julian day of 1970-01-01T00:00:00Z: SQLite's `julianday` of a Unix epoch of 0."""
+
+_FINISHED = "julianday(COALESCE(finished_at, created_at))"
+"""A terminal job's finish time as a number: the expression `idx_jobs_retention` indexes
+(schema migration 4), spelled exactly so the planner uses it."""
+
+_TERMINAL_OF_SIGNATURE = "signature = :sig AND status IN ('succeeded', 'failed')"
+
+_COUNT_FRESH = f"""SELECT COUNT(*) AS fresh FROM (
+    SELECT 1 FROM prepare_jobs
+     WHERE {_TERMINAL_OF_SIGNATURE} AND {_FINISHED} >= :cutoff LIMIT :keep)"""
+
+_OLD_BY_SIGNATURE = f"""SELECT job_id FROM prepare_jobs
+     WHERE {_TERMINAL_OF_SIGNATURE} AND {_FINISHED} < :cutoff
+     ORDER BY {_FINISHED} DESC, rowid DESC LIMIT -1 OFFSET :skip"""
 
 _INSERT_TASK = (
     "INSERT INTO prepare_tasks (job_id, "

@@ -6,6 +6,7 @@ are facts of the data, computed in SQL next to the rows they come from.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,19 @@ class MetadataQueries:
     def state_row(self, state_id: str) -> Row | None:
         return fetch_one(self._db, "SELECT * FROM states WHERE state_id = :id", id=state_id)
 
+    def state_rows(self, state_ids: Iterable[str]) -> dict[str, Row]:
+        """The rows of those of `state_ids` that exist, by id (one query)."""
+        ids = sorted(set(state_ids))
+        if not ids:
+            return {}
+        marks = ", ".join(f":s{i}" for i in range(len(ids)))
+        rows = fetch(
+            self._db,
+            f"SELECT * FROM states WHERE state_id IN ({marks})",
+            **{f"s{i}": state_id for i, state_id in enumerate(ids)},
+        )
+        return {row["state_id"]: row for row in rows}
+
     def state_exists(self, state_id: str) -> bool:
         return self.state_row(state_id) is not None
 
@@ -213,26 +227,26 @@ class MetadataQueries:
 
     def insert_instance(self, record: InstanceRecord) -> None:
         """Insert the instance and count the use of its state, in one transaction."""
+        row = {
+            "instance_id": record.instance_id,
+            "state_id": record.state_id,
+            "image_id": record.image_id,
+            "created_at": record.created_at,
+            "expires_at": record.expires_at,
+            "runtime_id": record.runtime_id,
+            "runtime_dir": record.runtime_dir,
+            "status": record.status,
+            "job_id": record.job_id,
+            "secret": record.secret,
+        }
+        # Plain SQL, as for job rows: `dataset`'s insert looks the table's columns up and
+        # builds a statement each time, which cost a pooled hit more than its whole job row.
         with self._db as tx:
-            tx["instances"].insert(
-                {
-                    "instance_id": record.instance_id,
-                    "state_id": record.state_id,
-                    "image_id": record.image_id,
-                    "created_at": record.created_at,
-                    "expires_at": record.expires_at,
-                    "runtime_id": record.runtime_id,
-                    "runtime_dir": record.runtime_dir,
-                    "status": record.status,
-                    "job_id": record.job_id,
-                    "secret": record.secret,
-                }
-            )
-            tx.query(
-                """UPDATE states SET last_used_at = :now, use_count = use_count + 1
-                   WHERE state_id = :id""",
-                now=record.created_at,
-                id=record.state_id,
+            tx.executable.exec_driver_sql(_INSERT_INSTANCE, [row])
+            tx.executable.exec_driver_sql(
+                """UPDATE states SET last_used_at = ?, use_count = use_count + 1
+                   WHERE state_id = ?""",
+                (record.created_at, record.state_id),
             )
 
     def instance_row(self, instance_id: str) -> Row | None:
@@ -473,3 +487,10 @@ def _name_entry(row: Row) -> Row:
 
 def now_text() -> str:
     return format_rfc3339(utcnow())
+
+
+_INSERT_INSTANCE = """INSERT INTO instances
+    (instance_id, state_id, image_id, created_at, expires_at, runtime_id, runtime_dir, status,
+     job_id, secret)
+    VALUES (:instance_id, :state_id, :image_id, :created_at, :expires_at, :runtime_id,
+     :runtime_dir, :status, :job_id, :secret)"""

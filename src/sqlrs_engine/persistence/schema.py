@@ -116,6 +116,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX IF NOT EXISTS idx_tasks_resolved ON prepare_tasks(job_id, resolved_image_id)
                WHERE type = 'resolve_image'""",
     ),
+    # 4: retention by signature (SPEC §4.11) reads only the jobs it may trim and at most
+    # `maxIdentical` others: finished jobs are indexed by signature and finish time as a
+    # number (the RFC 3339 text, with its trailing zeros cut, does not sort as time does).
+    # It replaces the signature-only index, which made every finished job read all jobs of
+    # its signature — thousands within `minAge` of a pipeline's repeated prepare.
+    (
+        """CREATE INDEX IF NOT EXISTS idx_jobs_retention
+               ON prepare_jobs(signature, julianday(COALESCE(finished_at, created_at)))
+               WHERE status IN ('succeeded', 'failed')""",
+        "DROP INDEX IF EXISTS idx_jobs_signature",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

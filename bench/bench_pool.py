@@ -16,7 +16,7 @@ In one run, on the overlay backend, for each database size (~58 MB and ~1 GB by 
 
 Then a **burst** of 16 concurrent hits with a pool of 16 ready members (short path, then
 through jobs), against the same burst with the pool disabled (instances per second from the
-first POST to the last DSN). Each member's memory (PSS of its server) is read from
+first POST to the last DSN), each starting `SETTLE_S` after the pool is full (or drained). Each member's memory (PSS of its server) is read from
 `GET /v1/pool`.
 
 Run (as root, overlay needs it):
@@ -50,6 +50,10 @@ from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.snapshot.overlay import OverlayBackend
 
 FILL_TIMEOUT = 600.0
+SETTLE_S = 1.0
+"""Pause between a pool that is full (or drained) and the burst: the members filled last
+are still starting their servers' background processes, and the instances of the previous
+burst are still going away. A pool is normally full long before the burst that uses it."""
 BURST_MB = 58
 """The bursts hit the state of this size (it must be among --sizes)."""
 
@@ -269,6 +273,7 @@ def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> di
             configure(engine, **pool, shortPath=short)
             wait_pool_for(engine, body, state_id, [])
             wait_pool(engine, state_id, size)
+            time.sleep(SETTLE_S)
             before = short_hits(engine)
             elapsed, taken = burst(engine, body, size)
             assert taken == size, f"only {taken} of {size} hits took a member"
@@ -276,6 +281,7 @@ def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> di
             rates.append(size / elapsed)
         configure(engine, enabled=False)
         wait_pool(engine, state_id, 0)
+        time.sleep(SETTLE_S)
         elapsed, taken = burst(engine, body, size)
         assert taken == 0
         plain.append(size / elapsed)

@@ -70,6 +70,7 @@ from sqlrs_engine.snapshot.overlay import (
     sweep_mounts,
 )
 from sqlrs_engine.snapshot.perms import PASSAGE, ensure_mode, is_sealed, make_dirs, seal
+from sqlrs_engine.snapshot.shared_checks import SharedChecks
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ class StateStore:
         self.layout = layout
         self.backend = backend
         self.mounts_in_use = mounts_in_use
+        self._validations: SharedChecks[str | None] = SharedChecks()
 
     # -- locks ---------------------------------------------------------------------------------
 
@@ -342,8 +344,12 @@ class StateStore:
         return self.layout.state_dir(image_id, state_id)
 
     def validate_state(self, image_id: str, state_id: str) -> str | None:
-        """None when the state dir is complete and clean, else why not (unlocked check)."""
-        return self._state_problem(self.layout.state_dir(image_id, state_id))
+        """None when the state dir is complete and clean, else why not (unlocked check).
+
+        Callers that ask about one state at once share a look that starts after each of them
+        asked (`SharedChecks`): a burst of hits looks at the files twice, not once per hit."""
+        state_dir = self.layout.state_dir(image_id, state_id)
+        return self._validations.run(state_dir, lambda: self._state_problem(state_dir))
 
     def _state_problem(self, state_dir: Path) -> str | None:
         """The backend's verdict, after refusing a state laid out by another backend."""

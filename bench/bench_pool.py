@@ -16,8 +16,8 @@ In one run, on the overlay backend, for each database size (~58 MB and ~1 GB by 
 
 Then a **burst** of 16 concurrent hits with a pool of 16 ready members (short path, then
 through jobs), against the same burst with the pool disabled (instances per second from the
-first POST to the last DSN), each starting `SETTLE_S` after the pool is full (or drained). Each member's memory (PSS of its server) is read from
-`GET /v1/pool`.
+first POST to the last DSN), each starting `SETTLE_S` after the pool is full (or drained).
+Each member's memory (PSS of its server) is read from `GET /v1/pool`.
 
 Run (as root, overlay needs it):
     .venv/bin/python bench/bench_pool.py [--hits 15] [--sizes 58,1024] [--bursts 3]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Any
 
 import pykka
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from sqlrs_engine.actors.events import END
 from sqlrs_engine.actors.registry import (
@@ -23,7 +25,7 @@ from sqlrs_engine.clock import format_rfc3339, now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
 from sqlrs_engine.errors import ApiError
 from sqlrs_engine.jobs.pooled_hit import PooledHit
-from sqlrs_engine.persistence.jobs import JobRecord, RowChange
+from sqlrs_engine.persistence.jobs import JobQueries, JobRecord, RowChange
 from sqlrs_engine.persistence.metadata import InstanceRecord, StateRecord
 from sqlrs_engine.prepare.plan import PlanTask
 from sqlrs_engine.runtime.base import ServerHandle
@@ -399,6 +401,23 @@ def test_a_pooled_hit_says_when_retention_has_a_job_to_trim(tmp_path: Path) -> N
     finally:
         ref.stop()
         _stop_idle_jobs()
+
+
+def test_a_recorded_hit_stays_recorded_when_retention_cannot_be_read(
+    registry: RegistryProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The question comes after the commit: a failure answers "trim" (the trim asks again
+    and reports), never undoes the hit."""
+
+    def broken(*_args: object) -> list[str]:
+        raise OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error"))
+
+    seed_state(registry)
+    monkeypatch.setattr(JobQueries, "retention_candidates", broken)
+    recorded = registry.record_pooled_hit(pooled_hit("a" * 32, "i" * 32)).get()
+    assert recorded.retention_due
+    assert registry.job_row("a" * 32).get()["status"] == "succeeded"
+    assert registry.instance_row("i" * 32).get() is not None
 
 
 def test_a_refused_pooled_hit_leaves_nothing(registry: RegistryProxy) -> None:

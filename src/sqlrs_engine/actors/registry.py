@@ -456,8 +456,7 @@ class RegistryActor(pykka.ThreadingActor):
             row = self._metadata.instance_row(hit.instance.instance_id)
             assert row is not None
             self._start_instance_actor(row, hit.handle)
-        due = bool(self.retention_victims(hit.signature))
-        return RecordedHit(accepted_body(job_id), due)
+        return RecordedHit(accepted_body(job_id), self._retention_due(hit.signature))
 
     def _start_job_actor(self, job_id: str) -> None:
         factory = self._settings.job_actor_factory
@@ -575,9 +574,19 @@ class RegistryActor(pykka.ThreadingActor):
         if row is None or not is_terminal(row["status"]):
             return None
         signature: str | None = row.get("signature")
-        if not signature or not self.retention_victims(signature):
+        if not signature or not self._retention_due(signature):
             return None  # nothing to trim: spare the caller a second message
         return signature
+
+    def _retention_due(self, signature: str) -> bool:
+        """Whether retention of `signature` has a job to trim now. Asked after a write that
+        is already committed, so a failure to tell must not undo it: then the caller trims,
+        and the trim asks (and reports) again."""
+        try:
+            return bool(self.retention_victims(signature))
+        except Exception as error:
+            log.warning("retention of signature %s: cannot tell what to trim: %s", signature, error)
+            return True
 
 
 class RegistryProxy(ActorMemberMixin, pykka.ActorProxy[RegistryActor]):

@@ -253,21 +253,33 @@ def burst(engine: EngineProcess, body: dict[str, Any], size: int) -> tuple[float
     return elapsed, sum("warm pool" in logs for _, logs in results)
 
 
-def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> dict[str, Any]:
-    body = psql_body(*build_args(BURST_MB))  # cached by its size's section
-    state_id = prepare(engine, body).result["state_id"]
-    for entry in engine.get("/v1/instances").json():
-        delete_instance(engine, entry["instance_id"])
-    pooled: list[float] = []
-    by_job: list[float] = []
-    plain: list[float] = []
-    pool = {
+def burst_pool(size: int) -> dict[str, Any]:
+    """The `pool` settings of a burst: `size` members of its one state, no memory bound."""
+    return {
         "enabled": True,
         "membersPerState": size,
         "maxMembers": size,
         "maxMemoryBytes": 0,
         "fillConcurrency": 2,
     }
+
+
+def state_without_instances(engine: EngineProcess, body: dict[str, Any]) -> str:
+    """Prepare `body` (a cache hit after the first time) and delete every instance: its
+    state's id."""
+    state_id: str = prepare(engine, body).result["state_id"]
+    for entry in engine.get("/v1/instances").json():
+        delete_instance(engine, entry["instance_id"])
+    return state_id
+
+
+def measure_burst(engine: EngineProcess, rounds: int, size: int, log: Any) -> dict[str, Any]:
+    body = psql_body(*build_args(BURST_MB))  # cached by its size's section
+    state_id = state_without_instances(engine, body)
+    pooled: list[float] = []
+    by_job: list[float] = []
+    plain: list[float] = []
+    pool = burst_pool(size)
     for _ in range(rounds):
         for short, rates in ((True, pooled), (False, by_job)):
             configure(engine, **pool, shortPath=short)

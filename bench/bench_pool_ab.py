@@ -28,12 +28,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends import build_args
-from bench_pool import SETTLE_S, burst, configure, delete_instance, uptime, wait_pool, wait_pool_for
+from bench_pool import (
+    SETTLE_S,
+    burst,
+    burst_pool,
+    configure,
+    state_without_instances,
+    uptime,
+    wait_pool,
+    wait_pool_for,
+)
 from common import save
 from tests.support import engine_process
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess
-from tests.support.prepare import prepare, psql_body
+from tests.support.prepare import psql_body
 
 
 def start(workdir: Path, python: str) -> EngineProcess:
@@ -65,19 +74,10 @@ def main() -> int:
         engines["A"] = start(workdir / "a", args.baseline_python)
         engines["B"] = start(workdir / "b", sys.executable)
         body = psql_body(*build_args(58))
-        pool = {
-            "enabled": True,
-            "membersPerState": size,
-            "maxMembers": size,
-            "maxMemoryBytes": 0,
-            "fillConcurrency": 2,
-        }
         states: dict[str, str] = {}
         for name, engine in engines.items():
-            states[name] = prepare(engine, body).result["state_id"]
-            for entry in engine.get("/v1/instances").json():
-                delete_instance(engine, entry["instance_id"])
-            configure(engine, **pool, shortPath=True)
+            states[name] = state_without_instances(engine, body)
+            configure(engine, **burst_pool(size), shortPath=True)
             wait_pool_for(engine, body, states[name], [])
         rates: dict[str, list[float]] = {"A": [], "B": []}
         for round_number in range(args.rounds):

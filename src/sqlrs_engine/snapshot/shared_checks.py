@@ -28,9 +28,7 @@ T = TypeVar("T")
 class _Run(Generic[T]):
     """One run of a check and the callers waiting for it."""
 
-    def __init__(self, after: _Run[T] | None) -> None:
-        self.after = after
-        """The run this one must wait for before it starts (None: start at once)."""
+    def __init__(self) -> None:
         self.started = False
         self.callers = 1
         """Callers that take this run's answer (read by tests: who is waiting)."""
@@ -71,7 +69,7 @@ class SharedChecks(Generic[T]):
                 return_of = runs.next
             else:
                 return_of = None
-                mine: _Run[T] = _Run(current)
+                mine: _Run[T] = _Run()
                 if current is None:
                     runs.current = mine
                 else:
@@ -80,8 +78,8 @@ class SharedChecks(Generic[T]):
                 return_of.callers += 1
         if return_of is not None:
             return return_of.answer()
-        if mine.after is not None:
-            mine.after.done.wait()  # it made this run the current one as it ended
+        if current is not None:
+            current.done.wait()  # it made this run the current one as it ended
         with self._lock:
             mine.started = True
         try:

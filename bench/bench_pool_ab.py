@@ -39,9 +39,8 @@ from bench_pool import (
     wait_pool_for,
 )
 from common import save
-from tests.support import engine_process
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
-from tests.support.engine_process import EngineProcess
+from tests.support.engine_process import EngineProcess, start_engine
 from tests.support.prepare import psql_body
 
 
@@ -51,12 +50,7 @@ def start(workdir: Path, python: str) -> EngineProcess:
     store = workdir / "store"
     store.mkdir()
     (store / "config.json").write_text('{"snapshot": {"backend": "overlay"}}')
-    default = engine_process.engine_command
-    engine_process.engine_command = lambda args: [python, "-m", "sqlrs_engine", *args]
-    try:
-        return engine_process.start_engine(workdir, state_store=store)
-    finally:
-        engine_process.engine_command = default
+    return start_engine(workdir, state_store=store, python=python)
 
 
 def main() -> int:

@@ -103,8 +103,9 @@ class EngineProcess:
         return "\n".join(kept[-lines:])
 
 
-def engine_command(args: Sequence[str]) -> list[str]:
-    return [sys.executable, "-m", "sqlrs_engine", *args]
+def engine_command(args: Sequence[str], python: str = sys.executable) -> list[str]:
+    """`python -m sqlrs_engine args`: the interpreter's environment decides which code runs."""
+    return [python, "-m", "sqlrs_engine", *args]
 
 
 def start_engine(
@@ -115,10 +116,12 @@ def start_engine(
     state_store: Path | None = None,
     engine_json: Path | None = None,
     listen: str = "127.0.0.1:0",
+    python: str = sys.executable,
 ) -> EngineProcess:
     """Start an engine whose engine.json lives in `workdir` (unless `engine_json` says where);
     wait until it answers health. It runs on the host runtime unless `env` names another
-    (`engine_environment`)."""
+    (`engine_environment`); `python` is the interpreter (another checkout's venv runs that
+    checkout's engine, as `bench/bench_pool_ab.py` does)."""
     engine_json = engine_json or workdir / "engine.json"
     store = state_store or workdir / "state-store"
     full_env = engine_environment({"SQLRS_STATE_STORE": str(store), **(env or {})})
@@ -132,7 +135,7 @@ def start_engine(
         *extra_args,
     ]
     process = subprocess.Popen(
-        engine_command(args),
+        engine_command(args, python),
         env=full_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

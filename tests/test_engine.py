@@ -10,6 +10,7 @@ is `copy`, both configured, so no probing makes the tests slow or machine-depend
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -183,6 +184,44 @@ def test_stop_closes_http_stops_every_actor_and_removes_engine_json(store: Path)
     assert not port_open(port_of(info))
     assert pykka.ActorRegistry.get_all() == []
     engine.stop()  # a second stop (signal after idle timeout) is a no-op
+
+
+def _cpus_by_thread() -> dict[str, frozenset[int]]:
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    return {
+        names.get(int(tid), tid): frozenset(os.sched_getaffinity(int(tid)))
+        for tid in os.listdir("/proc/self/task")
+    }
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2,
+    reason="needs two CPUs this process may use, to tell a pinned thread from a free one",
+)
+def test_the_engines_threads_share_one_cpu_until_it_stops(store: Path) -> None:
+    every_cpu = frozenset(os.sched_getaffinity(0))
+    engine = Engine(options(store))
+    engine.start()
+    try:
+        running = {n: c for n, c in _cpus_by_thread().items() if not n.startswith("spawner")}
+        assert len(set(running.values())) == 1
+        (cpus,) = set(running.values())
+        assert len(cpus) == 1 and cpus <= every_cpu
+        assert any(name.startswith("RegistryActor") for name in running)
+    finally:
+        engine.stop()
+    assert set(_cpus_by_thread().values()) == {every_cpu}
+
+
+def test_engine_pin_threads_false_leaves_every_thread_on_every_cpu(store: Path) -> None:
+    every_cpu = frozenset(os.sched_getaffinity(0))
+    (store / "config.json").write_text(ujson.dumps({**CONFIG, "engine": {"pinThreads": False}}))
+    engine = Engine(options(store))
+    engine.start()
+    try:
+        assert set(_cpus_by_thread().values()) == {every_cpu}
+    finally:
+        engine.stop()
 
 
 def test_children_stop_in_reverse_dependency_order(

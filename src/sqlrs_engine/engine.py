@@ -22,6 +22,7 @@ from sqlrs_engine.actors.instance import InstanceActor, instance_proxy
 from sqlrs_engine.actors.prepare_job import PrepareJobActor
 from sqlrs_engine.actors.registry import RegistryProxy, RegistrySettings, start_registry
 from sqlrs_engine.actors.snapshot import start_snapshot_actor
+from sqlrs_engine.affinity import Pinning, pin_threads
 from sqlrs_engine.cache.enforcer import CacheEnforcer, enforce_quietly
 from sqlrs_engine.clock import now_rfc3339
 from sqlrs_engine.config.store import ConfigStore
@@ -95,6 +96,7 @@ class Engine:
         self._cache: CacheEnforcer | None = None
         self._pool: WarmPool | None = None
         self._pooled_hits: PooledHitPath | None = None
+        self._pinning: Pinning | None = None
 
     @property
     def registry(self) -> RegistryProxy:
@@ -118,6 +120,9 @@ class Engine:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = ConfigStore.in_root(root)
         apply_log_level(config.log_level())
+        # Before any actor starts a thread: all of them inherit the CPU (affinity.py).
+        self._pinning = pin_threads(config.pin_threads())
+        log.info("%s", self._pinning.reason)
         choice = select_runtime(
             config.container_runtime(),
             config.host_user(),
@@ -306,6 +311,8 @@ class Engine:
             self._snapshot_ref.stop(block=True, timeout=STOP_TIMEOUT)
         if self._info is not None:
             remove_engine_json(self.options.engine_json, self.instance_id)
+        if self._pinning is not None:
+            self._pinning.release()
         log.info("engine stopped")
 
 

@@ -29,6 +29,9 @@ goes through `run`:
   pgbench) must not go on committing into an instance nobody supervises. It runs the child
   through `setpriv --pdeathsig KILL` (util-linux), after the user switch, because a
   `preexec_fn` is not safe in a threaded program and a credential change clears the setting.
+- the child gets **every CPU the engine was given**, even while the engine's own threads are
+  pinned to one (`sqlrs_engine.affinity`: it is forked on a spawner thread that kept them
+  all; that thread lives until the engine stops, so `die_with_parent` keeps its meaning).
 
 Cancellation raises `errors.cancelled()` (JobFailure `cancelled`, "task cancelled").
 """
@@ -52,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from sqlrs_engine.affinity import fork_with_every_cpu
 from sqlrs_engine.cancel import NEVER_CANCELLED, CancelToken
 from sqlrs_engine.errors import cancelled
 from sqlrs_engine.faults import fault_point
@@ -369,7 +373,8 @@ def spawn(
     switch = user is not None and (user.uid != os.geteuid() or user.gid != os.getegid())
     setpriv = _setpriv() if die_with_parent else None
     exec_argv = [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
-    try:
+
+    def start() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             exec_argv,
             stdin=stdin,
@@ -383,6 +388,9 @@ def spawn(
             group=user.gid if switch and user else None,
             extra_groups=list(user.groups) if switch and user else None,
         )
+
+    try:
+        return fork_with_every_cpu(start)
     except (OSError, subprocess.SubprocessError) as exc:
         raise ProcessError(argv, f"cannot start {_describe(argv)}: {exc}") from exc
 

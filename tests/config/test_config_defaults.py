@@ -30,6 +30,7 @@ from sqlrs_engine.config.schema import SCHEMA, config_schema
         ("runtime.host.user", None),
         ("runtime.host.binDirs", None),
         ("http.threads", 8),
+        ("engine.pinThreads", True),
         ("orchestrator.jobs.maxTaskLogLines", 10_000),
     ],
 )
@@ -46,6 +47,7 @@ def test_defaults_have_sorted_keys_and_nothing_else() -> None:
         "cache.capacity.minStateAge",
         "cache.capacity.reserveBytes",
         "container.runtime",
+        "engine.pinThreads",
         "http.threads",
         "instances.expiryInterval",
         "liquibase.exec",
@@ -148,7 +150,7 @@ def test_schema_allows_additional_properties_at_every_object() -> None:
     nodes = objects(SCHEMA)
     # root, cache, capacity, container, http, instances, liquibase, log, orchestrator, jobs,
     # pool, runtime, host, snapshot
-    assert len(nodes) == 14
+    assert len(nodes) == 15
     assert all(node["additionalProperties"] is True for node in nodes)
 
 

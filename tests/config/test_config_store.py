@@ -480,8 +480,9 @@ ACCESSORS = [
     "log_level",
     "expiry_interval",
     "max_task_log_lines",
+    "pin_threads",
 ]
-DEFAULT_READINGS = ["auto", "auto", 2, None, [], 8, "info", 1.0, 10_000]
+DEFAULT_READINGS = ["auto", "auto", 2, None, [], 8, "info", 1.0, 10_000, True]
 
 
 def test_accessor_defaults(store: ConfigStore) -> None:
@@ -520,6 +521,8 @@ def test_accessor_defaults(store: ConfigStore) -> None:
         ("instances.expiryInterval", "0", "expiry_interval", 0.0),
         ("instances.expiryInterval", "-1s", "expiry_interval", 0.0),
         ("instances.expiryInterval", None, "expiry_interval", 1.0),
+        ("engine.pinThreads", False, "pin_threads", False),
+        ("engine.pinThreads", None, "pin_threads", True),
     ],
 )
 def test_accessors_read_overrides(
@@ -543,6 +546,7 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
                 "http": {"threads": 1.5},
                 "log": {"level": "loud"},
                 "instances": {"expiryInterval": "soon"},
+                "engine": {"pinThreads": "no"},
             }
         ),
     )
@@ -557,6 +561,7 @@ def test_accessors_fall_back_on_unusable_values_from_disk(root: Path) -> None:
         "info",
         1.0,
         10_000,
+        True,
     ]
 
 

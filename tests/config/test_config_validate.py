@@ -76,6 +76,8 @@ ACCEPT: list[tuple[str, str]] = [
     ("liquibase.exec", '"/opt/liquibase/liquibase"'),
     ("liquibase.exec", "null"),
     ("liquibase.warmJvm", "false"),
+    ("engine.pinThreads", "false"),
+    ("engine.pinThreads", "null"),
     ("http.threads", "4"),
     ("http.threads", "64"),
     ("http.threads", "4096"),
@@ -141,6 +143,7 @@ REJECT: list[tuple[str, str, str]] = [
     ("liquibase.exec", '"liquibase"', "liquibase.exec must be an absolute file path"),
     ("liquibase.exec", '["/x"]', "liquibase.exec must be an absolute file path"),
     ("liquibase.warmJvm", '"yes"', "liquibase.warmJvm must be true or false"),
+    ("engine.pinThreads", "0", "engine.pinThreads must be true or false"),
     ("runtime.host.binDirs", "[1]", "binDirs[0] must be an absolute"),
     ("runtime.host.binDirs[1]", '"/x"', "binDirs[0] must be an absolute"),  # padded null
     ("http.threads", "3", "integer from 4 to 4096"),

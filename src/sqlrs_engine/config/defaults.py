@@ -60,6 +60,9 @@ DEFAULTS: dict[str, Any] = {
         },
     },
     "container": {"runtime": "auto"},
+    # pinThreads: the engine's threads on one CPU, its child processes on all (affinity.py);
+    # read once at startup
+    "engine": {"pinThreads": True},
     "http": {"threads": DEFAULT_HTTP_THREADS},  # read once at startup
     # expiryInterval: how often expired instances (TTL) are deleted; 0 = never (startup)
     "instances": {"expiryInterval": DEFAULT_EXPIRY_INTERVAL},

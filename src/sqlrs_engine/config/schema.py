@@ -123,6 +123,18 @@ SCHEMA: dict[str, Any] = {
                     )
                 }
             ),
+            "engine": _obj(
+                {
+                    "pinThreads": {
+                        "type": ["boolean", "null"],
+                        "default": DEFAULTS["engine"]["pinThreads"],
+                        "description": "Run the engine's own threads on one CPU (one runs "
+                        "Python at a time; on one CPU they hand over without waking another); "
+                        "the programs it starts (PostgreSQL, psql, Liquibase) get every CPU; "
+                        "read once at startup.",
+                    }
+                }
+            ),
             "http": _obj(
                 {
                     "threads": {

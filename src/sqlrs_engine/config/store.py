@@ -271,6 +271,10 @@ class ConfigStore:
             return int(value)
         return DEFAULT_HTTP_THREADS
 
+    def pin_threads(self) -> bool:
+        """`engine.pinThreads`: the engine's threads on one CPU (read once at startup)."""
+        return self._lookup("engine", "pinThreads") is not False
+
     def log_level(self) -> str:
         """`log.level`, lower-cased: debug, info, warn or error (default debug)."""
         value = self._lookup("log", "level")

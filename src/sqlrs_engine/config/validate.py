@@ -261,6 +261,7 @@ RULES: dict[tuple[str, ...], Callable[[str, Any], None]] = {
     ("runtime", "host", "user"): _user_name,
     ("runtime", "host", "binDirs"): _abs_dirs,
     ("http", "threads"): _http_threads,
+    ("engine", "pinThreads"): _boolean,
     ("liquibase", "exec"): _abs_file,
     ("liquibase", "warmJvm"): _boolean,
     ("pool", "enabled"): _boolean,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sqlrs_engine.cancel import CancelToken
 from sqlrs_engine.errors import JobFailure
-from sqlrs_engine.process import ProcessError, RunAs, spawn
+from sqlrs_engine.process import ProcessError, RunAs, run, spawn
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,13 @@ def compiled_stepper(home: Path, tools_dir: Path, env: Mapping[str, str]) -> Pat
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
         (work / f"{CLASS_NAME}.java").write_text(SOURCE, encoding="utf-8")
-        result = subprocess.run(
+        result = run(
             [javac, "-nowarn", "-cp", f"{home}/internal/lib/*", "-d", str(work),
              str(work / f"{CLASS_NAME}.java")],
-            capture_output=True, text=True, timeout=120, env=dict(env),
+            env=env, inherit_env=False, timeout=120,
         )  # fmt: skip
-        if result.returncode != 0:
-            log.warning("cannot compile the Liquibase stepper: %s", result.stderr.strip())
+        if result.exit_code != 0:
+            log.warning("cannot compile the Liquibase stepper: %s", result.output.strip())
             return None
         (work / f"{CLASS_NAME}.java").unlink()
         _readable_by_all(work)
@@ -119,7 +119,7 @@ def compiled_stepper(home: Path, tools_dir: Path, env: Mapping[str, str]) -> Pat
             if not (target / f"{CLASS_NAME}.class").is_file():
                 raise
         return target
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, ProcessError) as error:
         log.warning("cannot compile the Liquibase stepper: %s", error)
         return None
     finally:

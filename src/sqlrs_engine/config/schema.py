@@ -43,6 +43,10 @@ def _enum(values: tuple[str, ...], default: str, description: str) -> dict[str, 
     }
 
 
+def _boolean(default: bool, description: str) -> dict[str, Any]:
+    return {"type": ["boolean", "null"], "default": default, "description": description}
+
+
 def _non_negative_int(default: int | None, description: str) -> dict[str, Any]:
     return {
         "type": ["integer", "null"],
@@ -125,14 +129,13 @@ SCHEMA: dict[str, Any] = {
             ),
             "engine": _obj(
                 {
-                    "pinThreads": {
-                        "type": ["boolean", "null"],
-                        "default": DEFAULTS["engine"]["pinThreads"],
-                        "description": "Run the engine's own threads on one CPU (one runs "
+                    "pinThreads": _boolean(
+                        DEFAULTS["engine"]["pinThreads"],
+                        "Run the engine's own threads on one CPU (one runs "
                         "Python at a time; on one CPU they hand over without waking another); "
                         "the programs it starts (PostgreSQL, psql, Liquibase) get every CPU; "
                         "read once at startup.",
-                    }
+                    )
                 }
             ),
             "http": _obj(
@@ -200,25 +203,23 @@ SCHEMA: dict[str, Any] = {
                         "prepares when the request has no liquibase_exec and no liquibase is "
                         "on the engine's PATH.",
                     },
-                    "warmJvm": {
-                        "type": ["boolean", "null"],
-                        "default": True,
-                        "description": "Run all Liquibase commands of an lb job in one warm "
+                    "warmJvm": _boolean(
+                        True,
+                        "Run all Liquibase commands of an lb job in one warm "
                         "JVM (needs a JDK and a standard Liquibase distribution; falls back "
                         "to one process per command otherwise); false = always one process "
                         "per command.",
-                    },
+                    ),
                 },
                 "Liquibase (prepare_kind lb).",
             ),
             "pool": _obj(
                 {
-                    "enabled": {
-                        "type": ["boolean", "null"],
-                        "default": _pool["enabled"],
-                        "description": "Keep ready, running instances of recently hit "
+                    "enabled": _boolean(
+                        _pool["enabled"],
+                        "Keep ready, running instances of recently hit "
                         "states and hand them out on a cache hit.",
-                    },
+                    ),
                     "membersPerState": _int_range(
                         0,
                         MAX_MEMBERS_LIMIT,
@@ -255,12 +256,11 @@ SCHEMA: dict[str, Any] = {
                         "default": [],
                         "description": "State ids kept warm whether or not they are hit.",
                     },
-                    "shortPath": {
-                        "type": ["boolean", "null"],
-                        "default": _pool["shortPath"],
-                        "description": "Record a cache hit that finds a ready instance "
+                    "shortPath": _boolean(
+                        _pool["shortPath"],
+                        "Record a cache hit that finds a ready instance "
                         "without running a job (same job, events and result).",
-                    },
+                    ),
                 },
                 "Warm pool of ready instances (docs/configuration.md).",
             ),

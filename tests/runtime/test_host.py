@@ -687,22 +687,21 @@ def test_start_of_a_failing_server_fails_fast_with_its_log(
 def test_start_that_outlasts_its_timeout_is_cut_short(
     host_runtime: HostRuntime, resolved_image: str, data_dir: Path
 ) -> None:
-    """A server that never gets ready (here: stopped by SIGSTOP as soon as it exists) fails
-    the start at the timeout, and nothing of it survives."""
+    """A server that never gets ready fails the start at the timeout, and nothing of it
+    survives. It never gets ready because its recovery waits for a WAL archive that never
+    answers (`restore_command` sleeps): deterministic, unlike stopping it in a race with its
+    start."""
     runtime = HostRuntime(run_root=host_runtime.run_root, start_timeout=2.0)
     pgdata = pgdata_of(data_dir)
-
-    def log(line: str) -> None:
-        if line == "pg_ctl: server starting":
-            # pg_ctl's child, then postgres — not pg_ctl itself (our child), which may not
-            # have exited yet: stopped, it would hold up the start until pg_ctl's own timeout.
-            for pid in procs.find_by_cmdline(str(pgdata)):
-                if procs.parent(pid) != os.getpid():
-                    procs.send(pid, signal.SIGSTOP)
+    (pgdata / "recovery.signal").touch()
+    with (pgdata / "postgresql.auto.conf").open("a") as conf:
+        conf.write("restore_command = 'sleep 600'\n")
 
     with pytest.raises(JobFailure) as info:
-        runtime.start(resolved_image, data_dir, log, CancelToken())
+        runtime.start(resolved_image, data_dir, lambda _line: None, CancelToken())
     assert "did not become ready within" in (info.value.details or "")
+    # Its processes, the restore command's shell and `sleep` too (they lead no group of the
+    # postmaster's: the startup process that runs them is a group of its own).
     assert _wait_for(lambda: not _server_pids(pgdata), 5)
     assert not (pgdata / "postmaster.pid").exists()
 

@@ -993,29 +993,33 @@ def _serves(pid: int, pgdata: Path, *, allow_deleted: bool = False) -> bool:
 
 
 def _sweep_data_dir(pgdata: Path, groups: set[int]) -> None:
-    """SIGKILL every live server process of `pgdata`, and wait for them to die.
+    """SIGKILL every live server process of `pgdata` and what they started; wait for them.
 
     A server process works in PGDATA (the postmaster chdirs there; children inherit it); we
-    take those that run the postgres executable or belong to one of the postmasters' process
-    `groups`, so a user's shell that happens to sit in PGDATA is left alone.
+    take those that run the postgres executable, and the processes of their process groups or
+    of the postmasters' `groups` — each postgres child leads a group of its own (it calls
+    setsid()), and what it starts stays in it: a `restore_command` or `archive_command` shell
+    would otherwise outlive its server. A user's shell that happens to sit in PGDATA is left
+    alone.
     """
     want = os.path.realpath(pgdata)
     wanted = (want, f"{want} (deleted)")
+    groups = set(groups)
     for _round in range(3):
-        victims = []
-        for pid in procs.all_pids():
-            if procs.cwd(pid) not in wanted or not procs.is_alive(pid):
-                continue
-            exe = procs.exe(pid)
-            if (exe and os.path.basename(exe) in ("postgres", "postmaster")) or (
-                procs.process_group(pid) in groups
-            ):
-                victims.append(pid)
+        present = [p for p in procs.all_pids() if procs.cwd(p) in wanted and procs.is_alive(p)]
+        servers = {p for p in present if _runs_postgres(p)}
+        groups |= {g for g in map(procs.process_group, servers) if g is not None}
+        victims = [p for p in present if p in servers or procs.process_group(p) in groups]
         if not victims:
             return
         for pid in victims:
             procs.send(pid, signal.SIGKILL)
         procs.wait_dead(victims, 5.0)
+
+
+def _runs_postgres(pid: int) -> bool:
+    exe = procs.exe(pid)
+    return bool(exe) and os.path.basename(exe or "") in ("postgres", "postmaster")
 
 
 def _remove_stale_pid_file(pgdata: Path, pid: int) -> None:

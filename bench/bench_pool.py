@@ -14,6 +14,10 @@ In one run, on the overlay backend, for each database size (~58 MB and ~1 GB by 
   server was probed when it started), so "hit → DSN" is the figure to hold against it; "→
   answered" adds the client's own first `psql -c 'select 1'` over TCP (SCRAM).
 
+Beside them, IntegreSQL's mechanism on the same data: `CREATE DATABASE … TEMPLATE postgres
+STRATEGY WAL_LOG` and `… FILE_COPY` through one `psql` in an instance of the state
+(`bench_hot_path.template_figures`, `--templates` of each, alternated).
+
 Then a **burst** of 16 concurrent hits with a pool of 16 ready members (short path, then
 through jobs), against the same burst with the pool disabled (instances per second from the
 first POST to the last DSN), each starting `SETTLE_S` after the pool is full (or drained).
@@ -21,6 +25,7 @@ Each member's memory (PSS of its server) is read from `GET /v1/pool`.
 
 Run (as root, overlay needs it):
     .venv/bin/python bench/bench_pool.py [--hits 15] [--sizes 58,1024] [--bursts 3]
+        [--templates 5]
 
 Raw numbers go to bench/results/pool-<timestamp>.json (`common.save`), with `uptime` before
 and after: the machine is shared, so only same-run ratios and medians mean anything.
@@ -40,6 +45,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_backends import build_args
+from bench_hot_path import template_figures
 from common import save
 from tests.support.dirs import make_scratch_dir, remove_scratch_dir
 from tests.support.engine_process import EngineProcess, start_engine
@@ -138,7 +144,9 @@ def floor_sample(state_dir: Path, image_id: str, workdir: Path, run: int) -> flo
     return elapsed
 
 
-def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> dict[str, Any]:
+def measure_size(
+    engine: EngineProcess, target_mb: int, hits: int, templates: int, log: Any
+) -> dict[str, Any]:
     body = psql_body(*build_args(target_mb))
     configure(engine, enabled=False)
     built = prepare(engine, body)
@@ -198,6 +206,8 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
         "floor_s": floors,
         "member_pss_bytes": memory,
     }
+    if templates > 0:  # the pool is off: an ordinary instance of the state
+        result.update(template_figures(engine, body, templates))
     med = {k: statistics.median(v) for k, v in result.items() if isinstance(v, list) and v}
     log(
         f"  pooled hit → DSN {med['pooled_to_dsn_s'] * 1000:.1f} ms, → answering DSN "
@@ -207,6 +217,11 @@ def measure_size(engine: EngineProcess, target_mb: int, hits: int, log: Any) -> 
         f"{med['unpooled_to_answer_s'] * 1000:.1f} ms | floor {med['floor_s'] * 1000:.1f} ms"
         f" | member PSS {med['member_pss_bytes'] / 2**20:.1f} MiB"
     )
+    if templates > 0:
+        log(
+            f"  TEMPLATE WAL_LOG {result['template_wal_log_s'] * 1000:.1f} ms, "
+            f"FILE_COPY {result['template_file_copy_s'] * 1000:.1f} ms"
+        )
     result["medians"] = med
     return result
 
@@ -321,6 +336,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="58,1024")
     parser.add_argument("--bursts", type=int, default=3)
     parser.add_argument("--burst-size", type=int, default=16)
+    parser.add_argument("--templates", type=int, default=5, help="TEMPLATE clones of each kind")
     args = parser.parse_args()
     load_before = uptime()
     print(f"load: {load_before}", flush=True)
@@ -332,7 +348,7 @@ def main() -> int:
     data: dict[str, Any] = {"load_before": load_before, "sizes": [], "burst": None}
     try:
         for size in [int(s) for s in args.sizes.split(",") if s]:
-            data["sizes"].append(measure_size(engine, size, args.hits, print))
+            data["sizes"].append(measure_size(engine, size, args.hits, args.templates, print))
             if size == BURST_MB and args.bursts > 0:
                 # Before a bigger state is hit: then this one is the only state the pool
                 # wants, and all of the burst's members are its own.

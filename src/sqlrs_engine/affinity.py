@@ -5,9 +5,10 @@ dozens of threads (HTTP workers, the Registry and other actors, the stream loop)
 CPUs, every hand-off of the GIL to a thread that last ran on another CPU is a cross-CPU
 wake-up — an inter-processor interrupt, dear in a virtual machine — and a burst of requests
 makes thousands of them: each system call a thread makes while another waits for the GIL is
-one. On one CPU the same hand-off is a plain context switch. Measured on a 2-CPU VM, a burst
-of 16 pooled cache hits served a third more instances per second with the engine's threads on
-one CPU (docs/performance.md, "Engine threads on one CPU"). The engine's Python needs no
+one. On one CPU the same hand-off is a plain context switch. Measured on a 2-CPU VM (same
+code, A/B in one run), a burst of 16 pooled cache hits served a fifth more instances per second
+with the engine's threads on one CPU (docs/performance.md, "Engine threads on one CPU"), a
+burst through jobs about half more. The engine's Python needs no
 second CPU; what does — PostgreSQL, psql, pgbench, Liquibase, `cp` — runs in child
 processes, and those get every CPU back.
 

@@ -9,8 +9,7 @@ one. On one CPU the same hand-off is a plain context switch. Measured on a 2-CPU
 code, A/B in one run), a burst of 16 pooled cache hits served a fifth more instances per second
 with the engine's threads on one CPU (docs/performance.md, "Engine threads on one CPU"; a
 burst through jobs, across full runs before and after, about half more). The engine's Python
-needs no
-second CPU; what does — PostgreSQL, psql, pgbench, Liquibase, `cp` — runs in child
+needs no second CPU; what does — PostgreSQL, psql, pgbench, Liquibase, `cp` — runs in child
 processes, and those get every CPU back.
 
 A child inherits the CPU set of the thread that forks it, so while the threads are pinned,

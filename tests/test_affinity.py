@@ -6,6 +6,7 @@ The pinning tests pin this test process for a moment and always give its CPUs ba
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import threading
@@ -64,7 +65,12 @@ def _cpus_of(tid: int) -> frozenset[int]:
 
 
 def _thread_cpus() -> dict[int, frozenset[int]]:
-    return {int(tid): _cpus_of(int(tid)) for tid in os.listdir("/proc/self/task")}
+    """Each live thread's CPUs (a thread that ends meanwhile is left out)."""
+    found: dict[int, frozenset[int]] = {}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(ProcessLookupError):
+            found[tid] = _cpus_of(tid)
+    return found
 
 
 @pytest.fixture

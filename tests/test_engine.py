@@ -9,6 +9,7 @@ is `copy`, both configured, so no probing makes the tests slow or machine-depend
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -187,11 +188,13 @@ def test_stop_closes_http_stops_every_actor_and_removes_engine_json(store: Path)
 
 
 def _cpus_by_thread() -> dict[str, frozenset[int]]:
+    """Each live thread's CPUs, by name (a thread that ends meanwhile is left out)."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    return {
-        names.get(int(tid), tid): frozenset(os.sched_getaffinity(int(tid)))
-        for tid in os.listdir("/proc/self/task")
-    }
+    found: dict[str, frozenset[int]] = {}
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(ProcessLookupError):
+            found[names.get(int(tid), tid)] = frozenset(os.sched_getaffinity(int(tid)))
+    return found
 
 
 @pytest.mark.skipif(

@@ -200,9 +200,13 @@ def test_log_level_from_config_is_applied_at_start(scratch_dir: Path) -> None:
     assert "sqlrs-engine version=" in log, "the first line is written before config is read"
 
 
-def _allowed_cpus(task_dir: str) -> str:
-    with open(f"{task_dir}/status") as status:
-        (line,) = [x for x in status if x.startswith("Cpus_allowed_list:")]
+def _allowed_cpus(task_dir: str) -> str | None:
+    """The CPU list of a process or thread; None when it has ended meanwhile."""
+    try:
+        with open(f"{task_dir}/status") as status:
+            (line,) = [x for x in status if x.startswith("Cpus_allowed_list:")]
+    except FileNotFoundError:
+        return None
     return line.split(":", 1)[1].strip()
 
 
@@ -221,7 +225,8 @@ def test_the_engine_shares_one_cpu_and_its_servers_get_every_cpu(
     )
     assert _allowed_cpus(f"/proc/{int(checkpointer)}") == every_cpu
     tasks = f"/proc/{engine.process.pid}/task"
-    threads = [_allowed_cpus(f"{tasks}/{tid}") for tid in os.listdir(tasks)]
+    found = [_allowed_cpus(f"{tasks}/{tid}") for tid in os.listdir(tasks)]
+    threads = [cpus for cpus in found if cpus is not None]  # not those that just ended
     pinned = [cpus for cpus in threads if cpus != every_cpu]
     (cpu,) = set(pinned)  # every thread but the spawners, on one CPU
     assert cpu.isdigit() and len(threads) - len(pinned) <= SPAWNER_THREADS

@@ -1019,7 +1019,7 @@ def _sweep_data_dir(pgdata: Path, groups: set[int]) -> None:
 
 def _runs_postgres(pid: int) -> bool:
     exe = procs.exe(pid)
-    return bool(exe) and os.path.basename(exe or "") in ("postgres", "postmaster")
+    return exe is not None and os.path.basename(exe) in ("postgres", "postmaster")
 
 
 def _remove_stale_pid_file(pgdata: Path, pid: int) -> None:

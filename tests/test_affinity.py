@@ -6,7 +6,6 @@ The pinning tests pin this test process for a moment and always give its CPUs ba
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import threading
@@ -17,13 +16,7 @@ import pytest
 from sqlrs_engine import affinity
 from sqlrs_engine.affinity import Pinning, choose_cpu, cpu_list, current_cpu, pin_threads
 from sqlrs_engine.process import ProcessError, run
-
-EVERY_CPU = frozenset(os.sched_getaffinity(0))
-
-needs_two_cpus = pytest.mark.skipif(
-    len(EVERY_CPU) < 2,
-    reason="needs two CPUs this process may use, to tell a pinned thread from a free one",
-)
+from tests.support.cpus import EVERY_CPU, allowed_list, needs_two_cpus, thread_cpus
 
 
 @pytest.mark.parametrize(
@@ -58,19 +51,6 @@ def test_choose_cpu_keeps_the_one_the_engine_runs_on(
 
 def test_current_cpu_is_one_this_thread_may_run_on() -> None:
     assert current_cpu() in EVERY_CPU
-
-
-def _cpus_of(tid: int) -> frozenset[int]:
-    return frozenset(os.sched_getaffinity(tid))
-
-
-def _thread_cpus() -> dict[int, frozenset[int]]:
-    """Each live thread's CPUs (a thread that ends meanwhile is left out)."""
-    found: dict[int, frozenset[int]] = {}
-    for tid in map(int, os.listdir("/proc/self/task")):
-        with contextlib.suppress(ProcessLookupError):
-            found[tid] = _cpus_of(tid)
-    return found
 
 
 @pytest.fixture
@@ -112,22 +92,16 @@ def test_pinning_puts_every_thread_on_one_cpu_and_release_gives_them_back(
         assert pinning.cpu in EVERY_CPU and pinning.every_cpu == EVERY_CPU
         assert f"CPU {pinning.cpu}" in pinning.reason
         spawners = {t.native_id for t in threading.enumerate() if t.name.startswith("spawner")}
-        pinned = {tid: cpus for tid, cpus in _thread_cpus().items() if tid not in spawners}
+        pinned = {tid: cpus for tid, cpus in thread_cpus().items() if tid not in spawners}
         assert set(pinned.values()) == {frozenset({pinning.cpu})}
         assert {before.tid, after.tid, threading.get_native_id()} <= set(pinned)
         pinning.release()
-        assert set(_thread_cpus().values()) == {EVERY_CPU}
+        assert set(thread_cpus().values()) == {EVERY_CPU}
         pinning.release()  # twice is harmless
-        assert set(_thread_cpus().values()) == {EVERY_CPU}
+        assert set(thread_cpus().values()) == {EVERY_CPU}
     finally:
         before.end()
         after.end()
-
-
-def _allowed_list(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.startswith("Cpus_allowed_list:")]
-    assert len(lines) == 1, output
-    return lines[0].split(":", 1)[1].strip()
 
 
 @needs_two_cpus
@@ -137,10 +111,10 @@ def test_a_program_started_while_pinned_gets_every_cpu(
 ) -> None:
     restores_cpus.append(pin_threads(True))
     status = run(["cat", "/proc/self/status"], check=True, die_with_parent=die_with_parent)
-    assert _allowed_list(status.output) == cpu_list(EVERY_CPU)
+    assert allowed_list(status.output) == cpu_list(EVERY_CPU)
     # The control: the same program forked by a pinned thread itself keeps one CPU.
     plain = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True, check=True)
-    assert _allowed_list(plain.stdout) == str(restores_cpus[0].cpu)
+    assert allowed_list(plain.stdout) == str(restores_cpus[0].cpu)
 
 
 @needs_two_cpus
@@ -154,7 +128,7 @@ def test_many_programs_started_at_once_while_pinned_all_get_every_cpu(
     def one() -> None:
         output = run(["cat", "/proc/self/status"], check=True).output
         with lock:
-            found.append(_allowed_list(output))
+            found.append(allowed_list(output))
 
     threads = [threading.Thread(target=one) for _ in range(3 * affinity.SPAWNER_THREADS)]
     for thread in threads:
@@ -180,14 +154,14 @@ def test_only_one_pinning_at_a_time(restores_cpus: list[Pinning]) -> None:
     second = pin_threads(True)
     assert second.cpu is None and "already pinned" in second.reason
     second.release()  # does not undo the first
-    assert set(_thread_cpus().values()) >= {frozenset({first.cpu})}
+    assert set(thread_cpus().values()) >= {frozenset({first.cpu})}
 
 
 def test_disabled_pinning_changes_nothing(restores_cpus: list[Pinning]) -> None:
     pinning = pin_threads(False)
     restores_cpus.append(pinning)
     assert pinning.cpu is None and "pinThreads is false" in pinning.reason
-    assert set(_thread_cpus().values()) == {EVERY_CPU}
+    assert set(thread_cpus().values()) == {EVERY_CPU}
 
 
 def test_a_process_with_one_cpu_is_not_pinned(restores_cpus: list[Pinning]) -> None:
@@ -203,4 +177,4 @@ def test_a_process_with_one_cpu_is_not_pinned(restores_cpus: list[Pinning]) -> N
     thread.join()
     restores_cpus.extend(outcome)
     assert outcome[0].cpu is None and outcome[0].reason == "one CPU: engine threads not pinned"
-    assert _cpus_of(threading.get_native_id()) == EVERY_CPU
+    assert frozenset(os.sched_getaffinity(0)) == EVERY_CPU

@@ -9,9 +9,7 @@ is `copy`, both configured, so no probing makes the tests slow or machine-depend
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -33,6 +31,7 @@ from sqlrs_engine.errors import JobFailure
 from sqlrs_engine.locks import FileLock
 from sqlrs_engine.runtime.host import HostRuntime
 from sqlrs_engine.snapshot.layout import StoreLayout
+from tests.support.cpus import EVERY_CPU, needs_two_cpus, thread_cpus
 from tests.support.seed import Seeder
 
 CONFIG = {"container": {"runtime": "host"}, "snapshot": {"backend": "copy"}}
@@ -188,41 +187,32 @@ def test_stop_closes_http_stops_every_actor_and_removes_engine_json(store: Path)
 
 
 def _cpus_by_thread() -> dict[str, frozenset[int]]:
-    """Each live thread's CPUs, by name (a thread that ends meanwhile is left out)."""
+    """Each live thread's CPUs, by name."""
     names = {t.native_id: t.name for t in threading.enumerate()}
-    found: dict[str, frozenset[int]] = {}
-    for tid in os.listdir("/proc/self/task"):
-        with contextlib.suppress(ProcessLookupError):
-            found[names.get(int(tid), tid)] = frozenset(os.sched_getaffinity(int(tid)))
-    return found
+    return {names.get(tid, str(tid)): cpus for tid, cpus in thread_cpus().items()}
 
 
-@pytest.mark.skipif(
-    len(os.sched_getaffinity(0)) < 2,
-    reason="needs two CPUs this process may use, to tell a pinned thread from a free one",
-)
+@needs_two_cpus
 def test_the_engines_threads_share_one_cpu_until_it_stops(store: Path) -> None:
-    every_cpu = frozenset(os.sched_getaffinity(0))
     engine = Engine(options(store))
     engine.start()
     try:
         running = {n: c for n, c in _cpus_by_thread().items() if not n.startswith("spawner")}
         assert len(set(running.values())) == 1
         (cpus,) = set(running.values())
-        assert len(cpus) == 1 and cpus <= every_cpu
+        assert len(cpus) == 1 and cpus <= EVERY_CPU
         assert any(name.startswith("RegistryActor") for name in running)
     finally:
         engine.stop()
-    assert set(_cpus_by_thread().values()) == {every_cpu}
+    assert set(_cpus_by_thread().values()) == {EVERY_CPU}
 
 
 def test_engine_pin_threads_false_leaves_every_thread_on_every_cpu(store: Path) -> None:
-    every_cpu = frozenset(os.sched_getaffinity(0))
     (store / "config.json").write_text(ujson.dumps({**CONFIG, "engine": {"pinThreads": False}}))
     engine = Engine(options(store))
     engine.start()
     try:
-        assert set(_cpus_by_thread().values()) == {every_cpu}
+        assert set(_cpus_by_thread().values()) == {EVERY_CPU}
     finally:
         engine.stop()
 

@@ -16,6 +16,7 @@ import requests
 
 from sqlrs_engine.affinity import SPAWNER_THREADS, cpu_list
 from sqlrs_engine.runtime.acl import GROUP, GROUP_OBJ, OTHER, USER, read_acl
+from tests.support.cpus import EVERY_CPU, allowed_list_of, needs_two_cpus
 from tests.support.engine_process import EngineProcess, engine_command, start_engine
 from tests.support.prepare import assert_succeeded, prepare, psql_body, query
 
@@ -200,32 +201,19 @@ def test_log_level_from_config_is_applied_at_start(scratch_dir: Path) -> None:
     assert "sqlrs-engine version=" in log, "the first line is written before config is read"
 
 
-def _allowed_cpus(task_dir: str) -> str | None:
-    """The CPU list of a process or thread; None when it has ended meanwhile."""
-    try:
-        with open(f"{task_dir}/status") as status:
-            (line,) = [x for x in status if x.startswith("Cpus_allowed_list:")]
-    except FileNotFoundError:
-        return None
-    return line.split(":", 1)[1].strip()
-
-
-@pytest.mark.skipif(
-    len(os.sched_getaffinity(0)) < 2,
-    reason="needs two CPUs this process may use, to tell a pinned thread from a free one",
-)
+@needs_two_cpus
 def test_the_engine_shares_one_cpu_and_its_servers_get_every_cpu(
     engine: EngineProcess, scratch_dir: Path
 ) -> None:
-    every_cpu = cpu_list(os.sched_getaffinity(0))  # the engine inherited ours
+    every_cpu = cpu_list(EVERY_CPU)  # the engine inherited ours
     outcome = prepare(engine, psql_body("-c", "create table t(a int)"))
     assert_succeeded(engine, outcome)
     checkpointer = query(
         outcome.dsn, "select pid from pg_stat_activity where backend_type = 'checkpointer'"
     )
-    assert _allowed_cpus(f"/proc/{int(checkpointer)}") == every_cpu
+    assert allowed_list_of(f"/proc/{int(checkpointer)}") == every_cpu
     tasks = f"/proc/{engine.process.pid}/task"
-    found = [_allowed_cpus(f"{tasks}/{tid}") for tid in os.listdir(tasks)]
+    found = [allowed_list_of(f"{tasks}/{tid}") for tid in os.listdir(tasks)]
     threads = [cpus for cpus in found if cpus is not None]  # not those that just ended
     pinned = [cpus for cpus in threads if cpus != every_cpu]
     (cpu,) = set(pinned)  # every thread but the spawners, on one CPU
